@@ -1,0 +1,26 @@
+# Folder-per-class images -> trained variants -> selected checkpoints -> predictions ->
+# leaderboard submission, ablation table and plots. See README.md.
+
+from snakemake.utils import min_version
+
+min_version("8.0")
+
+
+configfile: "config.yaml"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/demo.smk"
+include: "workflow/rules/index.smk"
+include: "workflow/rules/train.smk"
+include: "workflow/rules/select.smk"
+include: "workflow/rules/predict.smk"
+include: "workflow/rules/submission.smk"
+include: "workflow/rules/ablation.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        "results/submission.csv",
+        rules.ablation_table.input,

@@ -1,0 +1,102 @@
+"""Configuration: validation against the JSON schema, demo overlay, per-variant run configs."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from pathlib import Path
+
+import jsonschema
+import yaml
+
+SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schemas" / "config.schema.yaml"
+
+# The parts of the configuration that decide what a training run does (and nothing else),
+# so a change elsewhere (say, the submission choice) does not retrain anything.
+RUN_SECTIONS = ("model", "augment", "train")
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing, misspelt or of the wrong type."""
+
+
+def deep_merge(base: dict, overlay: dict) -> dict:
+    """Return `base` with `overlay` merged in: nested dicts merge, everything else replaces."""
+    merged = copy.deepcopy(base)
+    for key, value in (overlay or {}).items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def load_schema() -> dict:
+    with open(SCHEMA_PATH) as handle:
+        return yaml.safe_load(handle)
+
+
+def validate(config: dict, where: str = "config") -> None:
+    """Raise ConfigError naming the offending key (as a dotted path) and what is wrong."""
+    validator = jsonschema.Draft202012Validator(load_schema())
+    errors = sorted(validator.iter_errors(config), key=lambda e: list(e.absolute_path))
+    if errors:
+        lines = []
+        for error in errors:
+            key = ".".join(str(part) for part in error.absolute_path) or "(top level)"
+            lines.append(f"  {key}: {error.message}")
+        raise ConfigError(f"invalid {where}:\n" + "\n".join(lines))
+
+
+def is_demo(config: dict) -> bool:
+    demo = config.get("demo") or {}
+    root = demo.get("root")
+    return bool(root) and Path(config["data"]["root"]) == Path(root)
+
+
+def effective_config(config: dict) -> dict:
+    """Validate the user's config and apply the demo overlay when data.root is the demo."""
+    validate(config)
+    if is_demo(config):
+        config = deep_merge(config, config["demo"].get("overlay") or {})
+        validate(config, where="config after the demo overlay")
+    if config["submission"]["variant"] not in config["variants"]:
+        raise ConfigError(
+            f"submission.variant '{config['submission']['variant']}' is not one of the "
+            f"variants {sorted(config['variants'])}"
+        )
+    if config["submission"]["seed"] not in config["seeds"]:
+        raise ConfigError(
+            f"submission.seed {config['submission']['seed']} is not in seeds {config['seeds']}"
+        )
+    if config["ablation"]["reference"] not in config["variants"]:
+        raise ConfigError(
+            f"ablation.reference '{config['ablation']['reference']}' is not one of the "
+            f"variants {sorted(config['variants'])}"
+        )
+    return config
+
+
+def run_config(config: dict, variant: str, seed: int) -> dict:
+    """The complete configuration of one training run: recipe + variant overlay + seed."""
+    if variant not in config["variants"]:
+        raise ConfigError(f"unknown variant '{variant}'; known: {sorted(config['variants'])}")
+    base = {section: config[section] for section in RUN_SECTIONS}
+    merged = deep_merge(base, config["variants"][variant])
+    validate(deep_merge(config, merged), where=f"config of variant '{variant}'")
+    return {"variant": variant, "seed": int(seed), **merged}
+
+
+def config_hash(config: dict) -> str:
+    """A stable hash of a JSON-serialisable config (key order does not matter)."""
+    text = json.dumps(config, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def load_run_config(path: str | Path) -> dict:
+    try:
+        with open(path) as handle:
+            return json.load(handle)
+    except (OSError, json.JSONDecodeError) as error:
+        raise ConfigError(f"cannot read run config {path}: {error}") from error

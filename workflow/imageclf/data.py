@@ -1,0 +1,120 @@
+"""Data sets and loaders over the index CSVs.
+
+Every sample's random augmentation is seeded from (run seed, epoch, position in the epoch), drawn
+by the sampler. So the augmented data depend on neither the number of DataLoader workers nor the
+number of training processes, and a resumed run sees exactly the data an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pandas as pd
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from .index import DataError
+
+UNLABELLED = -1
+
+
+def read_index(index_dir: str | Path, split: str) -> pd.DataFrame:
+    path = Path(index_dir) / f"{split}.csv"
+    if not path.is_file():
+        raise DataError(f"{path}: index file missing; run the index stage first")
+    return pd.read_csv(path, dtype={"label": str, "image_name": str}, keep_default_na=False)
+
+
+def read_classes(index_dir: str | Path) -> list[str]:
+    frame = pd.read_csv(Path(index_dir) / "classes.csv", dtype={"name": str})
+    return frame.sort_values("index")["name"].tolist()
+
+
+def load_rgb(path: str) -> Image.Image:
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except OSError as error:
+        raise DataError(f"{path}: cannot read image during training ({error})") from error
+
+
+class ImageDataset(Dataset):
+    """Images of one index split; items are (tensor, class index or -1)."""
+
+    def __init__(self, frame: pd.DataFrame, classes: list[str], transform):
+        self.paths = frame["path"].tolist()
+        lookup = {name: i for i, name in enumerate(classes)}
+        self.targets = [lookup.get(label, UNLABELLED) if label else UNLABELLED for label in frame["label"]]
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, item):
+        # The sampler hands (index, seed) pairs for random transforms; plain ints otherwise.
+        index, seed = item if isinstance(item, tuple) else (item, None)
+        image = load_rgb(self.paths[index])
+        if seed is None:
+            tensor = self.transform(image)
+        else:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                tensor = self.transform(image)
+        return tensor, self.targets[index]
+
+
+def epoch_seed(seed: int, epoch: int, stream: int = 0) -> int:
+    """A seed for one (run seed, epoch, purpose) triple, stable across processes."""
+    return (seed * 1_000_003 + epoch * 7919 + stream * 104_729) % (2**63 - 1)
+
+
+class SeededSampler(Sampler):
+    """Shuffled (index, sample seed) pairs per epoch, split across `world_size` ranks.
+
+    Like DistributedSampler, it pads the permutation so each rank gets the same count; call
+    set_epoch before each epoch.
+    """
+
+    def __init__(self, size: int, seed: int, shuffle: bool = True, rank: int = 0, world_size: int = 1):
+        self.size, self.seed, self.shuffle = size, seed, shuffle
+        self.rank, self.world_size = rank, world_size
+        self.per_rank = math.ceil(size / world_size)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.per_rank
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(epoch_seed(self.seed, self.epoch, stream=1))
+        order = torch.randperm(self.size, generator=generator) if self.shuffle else torch.arange(self.size)
+        seeds = torch.randint(0, 2**62, (self.size,), generator=generator)
+        total = self.per_rank * self.world_size
+        if total > self.size:
+            order = torch.cat([order, order[: total - self.size]])
+        mine = order[self.rank : total : self.world_size]
+        return iter([(int(i), int(seeds[i])) for i in mine])
+
+
+def limit_worker_threads(_worker_id: int) -> None:
+    # Workers that each ask for all cores make the machine thrash (MEASUREMENTS.md).
+    torch.set_num_threads(1)
+
+
+def make_loader(dataset, batch_size: int, num_workers: int, sampler=None, drop_last: bool = False,
+                pin_memory: bool = False) -> DataLoader:
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        shuffle=False,
+        num_workers=num_workers,
+        drop_last=drop_last,
+        pin_memory=pin_memory,
+        worker_init_fn=limit_worker_threads if num_workers else None,
+        persistent_workers=num_workers > 0,
+    )

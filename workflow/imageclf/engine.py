@@ -1,0 +1,89 @@
+"""One training epoch, evaluation and batched inference."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+def autocast(device: torch.device, precision: str):
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def to_device(images, device, channels_last: bool):
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    return images.to(device, non_blocking=True, memory_format=memory_format)
+
+
+def mixup_batch(images, targets, alpha: float, rng: np.random.Generator, generator: torch.Generator):
+    """Mixup (Zhang et al. 2018): one lambda ~ Beta(alpha, alpha) per batch, pairs by a permutation."""
+    lam = float(rng.beta(alpha, alpha))
+    perm = torch.randperm(images.shape[0], generator=generator).to(images.device)
+    mixed = lam * images + (1.0 - lam) * images[perm]
+    return mixed, targets, targets[perm], lam
+
+
+def mixup_loss(criterion, outputs, targets_a, targets_b, lam: float):
+    return lam * criterion(outputs, targets_a) + (1.0 - lam) * criterion(outputs, targets_b)
+
+
+def train_one_epoch(model, loader, optimizer, criterion, device, *, mixup_alpha: float,
+                    rng: np.random.Generator, generator: torch.Generator, precision: str = "fp32",
+                    channels_last: bool = False, scaler=None) -> dict:
+    """Returns the mean training loss (against the mixed targets when mixup is on) and speed."""
+    model.train()
+    total_loss, seen = 0.0, 0
+    start = time.perf_counter()
+    for images, targets in loader:
+        images = to_device(images, device, channels_last)
+        targets = targets.to(device, non_blocking=True)
+        with autocast(device, precision):
+            if mixup_alpha > 0:
+                images, targets_a, targets_b, lam = mixup_batch(images, targets, mixup_alpha, rng, generator)
+                loss = mixup_loss(criterion, model(images), targets_a, targets_b, lam)
+            else:
+                loss = criterion(model(images), targets)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"training loss is {loss.item()}; lower train.optimizer.lr or use fp32")
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            optimizer.step()
+        total_loss += loss.item() * images.shape[0]
+        seen += images.shape[0]
+    seconds = time.perf_counter() - start
+    return {"train_loss": total_loss / max(seen, 1), "train_images": seen, "train_seconds": seconds}
+
+
+@torch.inference_mode()
+def predict_probabilities(model, loader, device, precision: str = "fp32", channels_last: bool = False):
+    """Softmax probabilities (float32 numpy) and targets for every item of `loader`, in order."""
+    model.eval()
+    probs, targets = [], []
+    for images, batch_targets in loader:
+        images = to_device(images, device, channels_last)
+        with autocast(device, precision):
+            logits = model(images)
+        probs.append(torch.softmax(logits.float(), dim=1).cpu())
+        targets.append(torch.as_tensor(batch_targets))
+    return torch.cat(probs).numpy(), torch.cat(targets).numpy()
+
+
+def evaluate(model, loader, device, precision: str = "fp32", channels_last: bool = False) -> dict:
+    """Plain cross-entropy (no smoothing) and accuracy on a labelled split."""
+    probs, targets = predict_probabilities(model, loader, device, precision, channels_last)
+    log_probs = torch.log(torch.from_numpy(probs).clamp_min(1e-12))
+    loss = F.nll_loss(log_probs, torch.from_numpy(targets).long()).item()
+    acc = float((probs.argmax(1) == targets).mean())
+    return {"val_loss": loss, "val_acc": acc}

@@ -1,0 +1,64 @@
+"""Image transforms built from the `augment` and `train.image_size` config keys.
+
+The training chain follows the reference order exactly (RECIPE.md): geometric and colour ops on
+the full-size image, then Resize((size, size)), float conversion, RandomErasing, Normalize.
+"""
+
+from __future__ import annotations
+
+import torch
+from torchvision.transforms import v2
+
+# (config key, builder) in the reference order; ops before the resize work on the PIL image.
+PRE_RESIZE_OPS = (
+    ("horizontal_flip", lambda c: v2.RandomHorizontalFlip(p=c["p"])),
+    ("vertical_flip", lambda c: v2.RandomVerticalFlip(p=c["p"])),
+    ("rotation", lambda c: v2.RandomRotation(degrees=c["degrees"])),
+    (
+        "affine",
+        lambda c: v2.RandomAffine(
+            degrees=c["degrees"], translate=tuple(c["translate"]), scale=tuple(c["scale"])
+        ),
+    ),
+    (
+        "color_jitter",
+        lambda c: v2.ColorJitter(
+            brightness=c["brightness"], contrast=c["contrast"],
+            saturation=c["saturation"], hue=c["hue"],
+        ),
+    ),
+    ("rand_augment", lambda c: v2.RandAugment(num_ops=c["num_ops"], magnitude=c["magnitude"])),
+)
+
+
+def enabled(augment: dict, key: str) -> bool:
+    return bool(augment.get(key, {}).get("enabled", False))
+
+
+def random_erasing(c: dict) -> v2.RandomErasing:
+    return v2.RandomErasing(
+        p=c["p"], scale=tuple(c["scale"]), ratio=tuple(c["ratio"]), value=c["value"]
+    )
+
+
+def to_float_and_normalize(augment: dict) -> tuple[list, v2.Normalize]:
+    norm = augment["normalize"]
+    return [v2.ToImage(), v2.ToDtype(torch.float32, scale=True)], v2.Normalize(norm["mean"], norm["std"])
+
+
+def train_transform(augment: dict, image_size: int) -> v2.Compose:
+    """The reference training chain; ops switched off in the config are left out."""
+    ops = [build(augment[key]) for key, build in PRE_RESIZE_OPS if enabled(augment, key)]
+    ops.append(v2.Resize((image_size, image_size), antialias=True))
+    to_float, normalize = to_float_and_normalize(augment)
+    ops += to_float
+    if enabled(augment, "random_erasing"):
+        ops.append(random_erasing(augment["random_erasing"]))
+    ops.append(normalize)
+    return v2.Compose(ops)
+
+
+def eval_transform(augment: dict, image_size: int) -> v2.Compose:
+    """Resize((size, size)), to float, normalize: no crop, as in the reference."""
+    to_float, normalize = to_float_and_normalize(augment)
+    return v2.Compose([v2.Resize((image_size, image_size), antialias=True), *to_float, normalize])

@@ -1,0 +1,67 @@
+"""Choose the checkpoint a run submits: the best epoch by `select.metric`."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shutil
+from pathlib import Path
+
+import pandas as pd
+
+from .io_utils import setup_logging, write_json
+from .models import WeightsError, load_checkpoint_file
+
+log = logging.getLogger("imageclf.select")
+
+GOAL = {"val_acc": "max", "val_loss": "min"}
+
+
+def best_epoch(history: pd.DataFrame, metric: str) -> int:
+    """First epoch reaching the best value (training keeps that one: ties keep the earlier)."""
+    if metric not in GOAL:
+        raise ValueError(f"select.metric must be one of {sorted(GOAL)}, not '{metric}'")
+    values = history[metric]
+    best = values.max() if GOAL[metric] == "max" else values.min()
+    return int(history.loc[values == best, "epoch"].iloc[0])
+
+
+def select(history_path, checkpoint_dir, metric: str, model_out, selection_out) -> dict:
+    history = pd.read_csv(history_path)
+    epoch = best_epoch(history, metric)
+    source = Path(checkpoint_dir) / f"best_{metric}.pt"
+    checkpoint = load_checkpoint_file(source)
+    saved_epoch = checkpoint.get("meta", {}).get("epoch") if isinstance(checkpoint, dict) else None
+    if saved_epoch != epoch:
+        raise WeightsError(
+            f"{source}: holds epoch {saved_epoch}, but {history_path} says the best {metric} "
+            f"was at epoch {epoch}; retrain this run (delete its resume/ folder)"
+        )
+    row = history.loc[history["epoch"] == epoch].iloc[0]
+    tmp = Path(model_out).with_name(f".{Path(model_out).name}.tmp")
+    shutil.copyfile(source, tmp)
+    os.replace(tmp, model_out)
+    other = "val_loss" if metric == "val_acc" else "val_acc"
+    selection = {
+        "metric": metric, "epoch": epoch, "epochs_trained": int(history["epoch"].max()),
+        "val_acc": float(row["val_acc"]), "val_loss": float(row["val_loss"]),
+        "reason": f"epoch {epoch} has the {GOAL[metric]}imum {metric} ({row[metric]:.4f}) of "
+                  f"{len(history)} epochs; its {other} is {row[other]:.4f}",
+        "source": str(source),
+    }
+    write_json(selection_out, selection)
+    log.info("selected %s", selection["reason"])
+    return selection
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--history", required=True)
+    parser.add_argument("--checkpoint-dir", required=True)
+    parser.add_argument("--metric", required=True, choices=sorted(GOAL))
+    parser.add_argument("--model-out", required=True)
+    parser.add_argument("--selection-out", required=True)
+    args = parser.parse_args(argv)
+    setup_logging()
+    select(args.history, args.checkpoint_dir, args.metric, args.model_out, args.selection_out)

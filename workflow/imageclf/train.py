@@ -1,0 +1,301 @@
+"""Train one run (one variant, one seed) and keep its best checkpoints.
+
+Runs the same from a Snakemake rule, a shell, a cluster node, or under
+`torchrun --nproc_per_node N` (DistributedDataParallel; only rank 0 writes files).
+
+Crash-proof: after every epoch the full training state (model, optimizer, scheduler, history,
+best checkpoints, epoch) is written atomically to `--state-dir`, which Snakemake never deletes.
+A rerun with the same run config and index resumes after the last finished epoch, and because
+every random stream is derived from (seed, epoch), it ends bit-identical to an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import platform
+import random
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from . import data, engine, models, presets
+from .config import config_hash, load_run_config
+from .io_utils import file_sha256, setup_logging, torch_save, write_csv, write_json
+
+log = logging.getLogger("imageclf.train")
+
+HISTORY_COLUMNS = ["epoch", "train_loss", "val_loss", "val_acc", "lr", "seconds", "images_per_s"]
+# Checkpoints kept while training: the best epoch by each selection metric.
+KEPT = {"val_acc": max, "val_loss": min}
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":
+        if not torch.cuda.is_available():
+            raise RuntimeError("train.device is 'cuda' but no CUDA device is visible")
+        return torch.device("cuda", local_rank)
+    return torch.device("cpu")
+
+
+def package_versions() -> dict:
+    import PIL
+    import sklearn
+    import torchvision
+
+    return {
+        "python": platform.python_version(), "torch": torch.__version__,
+        "torchvision": torchvision.__version__, "numpy": np.__version__,
+        "pandas": pd.__version__, "pillow": PIL.__version__, "scikit-learn": sklearn.__version__,
+    }
+
+
+def index_hash(index_dir: Path) -> str:
+    """Content hash of the index files a run reads: a changed data set never resumes."""
+    parts = [file_sha256(index_dir / f"{name}.csv") for name in ("train", "val", "classes")]
+    return file_sha256_of_text("".join(parts))
+
+
+def file_sha256_of_text(text: str) -> str:
+    import hashlib
+
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def make_optimizer(model: nn.Module, cfg: dict):
+    if cfg["name"] == "adamw":
+        return torch.optim.AdamW(model.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
+    return torch.optim.SGD(
+        model.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"], momentum=cfg.get("momentum", 0.9)
+    )
+
+
+def make_scheduler(optimizer, cfg: dict, epochs: int):
+    if cfg["name"] == "plateau":
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(
+            optimizer, mode=cfg["mode"], factor=cfg["factor"], patience=cfg["patience"]
+        )
+    if cfg["name"] == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
+    return None
+
+
+def step_scheduler(scheduler, val_loss: float) -> None:
+    if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+        scheduler.step(val_loss)
+    elif scheduler is not None:
+        scheduler.step()
+
+
+def improved(metric: str, value: float, best: float | None) -> bool:
+    """Strict improvement: ties keep the earlier epoch (select.py breaks ties the same way)."""
+    if best is None:
+        return True
+    return value > best if KEPT[metric] is max else value < best
+
+
+class Distributed:
+    """Rank and world size from torchrun's environment; a no-op for a single process."""
+
+    def __init__(self, device_name: str):
+        self.world_size = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        self.device = resolve_device(device_name, self.local_rank)
+        if self.world_size > 1:
+            backend = "nccl" if self.device.type == "cuda" else "gloo"
+            if self.device.type == "cuda":
+                torch.cuda.set_device(self.device)
+            torch.distributed.init_process_group(backend=backend)
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.world_size > 1:
+            torch.distributed.barrier()
+
+    def close(self) -> None:
+        if self.world_size > 1:
+            torch.distributed.destroy_process_group()
+
+
+def load_resume_state(path: Path, expected: dict) -> dict | None:
+    """The saved training state, or None (with a log line) when absent or from another config."""
+    if not path.is_file():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # a torn or foreign file: start over rather than crash
+        log.warning("ignoring unreadable resume state %s (%s); starting from epoch 1", path, error)
+        return None
+    for key, value in expected.items():
+        if state.get(key) != value:
+            log.warning(
+                "discarding resume state %s: its %s %s differs from this run's %s; starting from epoch 1",
+                path, key, state.get(key), value,
+            )
+            return None
+    return state
+
+
+def train(run_config_path, index_dir, out_dir, state_dir=None, threads: int = 1) -> pd.DataFrame:
+    """Train one run; write history.csv, checkpoints/best_{val_acc,val_loss}.pt and run.json."""
+    cfg = load_run_config(run_config_path)
+    tcfg, index_dir, out_dir = cfg["train"], Path(index_dir), Path(out_dir)
+    state_dir = Path(state_dir) if state_dir else out_dir / "resume"
+    dist = Distributed(tcfg["device"])
+    torch.set_num_threads(max(1, threads // dist.world_size))
+    device, seed = dist.device, int(cfg["seed"])
+
+    classes = data.read_classes(index_dir)
+    train_frame, val_frame = data.read_index(index_dir, "train"), data.read_index(index_dir, "val")
+    size = tcfg["image_size"]
+    train_set = data.ImageDataset(train_frame, classes, presets.train_transform(cfg["augment"], size))
+    val_set = data.ImageDataset(val_frame, classes, presets.eval_transform(cfg["augment"], size))
+    if tcfg["batch_size"] % dist.world_size:
+        raise ValueError(
+            f"train.batch_size {tcfg['batch_size']} must divide evenly over {dist.world_size} processes"
+        )
+    per_rank_batch = tcfg["batch_size"] // dist.world_size
+    sampler = data.SeededSampler(len(train_set), seed, shuffle=True, rank=dist.rank, world_size=dist.world_size)
+    pin = device.type == "cuda"
+    # A last batch of one image breaks BatchNorm in the MLP head; drop it only then.
+    drop_last = len(sampler) % per_rank_batch == 1
+    train_loader = data.make_loader(train_set, per_rank_batch, tcfg["num_workers"], sampler, drop_last, pin)
+    val_loader = data.make_loader(val_set, tcfg["batch_size"], tcfg["num_workers"], pin_memory=pin)
+
+    seed_everything(seed)
+    model = models.model_from_config(cfg["model"], len(classes))
+    n_params = models.count_parameters(model)
+    if tcfg["sync_batchnorm"] and dist.world_size > 1:
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    memory_format = torch.channels_last if tcfg["channels_last"] else torch.contiguous_format
+    model = model.to(device, memory_format=memory_format)
+    optimizer = make_optimizer(model, tcfg["optimizer"])
+    scheduler = make_scheduler(optimizer, tcfg["scheduler"], tcfg["epochs"])
+    scaler = torch.amp.GradScaler("cuda") if tcfg["precision"] == "fp16" and device.type == "cuda" else None
+    if tcfg["precision"] == "fp16" and device.type != "cuda":
+        raise ValueError("train.precision fp16 needs a CUDA device; use bf16 on the CPU")
+    criterion = nn.CrossEntropyLoss(label_smoothing=tcfg["label_smoothing"])
+
+    fingerprint = {"config_hash": config_hash(cfg), "index_hash": index_hash(index_dir),
+                   "world_size": dist.world_size}
+    state_path = state_dir / "state.pt"
+    state = load_resume_state(state_path, fingerprint)
+    history: list[dict] = []
+    best: dict[str, float | None] = {metric: None for metric in KEPT}
+    start_epoch = 1
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        if scheduler is not None:
+            scheduler.load_state_dict(state["scheduler"])
+        if scaler is not None and state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
+        history, best = list(state["history"]), dict(state["best"])
+        start_epoch = int(state["epoch"]) + 1
+        log.info("resuming %s from %s after epoch %d", cfg["variant"], state_path, state["epoch"])
+
+    net = model
+    if dist.world_size > 1:
+        net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+    log.info(
+        "run %s seed %d: %s (%s head, %d parameters), %d classes, %d train / %d val images, "
+        "%d epochs, batch %d on %s x%d, %s%s",
+        cfg["variant"], seed, cfg["model"]["arch"], cfg["model"]["head"], n_params, len(classes),
+        len(train_set), len(val_set), tcfg["epochs"], tcfg["batch_size"], device, dist.world_size,
+        tcfg["precision"], ", channels_last" if tcfg["channels_last"] else "",
+    )
+    for epoch in range(start_epoch, tcfg["epochs"] + 1):
+        seed_everything(data.epoch_seed(seed, epoch, stream=2))
+        sampler.set_epoch(epoch)
+        rng = np.random.default_rng(data.epoch_seed(seed, epoch, stream=3))
+        generator = torch.Generator().manual_seed(data.epoch_seed(seed, epoch, stream=4))
+        epoch_start = time.perf_counter()
+        lr = optimizer.param_groups[0]["lr"]
+        stats = engine.train_one_epoch(
+            net, train_loader, optimizer, criterion, device, mixup_alpha=tcfg["mixup_alpha"], rng=rng,
+            generator=generator, precision=tcfg["precision"], channels_last=tcfg["channels_last"], scaler=scaler,
+        )
+        stats.update(engine.evaluate(model, val_loader, device, tcfg["precision"], tcfg["channels_last"]))
+        step_scheduler(scheduler, stats["val_loss"])
+        seconds = time.perf_counter() - epoch_start
+        row = {
+            "epoch": epoch, "train_loss": stats["train_loss"], "val_loss": stats["val_loss"],
+            "val_acc": stats["val_acc"], "lr": lr, "seconds": round(seconds, 3),
+            "images_per_s": round(stats["train_images"] * dist.world_size / max(stats["train_seconds"], 1e-9), 2),
+        }
+        history.append(row)
+        mean_epoch = sum(r["seconds"] for r in history[-5:]) / len(history[-5:])
+        eta = mean_epoch * (tcfg["epochs"] - epoch)
+        log.info(
+            "epoch %d/%d  train_loss %.4f  val_loss %.4f  val_acc %.4f  lr %.2e  %.1f img/s  "
+            "%.1fs  ETA %dm%02ds",
+            epoch, tcfg["epochs"], row["train_loss"], row["val_loss"], row["val_acc"], lr,
+            row["images_per_s"], seconds, eta // 60, eta % 60,
+        )
+        if dist.is_main:
+            meta = {"variant": cfg["variant"], "seed": seed, "epoch": epoch, "classes": classes,
+                    "val_acc": row["val_acc"], "val_loss": row["val_loss"], "config_hash": fingerprint["config_hash"]}
+            for metric in KEPT:
+                if improved(metric, row[metric], best[metric]):
+                    best[metric] = row[metric]
+                    torch_save({"model": model.state_dict(), "meta": meta}, state_dir / f"best_{metric}.pt")
+            torch_save(
+                {
+                    **fingerprint, "epoch": epoch, "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict() if scheduler is not None else {},
+                    "scaler": scaler.state_dict() if scaler is not None else {},
+                    "history": history, "best": best,
+                },
+                state_path,
+            )
+        dist.barrier()
+
+    frame = pd.DataFrame(history, columns=HISTORY_COLUMNS)
+    if dist.is_main:
+        checkpoints = out_dir / "checkpoints"
+        checkpoints.mkdir(parents=True, exist_ok=True)
+        for metric in KEPT:
+            with_tmp = checkpoints / f".best_{metric}.pt.tmp"
+            shutil.copyfile(state_dir / f"best_{metric}.pt", with_tmp)
+            os.replace(with_tmp, checkpoints / f"best_{metric}.pt")
+        write_json(out_dir / "run.json", {
+            "variant": cfg["variant"], "seed": seed, "config": cfg, **fingerprint,
+            "parameters": n_params, "classes": classes, "device": str(device),
+            "train_minutes": round(frame["seconds"].sum() / 60, 3), "versions": package_versions(),
+        })
+        write_csv(out_dir / "history.csv", frame)
+        log.info("wrote %s", out_dir / "history.csv")
+    dist.close()
+    return frame
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--run-config", required=True, help="JSON written by the run_config rule")
+    parser.add_argument("--index-dir", required=True)
+    parser.add_argument("--out-dir", required=True)
+    parser.add_argument("--state-dir", default=None, help="resume state (default: OUT_DIR/resume)")
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args(argv)
+    setup_logging()
+    train(args.run_config, args.index_dir, args.out_dir, args.state_dir, args.threads)

@@ -1,0 +1,81 @@
+rule ablation:
+    """Per variant: mean ± sd over seeds and a paired comparison with ablation.reference."""
+    input:
+        runs=run_paths(f"{RUN}/run.json"),
+        selections=run_paths(f"{RUN}/selection.json"),
+        val=run_paths(f"{PRED}/val.csv"),
+        test=run_paths(f"{PRED}/test.csv"),
+        classes=INDEX_FILES["classes"],
+    output:
+        table="results/ablation/table.csv",
+        markdown="results/ablation/table.md",
+        runs="results/ablation/runs.csv",
+        reports=expand(
+            "results/ablation/classification_report_{variant}.csv", variant=VARIANTS
+        ),
+    params:
+        variants=" ".join(VARIANTS),
+        seeds=" ".join(str(s) for s in SEEDS),
+        reference=CFG["ablation"]["reference"],
+        samples=CFG["ablation"].get("bootstrap_samples", 10000),
+    threads: stage_resources("report")["threads"]
+    resources:
+        mem_mb=stage_resources("report")["mem_mb"],
+        runtime=stage_resources("report")["runtime"],
+    log:
+        "logs/ablation.log",
+    benchmark:
+        "benchmarks/ablation.tsv"
+    conda:
+        CONDA_ENV
+    shell:
+        "python {STAGE} ablation --results-dir results --variants {params.variants} "
+        "--seeds {params.seeds} --reference {params.reference} --classes {input.classes} "
+        "--bootstrap-samples {params.samples} --out-dir results/ablation > {log} 2>&1"
+
+
+rule plots:
+    """Curves of every run, and the submitted model's confusion matrix and worst classes."""
+    input:
+        histories=run_paths(f"{RUN}/history.csv"),
+        val=PRED.format(**SUBMITTED) + "/val.csv",
+        test=PRED.format(**SUBMITTED) + "/test.csv",
+        index_val=INDEX_FILES["val"],
+        classes=INDEX_FILES["classes"],
+    output:
+        curves="results/plots/curves.png",
+        confusion="results/plots/confusion_matrix.png",
+        worst="results/plots/worst_classes.png",
+        worst_table="results/plots/worst_classes.csv",
+        gallery="results/plots/error_gallery.png",
+    params:
+        histories=lambda wildcards, input: " ".join(
+            f"{variant}:{seed}:{path}"
+            for (variant, seed), path in zip(
+                [(v, s) for v in VARIANTS for s in SEEDS], input.histories
+            )
+        ),
+        predictions_dir=PRED.format(**SUBMITTED),
+        index_dir=INDEX,
+    threads: stage_resources("report")["threads"]
+    resources:
+        mem_mb=stage_resources("report")["mem_mb"],
+        runtime=stage_resources("report")["runtime"],
+    log:
+        "logs/plots.log",
+    benchmark:
+        "benchmarks/plots.tsv"
+    conda:
+        CONDA_ENV
+    shell:
+        "python {STAGE} plots --histories {params.histories} "
+        "--predictions-dir {params.predictions_dir} --index-dir {params.index_dir} "
+        "--out-dir results/plots > {log} 2>&1"
+
+
+rule ablation_table:
+    """Target: every variant trained and compared, with tables and plots."""
+    input:
+        rules.ablation.output,
+        rules.plots.output,
+    localrule: True

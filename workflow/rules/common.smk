@@ -1,0 +1,77 @@
+import json
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, os.path.join(workflow.basedir, "workflow"))
+
+from imageclf.config import ConfigError, effective_config, run_config, is_demo  # noqa: E402
+from imageclf.io_utils import write_json  # noqa: E402
+
+try:
+    CFG = effective_config(config)
+except ConfigError as error:
+    raise WorkflowError(str(error))
+
+# The one entry point every rule calls; see workflow/scripts/stage.py.
+STAGE = os.path.join(workflow.basedir, "workflow", "scripts", "stage.py")
+CONDA_ENV = "../../envs/imageclf.yaml"
+INDEX = "results/index"
+RUN = "results/train/{variant}/seed{seed}"
+PRED = "results/predict/{variant}/seed{seed}"
+VARIANTS = list(CFG["variants"])
+SEEDS = [int(s) for s in CFG["seeds"]]
+DEMO_ROOT = (CFG.get("demo") or {}).get("root", "resources/demo")
+INDEX_FILES = {
+    name: f"{INDEX}/{name}.csv"
+    for name in ("train", "val", "test", "classes", "summary", "leaks")
+}
+
+
+wildcard_constraints:
+    variant="[A-Za-z0-9_.-]+",
+    seed=r"\d+",
+
+
+def stage_resources(stage):
+    """threads, mem_mb, runtime (minutes) and gpu of a stage, from config `resources:`."""
+    return CFG["resources"][stage]
+
+
+def test_labels_input(wildcards=None):
+    labels = CFG["data"]["test_labels"]
+    return [labels] if labels else []
+
+
+def data_files(wildcards):
+    """Every file of the data set, so any added, removed or changed image re-runs the index."""
+    if is_demo(CFG):
+        return rules.demo_data.output
+    root = Path(CFG["data"]["root"])
+    if not root.is_dir():
+        raise WorkflowError(
+            f"data.root: folder '{root}' does not exist; set data.root in config.yaml "
+            "to a folder with train/<label>/, val/<label>/ and test/"
+        )
+    return sorted(
+        str(path)
+        for split in ("train", "val", "test")
+        for path in (root / split).rglob("*")
+        if path.is_file()
+    )
+
+
+def run_paths(pattern, variants=None, seeds=None):
+    return expand(
+        pattern,
+        variant=variants or VARIANTS,
+        seed=seeds if seeds is not None else SEEDS,
+    )
+
+
+def train_launcher(wildcards):
+    """python for one device; torchrun (DistributedDataParallel) when train.devices > 1."""
+    devices = run_config(CFG, wildcards.variant, int(wildcards.seed))["train"]["devices"]
+    if devices > 1:
+        return f"torchrun --standalone --nproc_per_node {devices}"
+    return "python"

@@ -1,0 +1,19 @@
+rule select:
+    input:
+        history=f"{RUN}/history.csv",
+        best_acc=f"{RUN}/checkpoints/best_val_acc.pt",
+        best_loss=f"{RUN}/checkpoints/best_val_loss.pt",
+    output:
+        model=f"{RUN}/model.pt",
+        selection=f"{RUN}/selection.json",
+    params:
+        metric=CFG["select"]["metric"],
+        checkpoint_dir=f"{RUN}/checkpoints",
+    log:
+        "logs/select/{variant}/seed{seed}.log",
+    conda:
+        CONDA_ENV
+    shell:
+        "python {STAGE} select --history {input.history} --checkpoint-dir {params.checkpoint_dir} "
+        "--metric {params.metric} --model-out {output.model} "
+        "--selection-out {output.selection} > {log} 2>&1"

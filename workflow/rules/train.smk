@@ -1,0 +1,48 @@
+rule run_config:
+    """The complete configuration of one run (recipe + variant overlay + seed).
+
+    Only this run's own settings are its params, so editing one variant re-runs that variant
+    alone (Snakemake's params rerun trigger)."""
+    output:
+        f"{RUN}/config.json",
+    params:
+        run=lambda wildcards: run_config(CFG, wildcards.variant, int(wildcards.seed)),
+    log:
+        "logs/run_config/{variant}/seed{seed}.log",
+    localrule: True
+    run:
+        write_json(output[0], params.run)
+
+
+rule train:
+    input:
+        config=f"{RUN}/config.json",
+        train=INDEX_FILES["train"],
+        val=INDEX_FILES["val"],
+        classes=INDEX_FILES["classes"],
+    output:
+        history=f"{RUN}/history.csv",
+        run=f"{RUN}/run.json",
+        best_acc=f"{RUN}/checkpoints/best_val_acc.pt",
+        best_loss=f"{RUN}/checkpoints/best_val_loss.pt",
+    params:
+        launcher=train_launcher,
+        index_dir=INDEX,
+        out_dir=RUN,
+        # Resume state: not an output, so Snakemake keeps it when a killed job re-runs.
+        state_dir=f"{RUN}/resume",
+    threads: stage_resources("train")["threads"]
+    resources:
+        mem_mb=stage_resources("train")["mem_mb"],
+        runtime=stage_resources("train")["runtime"],
+        gpu=stage_resources("train").get("gpu", 0),
+    log:
+        "logs/train/{variant}/seed{seed}.log",
+    benchmark:
+        "benchmarks/train/{variant}/seed{seed}.tsv"
+    conda:
+        CONDA_ENV
+    shell:
+        "{params.launcher} {STAGE} train --run-config {input.config} "
+        "--index-dir {params.index_dir} --out-dir {params.out_dir} "
+        "--state-dir {params.state_dir} --threads {threads} > {log} 2>&1"
