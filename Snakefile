@@ -1,12 +1,15 @@
 # Folder-per-class images -> trained variants -> selected checkpoints -> predictions ->
 # leaderboard submission, ablation table and plots. See README.md.
 
+import os
+
 from snakemake.utils import min_version
 
 min_version("8.0")
 
 
-configfile: "config.yaml"
+# The defaults sit next to this file; --configfile overlays are merged over them.
+configfile: os.path.join(workflow.basedir, "config.yaml")
 
 
 include: "workflow/rules/common.smk"

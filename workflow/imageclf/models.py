@@ -16,6 +16,12 @@ class WeightsError(ValueError):
     """Pretrained weights or a checkpoint cannot be used; the message says which and why."""
 
 
+def first_detail(error: Exception) -> str:
+    """The first specific line of a long load_state_dict error."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[1] if len(lines) > 1 else (lines[0] if lines else type(error).__name__)
+
+
 def build_head(in_features: int, num_classes: int, head: str, hidden: int, dropout: float):
     if head == "linear":
         return nn.Linear(in_features, num_classes)
@@ -76,7 +82,10 @@ def build_model(arch: str, num_classes: int, head: str = "mlp", weights: str = "
             log.info("loading %s weights %s (torch hub cache: %s)", arch, weights, torch.hub.get_dir())
             local = enum.get_state_dict(progress=False, check_hash=True, weights_only=True)
         backbone = {k: v for k, v in local.items() if not k.startswith("fc.")}
-        missing, unexpected = model.load_state_dict(backbone, strict=False)
+        try:
+            missing, unexpected = model.load_state_dict(backbone, strict=False)
+        except RuntimeError as error:  # tensors of the wrong shape
+            raise WeightsError(f"model.weights '{weights}' does not fit {arch}: {first_detail(error)}") from error
         missing = [k for k in missing if not k.startswith("fc.")]
         if missing or unexpected:
             raise WeightsError(
@@ -110,6 +119,6 @@ def load_trained_model(checkpoint_path, model_cfg: dict, num_classes: int) -> tu
     except RuntimeError as error:
         raise WeightsError(
             f"{checkpoint_path}: does not fit a {model_cfg['arch']} with a {model_cfg['head']} head "
-            f"and {num_classes} classes ({str(error).splitlines()[1] if len(str(error).splitlines()) > 1 else error})"
+            f"and {num_classes} classes ({first_detail(error)})"
         ) from error
     return model, checkpoint.get("meta", {})

@@ -1,0 +1,126 @@
+"""Shared fixtures: tiny folder-per-class data sets made on the fly, and a Snakemake runner."""
+
+from __future__ import annotations
+
+import colorsys
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from PIL import Image
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "workflow"))
+
+# 12 classes, so the numeric order ("2" < "10") differs from the string order ("10" < "2").
+N_CLASSES = 12
+
+
+def class_image(label: int, rng: np.random.Generator, size: int = 32) -> np.ndarray:
+    """A learnable picture of class `label`: its own colour and a bright block in its own place."""
+    r, g, b = colorsys.hsv_to_rgb(label / N_CLASSES, 0.8, 0.8)
+    pixels = np.empty((size, size, 3))
+    pixels[:] = (r * 255, g * 255, b * 255)
+    quarter = size // 4
+    row, col = divmod(label % 4, 2)
+    pixels[row * 2 * quarter : row * 2 * quarter + quarter * 2, col * 2 * quarter : col * 2 * quarter + quarter * 2] = 255
+    pixels += rng.normal(0, 12, pixels.shape)
+    return np.clip(pixels, 0, 255).astype(np.uint8)
+
+
+def save_image(pixels: np.ndarray, path: Path, mode: str) -> None:
+    image = Image.fromarray(pixels, "RGB")
+    if mode == "L":
+        image = image.convert("L")
+    elif mode == "RGBA":
+        image = image.convert("RGBA")
+    elif mode == "P":
+        image = image.convert("P", palette=Image.ADAPTIVE)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image.save(path, quality=95) if path.suffix.lower() in {".jpg", ".jpeg"} else image.save(path)
+
+
+def file_for(label: int, number: int) -> tuple[str, str]:
+    """Mix formats and modes: grayscale/RGBA/palette PNG, upper-case .JPG, .jpeg, .jpg."""
+    kinds = [(".png", "L"), (".png", "RGBA"), (".png", "P"), (".JPG", "RGB"), (".jpeg", "RGB")]
+    return kinds[label % len(kinds)] if number % 2 == 0 else (".jpg", "RGB")
+
+
+def make_dataset(root: Path, train_per_class=6, val_per_class=2, test_per_class=2, size=32, seed=0) -> Path:
+    """Course layout under `root`; returns the test labels CSV (image_name,label)."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    number = 0
+    for label in range(N_CLASSES):
+        for split, count in (("train", train_per_class), ("val", val_per_class), ("test", test_per_class)):
+            for _ in range(count):
+                number += 1
+                suffix, mode = file_for(label, number)
+                name = f"img{number:04d}"
+                if split == "test":
+                    path = root / "test" / f"{name}{suffix}"
+                    rows.append({"image_name": name, "label": str(label)})
+                else:
+                    path = root / split / str(label) / f"{name}{suffix}"
+                save_image(class_image(label, rng, size), path, mode)
+    labels = root / "test_labels.csv"
+    pd.DataFrame(rows).to_csv(labels, index=False)
+    return labels
+
+
+@pytest.fixture
+def dataset(tmp_path) -> Path:
+    root = tmp_path / "data"
+    make_dataset(root)
+    return root
+
+
+def tiny_overlay(data_root: Path, **extra) -> dict:
+    """Settings that make a run take seconds: 32 px, 2 epochs, resnet18, no pretrained weights."""
+    overlay = {
+        "data": {"root": str(data_root), "test_labels": str(data_root / "test_labels.csv")},
+        "model": {"arch": "resnet18", "weights": "none"},
+        "augment": {"rand_augment": {"enabled": False}},
+        "train": {"image_size": 32, "epochs": 2, "batch_size": 8, "num_workers": 0,
+                  "optimizer": {"lr": 0.002}},
+        "ablation": {"bootstrap_samples": 200},
+        "resources": {"train": {"threads": 1}, "predict": {"threads": 1}, "index": {"threads": 1}},
+    }
+    for key, value in extra.items():
+        overlay[key] = value if not isinstance(value, dict) else {**overlay.get(key, {}), **value}
+    return overlay
+
+
+def write_overlay(path: Path, overlay: dict) -> Path:
+    path.write_text(yaml.safe_dump(overlay))
+    return path
+
+
+def snakemake(workdir: Path, configfile: Path, *args, cores: int = 2, timeout: int = 600):
+    """Run the repository's workflow in `workdir` with a config overlay."""
+    env = dict(os.environ)
+    env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
+    command = [
+        sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(workdir),
+        "--configfile", str(configfile), "--cores", str(cores), *map(str, args),
+    ]
+    return subprocess.run(command, capture_output=True, text=True, env=env, timeout=timeout)
+
+
+def planned_jobs(output: str) -> dict[str, int]:
+    """Rule -> job count from a dry run's 'Job stats' table."""
+    match = re.search(r"Job stats:\n(.*?)\ntotal", output, re.S)
+    if not match:
+        return {}
+    jobs = {}
+    for line in match.group(1).splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[1].isdigit():
+            jobs[parts[0]] = int(parts[1])
+    return jobs

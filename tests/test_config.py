@@ -1,0 +1,75 @@
+"""Config: the schema names the bad key, variants are overlays, the demo overlay stays optional."""
+
+import copy
+
+import pytest
+import yaml
+from conftest import REPO
+
+from imageclf import config as C
+
+RECIPE = yaml.safe_load((REPO / "config.yaml").read_text())
+
+
+def user_config(root="/data/course"):
+    cfg = copy.deepcopy(RECIPE)
+    cfg["data"]["root"] = root
+    return cfg
+
+
+def test_defaults_are_the_reference_recipe():
+    cfg = C.effective_config(user_config())
+    assert cfg["model"] == {"arch": "resnet50", "weights": "IMAGENET1K_V2", "head": "mlp",
+                            "mlp_hidden": 512, "dropout": 0.5}
+    t = cfg["train"]
+    assert (t["image_size"], t["epochs"], t["batch_size"], t["mixup_alpha"], t["label_smoothing"]) == (224, 100, 64, 0.2, 0.1)
+    assert t["optimizer"] == {"name": "adamw", "lr": 0.0005, "weight_decay": 0.0005}
+    assert t["scheduler"] == {"name": "plateau", "mode": "min", "factor": 0.5, "patience": 3}
+    assert list(cfg["variants"]) == ["full", "no_mlp", "no_mixup"]
+
+
+def test_demo_overlay_applies_only_to_the_demo():
+    demo = C.effective_config(copy.deepcopy(RECIPE))
+    assert demo["model"]["weights"] == "none" and demo["train"]["epochs"] < 100
+    assert demo["train"]["label_smoothing"] == 0.1  # untouched recipe values stay
+    assert C.effective_config(user_config())["train"]["epochs"] == 100
+
+
+def test_variants_are_overlays_over_the_recipe():
+    cfg = C.effective_config(user_config())
+    no_mlp = C.run_config(cfg, "no_mlp", 0)
+    no_mixup = C.run_config(cfg, "no_mixup", 1)
+    assert no_mlp["model"]["head"] == "linear" and no_mlp["train"]["mixup_alpha"] == 0.2
+    assert no_mixup["model"]["head"] == "mlp" and no_mixup["train"]["mixup_alpha"] == 0
+    assert no_mixup["seed"] == 1 and no_mixup["variant"] == "no_mixup"
+    assert C.config_hash(no_mlp) != C.config_hash(C.run_config(cfg, "full", 0))
+
+
+@pytest.mark.parametrize(
+    "edit, named",
+    [
+        (lambda c: c["train"].update(lr=0.1), "train: Additional properties are not allowed ('lr' was unexpected)"),
+        (lambda c: c["train"].update(epochs="ten"), "train.epochs: 'ten' is not of type 'integer'"),
+        (lambda c: c["model"].update(head="mlp3"), "model.head: 'mlp3' is not one of"),
+        (lambda c: c.update(seed=[0]), "(top level): Additional properties are not allowed ('seed' was unexpected)"),
+        (lambda c: c["variants"].update(bad={"train": {"mixup": 0}}), "variants.bad.train: Additional properties"),
+        (lambda c: c["augment"]["rotation"].update(degrees=-3), "augment.rotation.degrees: -3 is less than the minimum"),
+    ],
+)
+def test_schema_names_the_bad_key(edit, named):
+    cfg = user_config()
+    edit(cfg)
+    with pytest.raises(C.ConfigError) as error:
+        C.effective_config(cfg)
+    assert named in str(error.value)
+
+
+def test_submission_must_name_a_trained_run():
+    cfg = user_config()
+    cfg["submission"]["variant"] = "nope"
+    with pytest.raises(C.ConfigError, match="submission.variant 'nope'"):
+        C.effective_config(cfg)
+    cfg = user_config()
+    cfg["submission"]["seed"] = 7
+    with pytest.raises(C.ConfigError, match="submission.seed 7 is not in seeds"):
+        C.effective_config(cfg)

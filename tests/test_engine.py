@@ -1,0 +1,66 @@
+"""Mixup, label smoothing and the training step."""
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from imageclf import engine
+
+
+def test_mixup_blends_inputs_and_pairs_targets():
+    images = torch.arange(4 * 3 * 2 * 2, dtype=torch.float32).reshape(4, 3, 2, 2)
+    targets = torch.tensor([0, 1, 2, 3])
+    rng, gen = np.random.default_rng(5), torch.Generator().manual_seed(5)
+    mixed, ya, yb, lam = engine.mixup_batch(images, targets, 0.2, rng, gen)
+    perm = torch.randperm(4, generator=torch.Generator().manual_seed(5))
+    expected_lam = np.random.default_rng(5).beta(0.2, 0.2)
+    assert lam == pytest.approx(expected_lam) and 0 <= lam <= 1
+    assert torch.allclose(mixed, lam * images + (1 - lam) * images[perm])
+    assert torch.equal(ya, targets) and torch.equal(yb, targets[perm])
+
+
+def test_mixup_loss_is_the_lambda_weighted_sum():
+    torch.manual_seed(0)
+    logits = torch.randn(6, 5)
+    ya, yb = torch.tensor([0, 1, 2, 3, 4, 0]), torch.tensor([4, 3, 2, 1, 0, 0])
+    criterion = nn.CrossEntropyLoss(label_smoothing=0.1)
+    loss = engine.mixup_loss(criterion, logits, ya, yb, 0.3)
+    assert loss.item() == pytest.approx(0.3 * criterion(logits, ya).item() + 0.7 * criterion(logits, yb).item())
+
+
+def test_label_smoothing_is_applied_in_training_loss():
+    logits = torch.tensor([[10.0, 0.0, 0.0]])
+    smoothed = nn.CrossEntropyLoss(label_smoothing=0.1)(logits, torch.tensor([0])).item()
+    plain = nn.CrossEntropyLoss()(logits, torch.tensor([0])).item()
+    assert smoothed > plain + 0.1
+
+
+def tiny_loader(n=16):
+    torch.manual_seed(0)
+    x = torch.randn(n, 3, 8, 8)
+    y = torch.randint(0, 3, (n,))
+    return [(x[i : i + 8], y[i : i + 8]) for i in range(0, n, 8)]
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.2])
+def test_train_one_epoch_reduces_nothing_to_nan(alpha):
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 3))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    stats = engine.train_one_epoch(
+        model, tiny_loader(), optimizer, nn.CrossEntropyLoss(label_smoothing=0.1), torch.device("cpu"),
+        mixup_alpha=alpha, rng=np.random.default_rng(0), generator=torch.Generator().manual_seed(0),
+    )
+    assert np.isfinite(stats["train_loss"]) and stats["train_images"] == 16
+
+
+def test_evaluate_uses_plain_cross_entropy_and_true_labels():
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 3))
+    loader = tiny_loader()
+    result = engine.evaluate(model, loader, torch.device("cpu"))
+    x = torch.cat([b[0] for b in loader])
+    y = torch.cat([b[1] for b in loader])
+    with torch.no_grad():
+        logits = model(x)
+    assert result["val_loss"] == pytest.approx(nn.functional.cross_entropy(logits, y).item(), rel=1e-5)
+    assert result["val_acc"] == pytest.approx((logits.argmax(1) == y).float().mean().item())
