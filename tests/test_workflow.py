@@ -1,0 +1,117 @@
+"""The workflow end to end on tiny data, and Snakemake re-running only what is stale."""
+
+import zipfile
+
+import pandas as pd
+import pytest
+import yaml
+from conftest import REPO, make_dataset, planned_jobs, snakemake, tiny_overlay, write_overlay
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """One complete run of `snakemake all` (submission, ablation table, plots) on tiny data."""
+    base = tmp_path_factory.mktemp("workflow")
+    make_dataset(base / "data")
+    configfile = write_overlay(base / "tiny.yaml", tiny_overlay(base / "data"))
+    workdir = base / "work"
+    result = snakemake(workdir, configfile, "all")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return workdir, configfile, base
+
+
+def test_submission_matches_the_test_index(finished):
+    workdir, _, _ = finished
+    submission = pd.read_csv(workdir / "results/submission.csv", dtype=str)
+    test_index = pd.read_csv(workdir / "results/index/test.csv", dtype=str)
+    assert list(submission.columns) == ["image_name", "pred_label"]
+    assert sorted(submission["image_name"]) == submission["image_name"].tolist()
+    assert set(submission["image_name"]) == set(test_index["image_name"])
+    assert set(submission["pred_label"]) <= {str(i) for i in range(12)}
+    with zipfile.ZipFile(workdir / "results/submission.zip") as archive:
+        assert archive.read("prediction.csv").decode() == (workdir / "results/submission.csv").read_text()
+
+
+def test_every_stage_wrote_its_files(finished):
+    workdir, _, _ = finished
+    run = workdir / "results/train/full/seed0"
+    history = pd.read_csv(run / "history.csv")
+    assert list(history.columns) == ["epoch", "train_loss", "val_loss", "val_acc", "lr", "seconds", "images_per_s"]
+    assert history["epoch"].tolist() == [1, 2]
+    selection = yaml.safe_load((run / "selection.json").read_text())
+    assert selection["metric"] == "val_acc" and selection["epoch"] in (1, 2) and "reason" in selection
+    predictions = pd.read_csv(workdir / "results/predict/full/seed0/test.csv", dtype={"label": str})
+    assert {"image_name", "label", "pred_label", "prob_0", "prob_11"} <= set(predictions.columns)
+    assert predictions.filter(like="prob_").sum(axis=1).round(3).eq(1).all()
+    log = (workdir / "logs/train/full/seed0.log").read_text()
+    assert "epoch 2/2" in log and "ETA" in log and "img/s" in log
+
+
+def test_ablation_table_and_plots(finished):
+    workdir, _, _ = finished
+    table = pd.read_csv(workdir / "results/ablation/table.csv")
+    assert table["variant"].tolist() == ["full", "no_mlp", "no_mixup"]
+    params = dict(zip(table["variant"], table["parameters"]))
+    assert params["no_mlp"] < params["full"] == params["no_mixup"]  # each variant is what it claims
+    assert table["test_acc_mean"].between(0, 1).all() and table["val_acc_mean"].between(0, 1).all()
+    assert {"val_diff", "val_ci_low", "test_mcnemar_p", "test_verdict"} <= set(table.columns)
+    markdown = (workdir / "results/ablation/table.md").read_text()
+    assert "no_mlp" in markdown and "McNemar" in markdown
+    for name in ("curves", "confusion_matrix", "worst_classes", "error_gallery"):
+        assert (workdir / f"results/plots/{name}.png").read_bytes()[:4] == b"\x89PNG"
+    worst = pd.read_csv(workdir / "results/plots/worst_classes.csv")
+    assert len(worst) == 10 and worst["error_rate"].is_monotonic_decreasing
+
+
+def test_nothing_reruns_after_a_full_run(finished):
+    workdir, configfile, _ = finished
+    result = snakemake(workdir, configfile, "all", "-n")
+    assert result.returncode == 0
+    assert planned_jobs(result.stdout) == {}, result.stdout[-2000:]
+
+
+def test_changing_one_variant_reruns_only_that_variant(finished):
+    workdir, configfile, base = finished
+    overlay = yaml.safe_load(configfile.read_text())
+    overlay["variants"] = {"full": {}, "no_mlp": {"model": {"head": "linear"}},
+                           "no_mixup": {"train": {"mixup_alpha": 0, "label_smoothing": 0.05}}}
+    changed = write_overlay(base / "changed.yaml", overlay)
+    result = snakemake(workdir, changed, "all", "-n")
+    assert result.returncode == 0, result.stderr[-2000:]
+    jobs = planned_jobs(result.stdout)
+    assert jobs == {"run_config": 1, "train": 1, "select": 1, "predict": 1, "ablation": 1,
+                    "plots": 1, "all": 1}, result.stdout[-3000:]
+    assert "results/train/no_mixup/seed0/config.json" in result.stdout
+    assert "results/train/full/seed0/config.json" not in result.stdout
+
+
+def test_changing_the_data_reruns_from_the_index(finished):
+    workdir, configfile, base = finished
+    extra = base / "data" / "train" / "3" / "extra.png"
+    source = next((base / "data" / "train" / "3").glob("*.jpg"))
+    extra.write_bytes(source.read_bytes())
+    try:
+        result = snakemake(workdir, configfile, "all", "-n")
+    finally:
+        extra.unlink()
+    jobs = planned_jobs(result.stdout)
+    assert jobs.get("index") == 1 and jobs.get("train") == 3 and jobs.get("submission") == 1, result.stdout[-3000:]
+    assert planned_jobs(snakemake(workdir, configfile, "all", "-n").stdout) == {}
+
+
+def test_rule_graph_draws(finished):
+    workdir, configfile, _ = finished
+    result = snakemake(workdir, configfile, "all", "--rulegraph")
+    assert result.returncode == 0
+    for rule in ("index", "train", "select", "predict", "submission", "ablation", "plots"):
+        assert f'label = "{rule}"' in result.stdout
+
+
+def test_bad_config_key_stops_before_any_job(finished):
+    workdir, _, base = finished
+    before = (workdir / "results/submission.csv").read_bytes()
+    bad = write_overlay(base / "bad.yaml", {"train": {"epoch": 3}})
+    result = snakemake(workdir, bad, "all")
+    assert result.returncode != 0
+    assert "train: Additional properties are not allowed ('epoch' was unexpected)" in result.stdout + result.stderr
+    assert (workdir / "results/submission.csv").read_bytes() == before
