@@ -1,0 +1,111 @@
+"""Determinism and crash-proof training: a run killed with SIGKILL resumes bit-identically."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pandas as pd
+import pytest
+import torch
+from conftest import REPO, make_dataset, snakemake, tiny_overlay, write_overlay
+
+from imageclf import config as C
+from imageclf import index, train
+from imageclf.io_utils import write_json
+
+COMPARED = ["epoch", "train_loss", "val_loss", "val_acc", "lr"]  # all but wall-clock columns
+
+
+@pytest.fixture
+def prepared(tmp_path):
+    make_dataset(tmp_path / "data")
+    index.run(tmp_path / "data", tmp_path / "index")
+    cfg = C.effective_config(C.deep_merge(
+        __import__("yaml").safe_load((REPO / "config.yaml").read_text()),
+        tiny_overlay(tmp_path / "data", train={"epochs": 3}),
+    ))
+    run_config = tmp_path / "config.json"
+    write_json(run_config, C.run_config(cfg, "full", 0))
+    return tmp_path, run_config
+
+
+def checkpoint_tensors(path):
+    return torch.load(path, map_location="cpu", weights_only=True)["model"]
+
+
+def assert_same_run(dir_a, dir_b):
+    history_a = pd.read_csv(dir_a / "history.csv")[COMPARED]
+    history_b = pd.read_csv(dir_b / "history.csv")[COMPARED]
+    pd.testing.assert_frame_equal(history_a, history_b, check_exact=True)
+    for name in ("best_val_acc.pt", "best_val_loss.pt"):
+        a, b = checkpoint_tensors(dir_a / "checkpoints" / name), checkpoint_tensors(dir_b / "checkpoints" / name)
+        assert a.keys() == b.keys()
+        for key in a:
+            assert torch.equal(a[key], b[key]), f"{name}: {key} differs"
+
+
+def test_same_config_and_seed_give_identical_runs(prepared):
+    tmp, run_config = prepared
+    train.train(run_config, tmp / "index", tmp / "a", threads=1)
+    train.train(run_config, tmp / "index", tmp / "b", threads=1)
+    assert_same_run(tmp / "a", tmp / "b")
+
+
+def test_resume_state_from_another_config_is_discarded(prepared, caplog):
+    tmp, run_config = prepared
+    train.train(run_config, tmp / "index", tmp / "a", threads=1)
+    changed = C.load_run_config(run_config)
+    changed["train"]["epochs"] = 1
+    changed_path = tmp / "changed.json"
+    write_json(changed_path, changed)
+    with caplog.at_level("WARNING"):
+        history = train.train(changed_path, tmp / "index", tmp / "a", threads=1)
+    assert "discarding resume state" in caplog.text and "config_hash" in caplog.text
+    assert history["epoch"].tolist() == [1]
+
+
+def wait_for(path, text, process, timeout=300):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if path.exists() and text in path.read_text():
+            return
+        if process.poll() is not None:
+            raise AssertionError(f"finished before '{text}' appeared")
+        time.sleep(0.2)
+    raise AssertionError(f"'{text}' never appeared in {path}")
+
+
+def test_sigkilled_training_resumes_bit_identically(tmp_path):
+    make_dataset(tmp_path / "data")
+    configfile = write_overlay(tmp_path / "tiny.yaml", tiny_overlay(tmp_path / "data", train={"epochs": 4}))
+    work = tmp_path / "work"
+    target = "results/train/full/seed0/history.csv"
+    env = dict(os.environ, PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"])
+    command = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(work),
+               "--configfile", str(configfile), "--cores", "1", target]
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               start_new_session=True)
+    log = work / "logs/train/full/seed0.log"
+    try:
+        wait_for(log, "epoch 2/4", process)
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)  # snakemake and the training job, mid-run
+        process.wait()
+    assert not (work / target).exists()
+    state = torch.load(work / "results/train/full/seed0/resume/state.pt", weights_only=True)
+    assert 1 <= state["epoch"] < 4  # killed part-way: some epochs done, not all
+
+    assert snakemake(work, configfile, "--unlock").returncode == 0
+    rerun = snakemake(work, configfile, target)  # the default profile adds --rerun-incomplete
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert f"resuming full from results/train/full/seed0/resume/state.pt after epoch {state['epoch']}" in log.read_text()
+
+    # The same run uninterrupted, straight from the package, on the same index and run config.
+    run_dir = work / "results/train/full/seed0"
+    # threads=1 as the rule ran it: float sums (and so results) depend on the thread count
+    train.train(run_dir / "config.json", work / "results/index", tmp_path / "uninterrupted", threads=1)
+    assert_same_run(run_dir, tmp_path / "uninterrupted")
+    history = pd.read_csv(run_dir / "history.csv")
+    assert history["epoch"].tolist() == [1, 2, 3, 4]
