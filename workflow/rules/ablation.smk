@@ -13,23 +13,23 @@ rule ablation:
         reports=expand(
             "results/ablation/classification_report_{variant}.csv", variant=VARIANTS
         ),
-    params:
-        variants=" ".join(VARIANTS),
-        seeds=" ".join(str(s) for s in SEEDS),
-        reference=CFG["ablation"]["reference"],
-        samples=CFG["ablation"].get("bootstrap_samples", 10000),
-    threads: stage_resources("report")["threads"]
-    resources:
-        mem_mb=stage_resources("report")["mem_mb"],
-        runtime=stage_resources("report")["runtime"],
     log:
         "logs/ablation.log",
     benchmark:
         "benchmarks/ablation.tsv"
     conda:
         CONDA_ENV
+    threads: stage_resources("report")["threads"]
+    resources:
+        mem_mb=stage_resources("report")["mem_mb"],
+        runtime=stage_resources("report")["runtime"],
+    params:
+        variants=" ".join(VARIANTS),
+        seeds=" ".join(str(s) for s in SEEDS),
+        reference=CFG["ablation"]["reference"],
+        samples=CFG["ablation"].get("bootstrap_samples", 10000),
     shell:
-        "python {STAGE} ablation --results-dir results --variants {params.variants} "
+        "python -m imageclf ablation --results-dir results --variants {params.variants} "
         "--seeds {params.seeds} --reference {params.reference} --classes {input.classes} "
         "--bootstrap-samples {params.samples} --out-dir results/ablation > {log} 2>&1"
 
@@ -38,8 +38,8 @@ rule plots:
     """Curves of every run, and the submitted model's confusion matrix and worst classes."""
     input:
         histories=run_paths(f"{RUN}/history.csv"),
-        val=PRED.format(**SUBMITTED) + "/val.csv",
-        test=PRED.format(**SUBMITTED) + "/test.csv",
+        val=SUBMITTED_PRED["val"],
+        test=SUBMITTED_PRED["test"],
         index_val=INDEX_FILES["val"],
         classes=INDEX_FILES["classes"],
     output:
@@ -48,6 +48,16 @@ rule plots:
         worst="results/plots/worst_classes.png",
         worst_table="results/plots/worst_classes.csv",
         gallery="results/plots/error_gallery.png",
+    log:
+        "logs/plots.log",
+    benchmark:
+        "benchmarks/plots.tsv"
+    conda:
+        CONDA_ENV
+    threads: stage_resources("report")["threads"]
+    resources:
+        mem_mb=stage_resources("report")["mem_mb"],
+        runtime=stage_resources("report")["runtime"],
     params:
         histories=lambda wildcards, input: " ".join(
             f"{variant}:{seed}:{path}"
@@ -55,20 +65,10 @@ rule plots:
                 [(v, s) for v in VARIANTS for s in SEEDS], input.histories
             )
         ),
-        predictions_dir=PRED.format(**SUBMITTED),
-        index_dir=INDEX,
-    threads: stage_resources("report")["threads"]
-    resources:
-        mem_mb=stage_resources("report")["mem_mb"],
-        runtime=stage_resources("report")["runtime"],
-    log:
-        "logs/plots.log",
-    benchmark:
-        "benchmarks/plots.tsv"
-    conda:
-        CONDA_ENV
+        predictions_dir=input_dir("test"),
+        index_dir=input_dir("classes"),
     shell:
-        "python {STAGE} plots --histories {params.histories} "
+        "python -m imageclf plots --histories {params.histories} "
         "--predictions-dir {params.predictions_dir} --index-dir {params.index_dir} "
         "--out-dir results/plots > {log} 2>&1"
 

@@ -3,9 +3,22 @@ import os
 import sys
 from pathlib import Path
 
-sys.path.insert(0, os.path.join(workflow.basedir, "workflow"))
+# The package lives in workflow/imageclf: importable here, and by every job's
+# `python -m imageclf STAGE` (jobs inherit this environment, on a cluster node too).
+PACKAGE_DIR = os.path.join(workflow.basedir, "workflow")
+sys.path.insert(0, PACKAGE_DIR)
+os.environ.update(
+    PYTHONPATH=os.pathsep.join(
+        p for p in (PACKAGE_DIR, os.environ.get("PYTHONPATH")) if p
+    )
+)
 
-from imageclf.config import ConfigError, effective_config, run_config, is_demo  # noqa: E402
+from imageclf.config import (
+    ConfigError,
+    effective_config,
+    run_config,
+    is_demo,
+)  # noqa: E402
 from imageclf.io_utils import write_json  # noqa: E402
 
 try:
@@ -13,8 +26,6 @@ try:
 except ConfigError as error:
     raise WorkflowError(str(error))
 
-# The one entry point every rule calls; see workflow/scripts/stage.py.
-STAGE = os.path.join(workflow.basedir, "workflow", "scripts", "stage.py")
 CONDA_ENV = "../../envs/imageclf.yaml"
 INDEX = "results/index"
 RUN = "results/train/{variant}/seed{seed}"
@@ -22,6 +33,15 @@ PRED = "results/predict/{variant}/seed{seed}"
 VARIANTS = list(CFG["variants"])
 SEEDS = [int(s) for s in CFG["seeds"]]
 DEMO_ROOT = (CFG.get("demo") or {}).get("root", "resources/demo")
+# The predictions of the run that is submitted (submission.variant, submission.seed).
+SUBMITTED_PRED = {
+    split: expand(
+        f"{PRED}/{split}.csv",
+        variant=CFG["submission"]["variant"],
+        seed=CFG["submission"]["seed"],
+    )[0]
+    for split in ("val", "test")
+}
 INDEX_FILES = {
     name: f"{INDEX}/{name}.csv"
     for name in ("train", "val", "test", "classes", "summary", "leaks")
@@ -61,6 +81,15 @@ def data_files(wildcards):
     )
 
 
+def input_dir(name):
+    """A params function: the folder of input `name` (derived, so never hard-coded twice)."""
+    return lambda wildcards, input: os.path.dirname(input[name])
+
+
+def output_dir(name):
+    return lambda wildcards, output: os.path.dirname(output[name])
+
+
 def run_paths(pattern, variants=None, seeds=None):
     return expand(
         pattern,
@@ -71,7 +100,9 @@ def run_paths(pattern, variants=None, seeds=None):
 
 def train_launcher(wildcards):
     """python for one device; torchrun (DistributedDataParallel) when train.devices > 1."""
-    devices = run_config(CFG, wildcards.variant, int(wildcards.seed))["train"]["devices"]
+    devices = run_config(CFG, wildcards.variant, int(wildcards.seed))["train"][
+        "devices"
+    ]
     if devices > 1:
-        return f"torchrun --standalone --nproc_per_node {devices}"
-    return "python"
+        return f"torchrun --standalone --nproc_per_node {devices} -m imageclf"
+    return "python -m imageclf"

@@ -9,6 +9,6 @@ rule demo_data:
     conda:
         CONDA_ENV
     params:
-        root=DEMO_ROOT,
+        root=output_dir("labels"),
     shell:
-        "python {STAGE} demo --out-dir {params.root} > {log} 2>&1"
+        "python -m imageclf demo --out-dir {params.root} > {log} 2>&1"

@@ -4,23 +4,23 @@ rule index:
         test_labels=test_labels_input,
     output:
         **INDEX_FILES,
-    params:
-        root=CFG["data"]["root"],
-        test_labels=lambda wildcards, input: (
-            f"--test-labels {input.test_labels}" if input.test_labels else ""
-        ),
-        on_leak=CFG["data"]["on_leak"],
-        out_dir=INDEX,
-    threads: stage_resources("index")["threads"]
-    resources:
-        mem_mb=stage_resources("index")["mem_mb"],
-        runtime=stage_resources("index")["runtime"],
     log:
         "logs/index.log",
     benchmark:
         "benchmarks/index.tsv"
     conda:
         CONDA_ENV
+    threads: stage_resources("index")["threads"]
+    resources:
+        mem_mb=stage_resources("index")["mem_mb"],
+        runtime=stage_resources("index")["runtime"],
+    params:
+        root=CFG["data"]["root"],
+        test_labels=lambda wildcards, input: (
+            f"--test-labels {input.test_labels}" if input.test_labels else ""
+        ),
+        on_leak=CFG["data"]["on_leak"],
+        out_dir=output_dir("classes"),
     shell:
-        "python {STAGE} index --root {params.root} --out-dir {params.out_dir} "
+        "python -m imageclf index --root {params.root} --out-dir {params.out_dir} "
         "{params.test_labels} --on-leak {params.on_leak} --threads {threads} > {log} 2>&1"

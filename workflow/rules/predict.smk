@@ -9,24 +9,24 @@ rule predict:
     output:
         val=f"{PRED}/val.csv",
         test=f"{PRED}/test.csv",
-    params:
-        index_dir=INDEX,
-        batch_size=CFG["predict"]["batch_size"],
-        test_labels=lambda wildcards, input: (
-            f"--test-labels {input.test_labels}" if input.test_labels else ""
-        ),
-    threads: stage_resources("predict")["threads"]
-    resources:
-        mem_mb=stage_resources("predict")["mem_mb"],
-        runtime=stage_resources("predict")["runtime"],
-        gpu=stage_resources("predict").get("gpu", 0),
     log:
         "logs/predict/{variant}/seed{seed}.log",
     benchmark:
         "benchmarks/predict/{variant}/seed{seed}.tsv"
     conda:
         CONDA_ENV
+    threads: stage_resources("predict")["threads"]
+    resources:
+        mem_mb=stage_resources("predict")["mem_mb"],
+        runtime=stage_resources("predict")["runtime"],
+        gpu=stage_resources("predict").get("gpu", 0),
+    params:
+        index_dir=input_dir("classes"),
+        batch_size=CFG["predict"]["batch_size"],
+        test_labels=lambda wildcards, input: (
+            f"--test-labels {input.test_labels}" if input.test_labels else ""
+        ),
     shell:
-        "python {STAGE} predict --run-config {input.config} --model {input.model} "
+        "python -m imageclf predict --run-config {input.config} --model {input.model} "
         "--index-dir {params.index_dir} --out-val {output.val} --out-test {output.test} "
         "{params.test_labels} --batch-size {params.batch_size} --threads {threads} > {log} 2>&1"

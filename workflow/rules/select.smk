@@ -6,14 +6,14 @@ rule select:
     output:
         model=f"{RUN}/model.pt",
         selection=f"{RUN}/selection.json",
-    params:
-        metric=CFG["select"]["metric"],
-        checkpoint_dir=f"{RUN}/checkpoints",
     log:
         "logs/select/{variant}/seed{seed}.log",
     conda:
         CONDA_ENV
+    params:
+        metric=CFG["select"]["metric"],
+        checkpoint_dir=input_dir("best_acc"),
     shell:
-        "python {STAGE} select --history {input.history} --checkpoint-dir {params.checkpoint_dir} "
+        "python -m imageclf select --history {input.history} --checkpoint-dir {params.checkpoint_dir} "
         "--metric {params.metric} --model-out {output.model} "
         "--selection-out {output.selection} > {log} 2>&1"

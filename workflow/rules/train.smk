@@ -5,11 +5,11 @@ rule run_config:
     alone (Snakemake's params rerun trigger)."""
     output:
         f"{RUN}/config.json",
-    params:
-        run=lambda wildcards: run_config(CFG, wildcards.variant, int(wildcards.seed)),
     log:
         "logs/run_config/{variant}/seed{seed}.log",
     localrule: True
+    params:
+        run=lambda wildcards: run_config(CFG, wildcards.variant, int(wildcards.seed)),
     run:
         write_json(output[0], params.run)
 
@@ -25,24 +25,26 @@ rule train:
         run=f"{RUN}/run.json",
         best_acc=f"{RUN}/checkpoints/best_val_acc.pt",
         best_loss=f"{RUN}/checkpoints/best_val_loss.pt",
-    params:
-        launcher=train_launcher,
-        index_dir=INDEX,
-        out_dir=RUN,
-        # Resume state: not an output, so Snakemake keeps it when a killed job re-runs.
-        state_dir=f"{RUN}/resume",
-    threads: stage_resources("train")["threads"]
-    resources:
-        mem_mb=stage_resources("train")["mem_mb"],
-        runtime=stage_resources("train")["runtime"],
-        gpu=stage_resources("train").get("gpu", 0),
     log:
         "logs/train/{variant}/seed{seed}.log",
     benchmark:
         "benchmarks/train/{variant}/seed{seed}.tsv"
     conda:
         CONDA_ENV
+    threads: stage_resources("train")["threads"]
+    resources:
+        mem_mb=stage_resources("train")["mem_mb"],
+        runtime=stage_resources("train")["runtime"],
+        gpu=stage_resources("train").get("gpu", 0),
+    params:
+        launcher=train_launcher,
+        index_dir=input_dir("classes"),
+        out_dir=output_dir("history"),
+        # Resume state: not an output, so Snakemake keeps it when a killed job re-runs.
+        state_dir=lambda wildcards, output: os.path.join(
+            os.path.dirname(output.history), "resume"
+        ),
     shell:
-        "{params.launcher} {STAGE} train --run-config {input.config} "
+        "{params.launcher} train --run-config {input.config} "
         "--index-dir {params.index_dir} --out-dir {params.out_dir} "
         "--state-dir {params.state_dir} --threads {threads} > {log} 2>&1"
