@@ -10,10 +10,11 @@ from conftest import REPO, make_dataset, planned_jobs, snakemake, tiny_overlay, 
 
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory):
-    """One complete run of `snakemake all` (submission, ablation table, plots) on tiny data."""
+    """One complete run of `snakemake all` (submission, ablation table, plots) on tiny data,
+    two seeds per variant."""
     base = tmp_path_factory.mktemp("workflow")
     make_dataset(base / "data")
-    configfile = write_overlay(base / "tiny.yaml", tiny_overlay(base / "data"))
+    configfile = write_overlay(base / "tiny.yaml", tiny_overlay(base / "data", seeds=[0, 1]))
     workdir = base / "work"
     result = snakemake(workdir, configfile, "all")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -51,12 +52,20 @@ def test_ablation_table_and_plots(finished):
     workdir, _, _ = finished
     table = pd.read_csv(workdir / "results/ablation/table.csv")
     assert table["variant"].tolist() == ["full", "no_mlp", "no_mixup"]
+    assert table["runs"].tolist() == [2, 2, 2]  # mean ± sd over the two seeds
+    assert table["val_acc_sd"].notna().all() and table["test_acc_sd"].notna().all()
+    runs = pd.read_csv(workdir / "results/ablation/runs.csv")
+    assert sorted(zip(runs["variant"], runs["seed"])) == sorted(
+        (v, s) for v in ("full", "no_mlp", "no_mixup") for s in (0, 1))
     params = dict(zip(table["variant"], table["parameters"]))
     assert params["no_mlp"] < params["full"] == params["no_mixup"]  # each variant is what it claims
     assert table["test_acc_mean"].between(0, 1).all() and table["val_acc_mean"].between(0, 1).all()
     assert {"val_diff", "val_ci_low", "test_mcnemar_p", "test_verdict"} <= set(table.columns)
     markdown = (workdir / "results/ablation/table.md").read_text()
-    assert "no_mlp" in markdown and "McNemar" in markdown
+    assert "no_mlp" in markdown and "McNemar" in markdown and " ± " in markdown
+    report = pd.read_csv(workdir / "results/ablation/classification_report_no_mlp.csv", dtype={"class": str})
+    assert {"precision", "recall", "f1-score", "support"} <= set(report.columns)
+    assert set(report["split"]) == {"val", "test"} and "11" in set(report["class"])
     for name in ("curves", "confusion_matrix", "worst_classes", "error_gallery"):
         assert (workdir / f"results/plots/{name}.png").read_bytes()[:4] == b"\x89PNG"
     worst = pd.read_csv(workdir / "results/plots/worst_classes.csv")
@@ -79,9 +88,10 @@ def test_changing_one_variant_reruns_only_that_variant(finished):
     result = snakemake(workdir, changed, "all", "-n")
     assert result.returncode == 0, result.stderr[-2000:]
     jobs = planned_jobs(result.stdout)
-    assert jobs == {"run_config": 1, "train": 1, "select": 1, "predict": 1, "ablation": 1,
+    assert jobs == {"run_config": 2, "train": 2, "select": 2, "predict": 2, "ablation": 1,
                     "plots": 1, "all": 1}, result.stdout[-3000:]
     assert "results/train/no_mixup/seed0/config.json" in result.stdout
+    assert "results/train/no_mixup/seed1/config.json" in result.stdout
     assert "results/train/full/seed0/config.json" not in result.stdout
 
 
@@ -95,7 +105,7 @@ def test_changing_the_data_reruns_from_the_index(finished):
     finally:
         extra.unlink()
     jobs = planned_jobs(result.stdout)
-    assert jobs.get("index") == 1 and jobs.get("train") == 3 and jobs.get("submission") == 1, result.stdout[-3000:]
+    assert jobs.get("index") == 1 and jobs.get("train") == 6 and jobs.get("submission") == 1, result.stdout[-3000:]
     assert planned_jobs(snakemake(workdir, configfile, "all", "-n").stdout) == {}
 
 
@@ -115,3 +125,15 @@ def test_bad_config_key_stops_before_any_job(finished):
     assert result.returncode != 0
     assert "train: Additional properties are not allowed ('epoch' was unexpected)" in result.stdout + result.stderr
     assert (workdir / "results/submission.csv").read_bytes() == before
+
+
+def test_report_names_every_plot_and_table(finished):
+    workdir, configfile, _ = finished
+    result = snakemake(workdir, configfile, "--report", "results/report.html")
+    assert result.returncode == 0, result.stderr[-2000:]
+    html = (workdir / "results/report.html").read_text()
+    for name in ("curves.png", "confusion_matrix.png", "worst_classes.png", "error_gallery.png",
+                 "table.csv", "runs.csv", "summary.csv", "leaks.csv", "classification_report_full.csv"):
+        assert name in html, name
+    for run in ("full/seed0/config.json", "no_mixup/seed1/config.json"):
+        assert run in html, run

@@ -7,12 +7,28 @@ rule ablation:
         test=run_paths(f"{PRED}/test.csv"),
         classes=INDEX_FILES["classes"],
     output:
-        table="results/ablation/table.csv",
-        markdown="results/ablation/table.md",
-        runs="results/ablation/runs.csv",
-        reports=expand(
-            "results/ablation/classification_report_{variant}.csv", variant=VARIANTS
+        table=in_report(
+            "results/ablation/table.csv",
+            "table",
+            "ablation",
+            labels={"table": "ablation"},
         ),
+        markdown="results/ablation/table.md",
+        runs=in_report(
+            "results/ablation/runs.csv",
+            "runs",
+            "ablation",
+            labels={"table": "every run"},
+        ),
+        reports=[
+            in_report(
+                f"results/ablation/classification_report_{variant}.csv",
+                "class_report",
+                "errors",
+                labels={"table": f"classification report, {variant}"},
+            )
+            for variant in VARIANTS
+        ],
     log:
         "logs/ablation.log",
     benchmark:
@@ -43,11 +59,28 @@ rule plots:
         index_val=INDEX_FILES["val"],
         classes=INDEX_FILES["classes"],
     output:
-        curves="results/plots/curves.png",
-        confusion="results/plots/confusion_matrix.png",
-        worst="results/plots/worst_classes.png",
+        curves=in_report(
+            "results/plots/curves.png", "curves", "training", labels={"plot": "curves"}
+        ),
+        confusion=in_report(
+            "results/plots/confusion_matrix.png",
+            "confusion",
+            "errors",
+            labels={"plot": "confusion matrix"},
+        ),
+        worst=in_report(
+            "results/plots/worst_classes.png",
+            "worst",
+            "errors",
+            labels={"plot": "ten worst classes"},
+        ),
         worst_table="results/plots/worst_classes.csv",
-        gallery="results/plots/error_gallery.png",
+        gallery=in_report(
+            "results/plots/error_gallery.png",
+            "gallery",
+            "errors",
+            labels={"plot": "error gallery"},
+        ),
     log:
         "logs/plots.log",
     benchmark:

@@ -46,6 +46,17 @@ INDEX_FILES = {
     name: f"{INDEX}/{name}.csv"
     for name in ("train", "val", "test", "classes", "summary", "leaks")
 }
+REPORT_DIR = os.path.join(workflow.basedir, "workflow", "report")
+
+
+def in_report(path, caption, category, **labels):
+    """Mark an output for `snakemake --report`, with its caption from workflow/report/."""
+    return report(
+        path,
+        caption=os.path.join(REPORT_DIR, f"{caption}.rst"),
+        category=category,
+        **labels,
+    )
 
 
 wildcard_constraints:

@@ -3,7 +3,23 @@ rule index:
         data=data_files,
         test_labels=test_labels_input,
     output:
-        **INDEX_FILES,
+        **{
+            name: path
+            for name, path in INDEX_FILES.items()
+            if name not in ("summary", "leaks")
+        },
+        summary=in_report(
+            INDEX_FILES["summary"],
+            "summary",
+            "data",
+            labels={"table": "images per class"},
+        ),
+        leaks=in_report(
+            INDEX_FILES["leaks"],
+            "leaks",
+            "data",
+            labels={"table": "cross-split duplicates"},
+        ),
     log:
         "logs/index.log",
     benchmark:

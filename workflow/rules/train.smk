@@ -4,7 +4,12 @@ rule run_config:
     Only this run's own settings are its params, so editing one variant re-runs that variant
     alone (Snakemake's params rerun trigger)."""
     output:
-        f"{RUN}/config.json",
+        in_report(
+            f"{RUN}/config.json",
+            "run_config",
+            "configuration",
+            labels={"variant": "{variant}", "seed": "{seed}"},
+        ),
     log:
         "logs/run_config/{variant}/seed{seed}.log",
     localrule: True
