@@ -73,3 +73,12 @@ def test_submission_must_name_a_trained_run():
     cfg["submission"]["seed"] = 7
     with pytest.raises(C.ConfigError, match="submission.seed 7 is not in seeds"):
         C.effective_config(cfg)
+
+
+def test_missing_weights_file_fails_at_config_time(tmp_path):
+    cfg = user_config()
+    cfg["variants"]["local"] = {"model": {"weights": str(tmp_path / "missing.pth")}}
+    with pytest.raises(C.ConfigError, match=r"model.weights \(variant 'local'\): file '.*missing.pth' does not exist"):
+        C.effective_config(cfg)
+    (tmp_path / "missing.pth").write_bytes(b"")
+    C.effective_config(cfg)

@@ -1,5 +1,10 @@
 """The workflow end to end on tiny data, and Snakemake re-running only what is stale."""
 
+import os
+import signal
+import subprocess
+import sys
+import time
 import zipfile
 
 import pandas as pd
@@ -137,3 +142,46 @@ def test_report_names_every_plot_and_table(finished):
         assert name in html, name
     for run in ("full/seed0/config.json", "no_mixup/seed1/config.json"):
         assert run in html, run
+
+
+def test_bad_image_stops_the_index_and_keeps_finished_results(finished):
+    workdir, configfile, base = finished
+    kept = {path: path.read_bytes() for path in [
+        workdir / "results/submission.csv", workdir / "results/train/full/seed0/model.pt",
+        workdir / "results/ablation/table.csv"]}
+    broken = base / "data" / "train" / "4" / "broken.jpg"
+    broken.write_bytes(b"\xff\xd8\xff\xe0 not a jpeg at all")
+    try:
+        result = snakemake(workdir, configfile, "all")
+    finally:
+        broken.unlink()
+    assert result.returncode != 0
+    assert f"{broken}: not a readable image" in result.stdout + result.stderr  # the failed log is shown
+    assert "rule train" not in result.stdout + result.stderr  # stopped before any training
+    for path, content in kept.items():
+        assert path.read_bytes() == content
+
+
+def test_second_invocation_is_refused_while_one_runs(finished):
+    workdir, configfile, base = finished
+    lock_dir = workdir / ".snakemake" / "locks"
+    overlay = yaml.safe_load(configfile.read_text())
+    overlay["train"]["epochs"] = 30  # long enough to still be running
+    slow = write_overlay(base / "slow.yaml", overlay)
+    env = dict(os.environ, PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"])
+    first = subprocess.Popen(
+        [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(workdir),
+         "--configfile", str(slow), "--cores", "1", "results/train/full/seed0/history.csv"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.time() + 120
+        while not (lock_dir.exists() and any(lock_dir.iterdir())):
+            assert time.time() < deadline and first.poll() is None, "first run never took the lock"
+            time.sleep(0.2)
+        second = snakemake(workdir, configfile, "all")
+        assert second.returncode != 0
+        assert "Directory cannot be locked" in second.stdout + second.stderr
+    finally:
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait()
+    assert snakemake(workdir, configfile, "--unlock").returncode == 0

@@ -75,7 +75,22 @@ def effective_config(config: dict) -> dict:
             f"ablation.reference '{config['ablation']['reference']}' is not one of the "
             f"variants {sorted(config['variants'])}"
         )
+    for variant in config["variants"]:
+        check_weights_file(run_config(config, variant, config["seeds"][0])["model"]["weights"], variant)
     return config
+
+
+def looks_like_path(weights: str) -> bool:
+    return weights.endswith((".pth", ".pt")) or "/" in weights
+
+
+def check_weights_file(weights: str, variant: str) -> None:
+    """A weights file that is not there fails now, not after the index and the other runs."""
+    if looks_like_path(weights) and not Path(weights).is_file():
+        raise ConfigError(
+            f"model.weights (variant '{variant}'): file '{weights}' does not exist; give a path to a "
+            "state dict, a torchvision weights name such as IMAGENET1K_V2, or none"
+        )
 
 
 def run_config(config: dict, variant: str, seed: int) -> dict:

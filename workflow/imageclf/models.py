@@ -9,6 +9,8 @@ import torch
 import torchvision
 from torch import nn
 
+from .config import looks_like_path
+
 log = logging.getLogger("imageclf.models")
 
 
@@ -54,7 +56,7 @@ def backbone_state_dict(weights: str) -> dict | None:
     """State dict for the backbone named by model.weights, or None for 'none'."""
     if weights.lower() == "none":
         return None
-    if weights.endswith((".pth", ".pt")) or "/" in weights:
+    if looks_like_path(weights):
         state = load_checkpoint_file(weights)
         if isinstance(state, dict) and isinstance(state.get("model"), dict):
             state = state["model"]
