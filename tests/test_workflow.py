@@ -1,5 +1,6 @@
 """The workflow end to end on tiny data, and Snakemake re-running only what is stale."""
 
+import json
 import os
 import signal
 import subprocess
@@ -11,6 +12,8 @@ import pandas as pd
 import pytest
 import yaml
 from conftest import REPO, make_dataset, planned_jobs, snakemake, tiny_overlay, write_overlay
+
+COMPARED = ["epoch", "train_loss", "val_loss", "val_acc", "lr"]  # all but wall-clock columns
 
 
 @pytest.fixture(scope="module")
@@ -142,6 +145,43 @@ def test_report_names_every_plot_and_table(finished):
         assert name in html, name
     for run in ("full/seed0/config.json", "no_mixup/seed1/config.json"):
         assert run in html, run
+
+
+def test_cluster_executor_runs_each_job_as_its_own_submission(finished):
+    """cluster-generic with a stand-in for sbatch; results must equal the local run's."""
+    workdir, configfile, base = finished
+    overlay = yaml.safe_load(configfile.read_text())
+    overlay["seeds"] = [0]
+    overlay["variants"] = {"full": {}, "no_mlp": {"model": {"head": "linear"}}}  # two keep it quick
+    overlay["resources"].update(train={"threads": 1, "gpu": 1}, predict={"threads": 1, "gpu": 1})
+    cluster_config = write_overlay(base / "cluster.yaml", overlay)
+    record = base / "submissions.jsonl"
+    submit = (f"{sys.executable} {REPO / 'tests' / 'cluster_submit.py'} --record {record} --rule {{rule}} "
+              "--threads {threads} --mem-mb {resources.mem_mb} --runtime {resources.runtime} --gpu {resources.gpu}")
+    cluster_dir = base / "cluster"
+    result = snakemake(cluster_dir, cluster_config, "all", "--executor", "cluster-generic",
+                       "--cluster-generic-submit-cmd", submit, "--jobs", "2", "--default-resources", "gpu=0", "runtime=10",
+                       "--latency-wait", "30")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    jobs = [json.loads(line) for line in record.read_text().splitlines()]
+    by_rule = {}
+    for job in jobs:
+        by_rule.setdefault(job["rule"], []).append(job)
+    assert len(by_rule["train"]) == 2 and len(by_rule["predict"]) == 2 and len(by_rule["index"]) == 1
+    assert len({job["job_id"] for job in jobs}) == len(jobs)  # every job its own process
+    assert len({job["jobscript"] for job in jobs}) == len(jobs)
+    assert all(job["gpu"] == 1 for job in by_rule["train"] + by_rule["predict"])
+    assert all(job["gpu"] == 0 for job in by_rule["index"] + by_rule["select"])
+    assert by_rule["train"][0]["mem_mb"] == 16000 and by_rule["train"][0]["runtime"] == 1440
+    # Same runs as the local workflow's seed 0: identical histories and predictions.
+    for variant in ("full", "no_mlp"):
+        local = pd.read_csv(workdir / f"results/train/{variant}/seed0/history.csv")[COMPARED]
+        remote = pd.read_csv(cluster_dir / f"results/train/{variant}/seed0/history.csv")[COMPARED]
+        pd.testing.assert_frame_equal(local, remote, check_exact=True)
+        local_pred = pd.read_csv(workdir / f"results/predict/{variant}/seed0/test.csv")
+        remote_pred = pd.read_csv(cluster_dir / f"results/predict/{variant}/seed0/test.csv")
+        pd.testing.assert_frame_equal(local_pred, remote_pred)
+    assert (cluster_dir / "results/submission.csv").read_text() == (workdir / "results/submission.csv").read_text()
 
 
 def test_bad_image_stops_the_index_and_keeps_finished_results(finished):
