@@ -160,6 +160,8 @@ def train(run_config_path, index_dir, out_dir, state_dir=None, threads: int = 1)
     tcfg, index_dir, out_dir = cfg["train"], Path(index_dir), Path(out_dir)
     state_dir = Path(state_dir) if state_dir else out_dir / "resume"
     dist = Distributed(tcfg["device"])
+    if not dist.is_main:  # one progress log, not one per process
+        logging.getLogger("imageclf").setLevel(logging.WARNING)
     torch.set_num_threads(max(1, threads // dist.world_size))
     device, seed = dist.device, int(cfg["seed"])
 

@@ -1,0 +1,36 @@
+"""Several processes: the train rule launches torchrun (DistributedDataParallel, gloo on CPU)."""
+
+import json
+
+import pandas as pd
+import torch
+from conftest import make_dataset, snakemake, tiny_overlay, write_overlay
+
+from imageclf import train
+
+
+def test_two_process_training_matches_one_process(tmp_path):
+    make_dataset(tmp_path / "data", train_per_class=20, val_per_class=4)
+    overlay = tiny_overlay(tmp_path / "data", train={"epochs": 5, "devices": 2, "batch_size": 16})
+    configfile = write_overlay(tmp_path / "ddp.yaml", overlay)
+    work = tmp_path / "work"
+    result = snakemake(work, configfile, "results/train/full/seed0/model.pt")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    run = work / "results/train/full/seed0"
+    log = (work / "logs/train/full/seed0.log").read_text()
+    assert "batch 16 on cpu x2" in log  # two processes, one global batch of 16
+    assert log.count("epoch 5/5") == 1  # only rank 0 reports
+    assert sorted(p.name for p in (run / "resume").iterdir()) == ["best_val_acc.pt", "best_val_loss.pt", "state.pt"]
+    checkpoint = torch.load(run / "model.pt", weights_only=True)
+    assert not any(key.startswith("module.") for key in checkpoint["model"])  # loads without DDP
+    distributed = pd.read_csv(run / "history.csv")
+
+    single_config = tmp_path / "single.json"
+    config = json.loads((run / "config.json").read_text())
+    config["train"]["devices"] = 1
+    single_config.write_text(json.dumps(config))
+    single = train.train(single_config, work / "results/index", tmp_path / "single", threads=1)
+    assert distributed["epoch"].tolist() == single["epoch"].tolist() == [1, 2, 3, 4, 5]
+    # Same global batch; BatchNorm statistics and mixup pairs are per process, so close, not equal.
+    assert abs(distributed["val_acc"].iloc[-1] - single["val_acc"].iloc[-1]) <= 0.15
+    assert abs(distributed["train_loss"].iloc[0] - single["train_loss"].iloc[0]) <= 0.3
