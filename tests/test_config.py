@@ -64,6 +64,12 @@ def test_schema_names_the_bad_key(edit, named):
     assert named in str(error.value)
 
 
+def test_null_removes_a_variant():
+    cfg = user_config()
+    cfg["variants"]["no_mixup"] = None
+    assert list(C.effective_config(cfg)["variants"]) == ["full", "no_mlp"]
+
+
 def test_submission_must_name_a_trained_run():
     cfg = user_config()
     cfg["submission"]["variant"] = "nope"

@@ -64,3 +64,34 @@ def test_evaluate_uses_plain_cross_entropy_and_true_labels():
         logits = model(x)
     assert result["val_loss"] == pytest.approx(nn.functional.cross_entropy(logits, y).item(), rel=1e-5)
     assert result["val_acc"] == pytest.approx((logits.argmax(1) == y).float().mean().item())
+
+
+@pytest.mark.parametrize("precision, channels_last", [("fp32", False), ("fp32", True), ("bf16", False), ("bf16", True)])
+def test_precision_and_layout_options_train_a_step(precision, channels_last):
+    import torchvision
+
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(num_classes=3)
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    model = model.to(memory_format=memory_format)
+    x, y = torch.randn(4, 3, 32, 32), torch.randint(0, 3, (4,))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    stats = engine.train_one_epoch(
+        model, [(x, y)], optimizer, nn.CrossEntropyLoss(), torch.device("cpu"), mixup_alpha=0.2,
+        rng=np.random.default_rng(0), generator=torch.Generator().manual_seed(0),
+        precision=precision, channels_last=channels_last,
+    )
+    assert np.isfinite(stats["train_loss"])
+    assert all(p.dtype == torch.float32 for p in model.parameters())  # weights stay fp32
+    result = engine.evaluate(model, [(x, y)], torch.device("cpu"), precision, channels_last)
+    assert np.isfinite(result["val_loss"])
+
+
+def test_auto_precision_choices():
+    cpu = torch.device("cpu")
+    expected = "bf16" if engine.cpu_has_native_bf16() else "fp32"
+    assert engine.resolve_precision("auto", cpu) == expected
+    assert engine.resolve_channels_last("auto", expected, cpu) == (expected == "bf16")
+    assert engine.resolve_precision("fp32", cpu) == "fp32"
+    with pytest.raises(ValueError, match="fp16 needs a CUDA device"):
+        engine.resolve_precision("fp16", cpu)

@@ -152,7 +152,7 @@ def test_cluster_executor_runs_each_job_as_its_own_submission(finished):
     workdir, configfile, base = finished
     overlay = yaml.safe_load(configfile.read_text())
     overlay["seeds"] = [0]
-    overlay["variants"] = {"full": {}, "no_mlp": {"model": {"head": "linear"}}}  # two keep it quick
+    overlay["variants"] = {"full": {}, "no_mlp": {"model": {"head": "linear"}}, "no_mixup": None}  # quicker
     overlay["resources"].update(train={"threads": 1, "gpu": 1}, predict={"threads": 1, "gpu": 1})
     cluster_config = write_overlay(base / "cluster.yaml", overlay)
     record = base / "submissions.jsonl"

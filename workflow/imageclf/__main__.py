@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-STAGES = ("demo", "index", "train", "select", "predict", "submission", "ablation", "plots", "bench")
+STAGES = ("demo", "index", "cache", "train", "select", "predict", "submission", "ablation", "plots", "bench")
 
 
 def main(argv=None) -> None:

@@ -61,6 +61,10 @@ def effective_config(config: dict) -> dict:
     if is_demo(config):
         config = deep_merge(config, config["demo"].get("overlay") or {})
         validate(config, where="config after the demo overlay")
+    # `variants: {name: null}` in an overlay drops that variant (overlays can only add keys).
+    config = {**config, "variants": {k: v for k, v in config["variants"].items() if v is not None}}
+    if not config["variants"]:
+        raise ConfigError("variants: every variant was removed; keep at least one")
     if config["submission"]["variant"] not in config["variants"]:
         raise ConfigError(
             f"submission.variant '{config['submission']['variant']}' is not one of the "

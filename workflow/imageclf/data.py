@@ -43,8 +43,9 @@ def load_rgb(path: str) -> Image.Image:
 class ImageDataset(Dataset):
     """Images of one index split; items are (tensor, class index or -1)."""
 
-    def __init__(self, frame: pd.DataFrame, classes: list[str], transform):
+    def __init__(self, frame: pd.DataFrame, classes: list[str], transform, cache=None):
         self.paths = frame["path"].tolist()
+        self.cache = cache  # a cache.CachedImages of the same index rows, or None
         lookup = {name: i for i, name in enumerate(classes)}
         self.targets = [lookup.get(label, UNLABELLED) if label else UNLABELLED for label in frame["label"]]
         self.transform = transform
@@ -55,7 +56,7 @@ class ImageDataset(Dataset):
     def __getitem__(self, item):
         # The sampler hands (index, seed) pairs for random transforms; plain ints otherwise.
         index, seed = item if isinstance(item, tuple) else (item, None)
-        image = load_rgb(self.paths[index])
+        image = self.cache.image(index) if self.cache is not None else load_rgb(self.paths[index])
         if seed is None:
             tensor = self.transform(image)
         else:

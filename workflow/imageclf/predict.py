@@ -20,7 +20,7 @@ from .config import load_run_config
 from .index import read_test_labels
 from .io_utils import setup_logging, write_csv
 from .models import WeightsError, load_trained_model
-from .train import resolve_device
+from .train import open_cache, resolve_device
 
 log = logging.getLogger("imageclf.predict")
 
@@ -39,7 +39,9 @@ def prediction_frame(frame: pd.DataFrame, probs: np.ndarray, classes: list[str])
 
 
 def predict(run_config_path, model_path, index_dir, out_val, out_test, test_labels=None,
-            batch_size: int = 128, threads: int = 1, num_workers: int = 0) -> dict:
+            batch_size: int = 128, threads: int = 1, num_workers: int = 0, caches=None) -> dict:
+    """caches: optional {split: (pixels.npy, meta.csv)} of decoded-image caches."""
+    caches = caches or {}
     cfg = load_run_config(run_config_path)
     torch.set_num_threads(max(1, threads))
     classes = data.read_classes(index_dir)
@@ -49,9 +51,12 @@ def predict(run_config_path, model_path, index_dir, out_val, out_test, test_labe
                            f"but the index has {classes[:5]}...; retrain on this data set")
     tcfg = cfg["train"]
     device = resolve_device(tcfg["device"])
-    memory_format = torch.channels_last if tcfg["channels_last"] else torch.contiguous_format
+    # A model trained in fp16 on a GPU still predicts on a CPU: auto picks what this device has.
+    requested = "auto" if tcfg["precision"] == "fp16" and device.type != "cuda" else tcfg["precision"]
+    precision = engine.resolve_precision(requested, device)
+    channels_last = engine.resolve_channels_last(tcfg["channels_last"], precision, device)
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
     model = model.to(device, memory_format=memory_format)
-    precision = "fp32" if tcfg["precision"] == "fp16" and device.type != "cuda" else tcfg["precision"]
     transform = presets.eval_transform(cfg["augment"], tcfg["image_size"])
     results = {}
     for split, out in (("val", out_val), ("test", out_test)):
@@ -59,9 +64,10 @@ def predict(run_config_path, model_path, index_dir, out_val, out_test, test_labe
         if split == "test" and test_labels:
             truth = read_test_labels(test_labels, frame, classes).set_index("image_name")["label"]
             frame = frame.assign(label=frame["image_name"].map(truth).fillna(""))
-        loader = data.make_loader(data.ImageDataset(frame, classes, transform), batch_size, num_workers)
+        dataset = data.ImageDataset(frame, classes, transform, open_cache(caches.get(split), Path(index_dir), split))
+        loader = data.make_loader(dataset, batch_size, num_workers)
         start = time.perf_counter()
-        probs, _ = engine.predict_probabilities(model, loader, device, precision, tcfg["channels_last"])
+        probs, _ = engine.predict_probabilities(model, loader, device, precision, channels_last)
         seconds = time.perf_counter() - start
         result = prediction_frame(frame, probs, classes)
         write_csv(out, result)
@@ -83,7 +89,10 @@ def main(argv=None) -> None:
     parser.add_argument("--test-labels", default=None)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--val-cache", nargs=2, metavar=("PIXELS", "META"), help="decoded-image cache")
+    parser.add_argument("--test-cache", nargs=2, metavar=("PIXELS", "META"))
     args = parser.parse_args(argv)
     setup_logging()
+    caches = {split: paths for split, paths in (("val", args.val_cache), ("test", args.test_cache)) if paths}
     predict(args.run_config, args.model, args.index_dir, args.out_val, args.out_test,
-            args.test_labels or None, args.batch_size, args.threads)
+            args.test_labels or None, args.batch_size, args.threads, caches=caches)

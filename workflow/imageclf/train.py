@@ -154,7 +154,17 @@ def load_resume_state(path: Path, expected: dict) -> dict | None:
     return state
 
 
-def train(run_config_path, index_dir, out_dir, state_dir=None, threads: int = 1) -> pd.DataFrame:
+def open_cache(paths, index_dir: Path, split: str):
+    """paths: (pixels.npy, meta.csv) of a decoded-image cache, or None to decode from disk."""
+    if not paths:
+        return None
+    from .cache import CachedImages
+
+    return CachedImages(paths[0], paths[1], index_dir / f"{split}.csv")
+
+
+def train(run_config_path, index_dir, out_dir, state_dir=None, threads: int = 1,
+          train_cache=None, val_cache=None) -> pd.DataFrame:
     """Train one run; write history.csv, checkpoints/best_{val_acc,val_loss}.pt and run.json."""
     cfg = load_run_config(run_config_path)
     tcfg, index_dir, out_dir = cfg["train"], Path(index_dir), Path(out_dir)
@@ -168,8 +178,10 @@ def train(run_config_path, index_dir, out_dir, state_dir=None, threads: int = 1)
     classes = data.read_classes(index_dir)
     train_frame, val_frame = data.read_index(index_dir, "train"), data.read_index(index_dir, "val")
     size = tcfg["image_size"]
-    train_set = data.ImageDataset(train_frame, classes, presets.train_transform(cfg["augment"], size))
-    val_set = data.ImageDataset(val_frame, classes, presets.eval_transform(cfg["augment"], size))
+    train_set = data.ImageDataset(train_frame, classes, presets.train_transform(cfg["augment"], size),
+                                  open_cache(train_cache, index_dir, "train"))
+    val_set = data.ImageDataset(val_frame, classes, presets.eval_transform(cfg["augment"], size),
+                                open_cache(val_cache, index_dir, "val"))
     if tcfg["batch_size"] % dist.world_size:
         raise ValueError(
             f"train.batch_size {tcfg['batch_size']} must divide evenly over {dist.world_size} processes"
@@ -187,13 +199,13 @@ def train(run_config_path, index_dir, out_dir, state_dir=None, threads: int = 1)
     n_params = models.count_parameters(model)
     if tcfg["sync_batchnorm"] and dist.world_size > 1:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    memory_format = torch.channels_last if tcfg["channels_last"] else torch.contiguous_format
+    precision = engine.resolve_precision(tcfg["precision"], device)
+    channels_last = engine.resolve_channels_last(tcfg["channels_last"], precision, device)
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
     model = model.to(device, memory_format=memory_format)
     optimizer = make_optimizer(model, tcfg["optimizer"])
     scheduler = make_scheduler(optimizer, tcfg["scheduler"], tcfg["epochs"])
-    scaler = torch.amp.GradScaler("cuda") if tcfg["precision"] == "fp16" and device.type == "cuda" else None
-    if tcfg["precision"] == "fp16" and device.type != "cuda":
-        raise ValueError("train.precision fp16 needs a CUDA device; use bf16 on the CPU")
+    scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
     criterion = nn.CrossEntropyLoss(label_smoothing=tcfg["label_smoothing"])
 
     fingerprint = {"config_hash": config_hash(cfg), "index_hash": index_hash(index_dir),
@@ -223,7 +235,7 @@ def train(run_config_path, index_dir, out_dir, state_dir=None, threads: int = 1)
         "%d epochs, batch %d on %s x%d, %s%s",
         cfg["variant"], seed, cfg["model"]["arch"], cfg["model"]["head"], n_params, len(classes),
         len(train_set), len(val_set), tcfg["epochs"], tcfg["batch_size"], device, dist.world_size,
-        tcfg["precision"], ", channels_last" if tcfg["channels_last"] else "",
+        precision, ", channels_last" if channels_last else "",
     )
     for epoch in range(start_epoch, tcfg["epochs"] + 1):
         seed_everything(data.epoch_seed(seed, epoch, stream=2))
@@ -234,9 +246,9 @@ def train(run_config_path, index_dir, out_dir, state_dir=None, threads: int = 1)
         lr = optimizer.param_groups[0]["lr"]
         stats = engine.train_one_epoch(
             net, train_loader, optimizer, criterion, device, mixup_alpha=tcfg["mixup_alpha"], rng=rng,
-            generator=generator, precision=tcfg["precision"], channels_last=tcfg["channels_last"], scaler=scaler,
+            generator=generator, precision=precision, channels_last=channels_last, scaler=scaler,
         )
-        stats.update(engine.evaluate(model, val_loader, device, tcfg["precision"], tcfg["channels_last"]))
+        stats.update(engine.evaluate(model, val_loader, device, precision, channels_last))
         step_scheduler(scheduler, stats["val_loss"])
         seconds = time.perf_counter() - epoch_start
         row = {
@@ -283,6 +295,7 @@ def train(run_config_path, index_dir, out_dir, state_dir=None, threads: int = 1)
         write_json(out_dir / "run.json", {
             "variant": cfg["variant"], "seed": seed, "config": cfg, **fingerprint,
             "parameters": n_params, "classes": classes, "device": str(device),
+            "precision": precision, "channels_last": channels_last,
             "train_minutes": round(frame["seconds"].sum() / 60, 3), "versions": package_versions(),
         })
         write_csv(out_dir / "history.csv", frame)
@@ -298,6 +311,9 @@ def main(argv=None) -> None:
     parser.add_argument("--out-dir", required=True)
     parser.add_argument("--state-dir", default=None, help="resume state (default: OUT_DIR/resume)")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--train-cache", nargs=2, metavar=("PIXELS", "META"), help="decoded-image cache")
+    parser.add_argument("--val-cache", nargs=2, metavar=("PIXELS", "META"))
     args = parser.parse_args(argv)
     setup_logging()
-    train(args.run_config, args.index_dir, args.out_dir, args.state_dir, args.threads)
+    train(args.run_config, args.index_dir, args.out_dir, args.state_dir, args.threads,
+          args.train_cache, args.val_cache)

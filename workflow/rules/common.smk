@@ -20,6 +20,7 @@ from imageclf.config import (
     is_demo,
 )  # noqa: E402
 from imageclf.io_utils import write_json  # noqa: E402
+from imageclf.cache import cache_mode  # noqa: E402
 
 try:
     CFG = effective_config(config)
@@ -90,6 +91,33 @@ def data_files(wildcards):
         for path in (root / split).rglob("*")
         if path.is_file()
     )
+
+
+def cache_inputs(wildcards, splits):
+    """The decoded-image cache files a run reads (none when its train.cache is off)."""
+    run = run_config(CFG, wildcards.variant, int(wildcards.seed))
+    if not run["train"]["cache"]:
+        return {}
+    inputs = {}
+    for split in splits:
+        mode = cache_mode(run["augment"], split, run["train"]["cache_margin"])
+        stem = f"results/cache/{split}_{run['train']['image_size']}px_{mode}"
+        inputs[f"{split}_cache_pixels"] = f"{stem}.npy"
+        inputs[f"{split}_cache_meta"] = f"{stem}.csv"
+    return inputs
+
+
+def cache_flags(splits):
+    """A params function: --<split>-cache PIXELS META for each cache among the inputs."""
+
+    def flags(wildcards, input):
+        return " ".join(
+            f"--{split}-cache {input[split + '_cache_pixels']} {input[split + '_cache_meta']}"
+            for split in splits
+            if f"{split}_cache_pixels" in input.keys()
+        )
+
+    return flags
 
 
 def input_dir(name):

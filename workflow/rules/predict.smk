@@ -1,5 +1,6 @@
 rule predict:
     input:
+        unpack(lambda wildcards: cache_inputs(wildcards, ["val", "test"])),
         config=f"{RUN}/config.json",
         model=f"{RUN}/model.pt",
         val=INDEX_FILES["val"],
@@ -23,10 +24,12 @@ rule predict:
     params:
         index_dir=input_dir("classes"),
         batch_size=CFG["predict"]["batch_size"],
+        caches=cache_flags(["val", "test"]),
         test_labels=lambda wildcards, input: (
             f"--test-labels {input.test_labels}" if input.test_labels else ""
         ),
     shell:
         "python -m imageclf predict --run-config {input.config} --model {input.model} "
         "--index-dir {params.index_dir} --out-val {output.val} --out-test {output.test} "
-        "{params.test_labels} --batch-size {params.batch_size} --threads {threads} > {log} 2>&1"
+        "{params.test_labels} --batch-size {params.batch_size} --threads {threads} "
+        "{params.caches} > {log} 2>&1"

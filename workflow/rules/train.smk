@@ -19,8 +19,36 @@ rule run_config:
         write_json(output[0], params.run)
 
 
+rule cache:
+    """Decode and resize one split once; see workflow/imageclf/cache.py."""
+    input:
+        index=f"{INDEX}/{{split}}.csv",
+    output:
+        pixels="results/cache/{split}_{size}px_{mode}.npy",
+        meta="results/cache/{split}_{size}px_{mode}.csv",
+    log:
+        "logs/cache/{split}_{size}px_{mode}.log",
+    benchmark:
+        "benchmarks/cache/{split}_{size}px_{mode}.tsv"
+    wildcard_constraints:
+        split="train|val|test",
+        size=r"\d+",
+        mode=r"exact|m[0-9.]+",
+    conda:
+        CONDA_ENV
+    threads: stage_resources("index")["threads"]
+    resources:
+        mem_mb=stage_resources("index")["mem_mb"],
+        runtime=stage_resources("index")["runtime"],
+    shell:
+        "python -m imageclf cache --index {input.index} --pixels-out {output.pixels} "
+        "--meta-out {output.meta} --mode {wildcards.mode} --image-size {wildcards.size} "
+        "--threads {threads} > {log} 2>&1"
+
+
 rule train:
     input:
+        unpack(lambda wildcards: cache_inputs(wildcards, ["train", "val"])),
         config=f"{RUN}/config.json",
         train=INDEX_FILES["train"],
         val=INDEX_FILES["val"],
@@ -43,6 +71,7 @@ rule train:
         gpu=stage_resources("train").get("gpu", 0),
     params:
         launcher=train_launcher,
+        caches=cache_flags(["train", "val"]),
         index_dir=input_dir("classes"),
         out_dir=output_dir("history"),
         # Resume state: not an output, so Snakemake keeps it when a killed job re-runs.
@@ -52,4 +81,4 @@ rule train:
     shell:
         "{params.launcher} train --run-config {input.config} "
         "--index-dir {params.index_dir} --out-dir {params.out_dir} "
-        "--state-dir {params.state_dir} --threads {threads} > {log} 2>&1"
+        "--state-dir {params.state_dir} --threads {threads} {params.caches} > {log} 2>&1"

@@ -1,0 +1,105 @@
+"""The decoded-image cache: exact round trip, and the same tensors as decoding from disk."""
+
+import copy
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import yaml
+from conftest import REPO
+from PIL import Image
+from torchvision.transforms import v2
+
+from imageclf import cache, data, index, presets
+from imageclf.index import DataError
+
+AUGMENT = yaml.safe_load((REPO / "config.yaml").read_text())["augment"]
+
+
+def augment_off():
+    augment = copy.deepcopy(AUGMENT)
+    for key, _ in presets.PRE_RESIZE_OPS:
+        augment[key]["enabled"] = False
+    augment["random_erasing"]["enabled"] = False
+    return augment
+
+
+@pytest.fixture
+def indexed(dataset, tmp_path):
+    # a few larger, non-square images, so the margin layout really resizes
+    for i, size in enumerate([(80, 50), (41, 97)]):
+        Image.fromarray(np.random.default_rng(i).integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)).save(
+            dataset / "train" / "0" / f"big{i}.png")
+    index.run(dataset, tmp_path / "idx")
+    return tmp_path / "idx"
+
+
+def test_modes_follow_the_augmentation():
+    assert cache.cache_mode(AUGMENT, "train", 1.15) == "m1.15"
+    assert cache.cache_mode(AUGMENT, "val", 1.15) == "exact"
+    assert cache.cache_mode(augment_off(), "train", 1.15) == "exact"
+    assert cache.cached_size(80, 50, "m1.15", 32) == (37, 59)  # short side ceil(1.15 * 32)
+    assert cache.cached_size(30, 20, "m1.15", 32) == (20, 30)  # never enlarged
+
+
+@pytest.mark.parametrize("mode", ["exact", "m1.15"])
+def test_cache_round_trips_images(indexed, tmp_path, mode):
+    csv = indexed / "train.csv"
+    cache.build_cache(csv, tmp_path / "c.npy", tmp_path / "c.csv", mode, 32, threads=2)
+    cached = cache.CachedImages(tmp_path / "c.npy", tmp_path / "c.csv", csv)
+    frame = pd.read_csv(csv)
+    for i, path in enumerate(frame["path"]):
+        expected = cache.resize_for_cache(data.load_rgb(path), mode, 32)
+        got = np.asarray(cached.image(i))
+        assert got.dtype == np.uint8 and np.array_equal(got, expected), path
+        if mode != "exact" and min(Image.open(path).size) <= 37:
+            assert np.array_equal(got, np.asarray(data.load_rgb(path)))  # small images stored as they are
+    shapes = {np.asarray(cached.image(i)).shape for i in range(len(frame))}
+    assert (37, 59, 3) in shapes or mode == "exact"
+
+
+@pytest.mark.parametrize("split, augment", [("train", "off"), ("val", "eval")])
+def test_cached_and_uncached_tensors_are_identical(indexed, tmp_path, split, augment):
+    csv = indexed / f"{split}.csv"
+    aug = augment_off()
+    transform = presets.train_transform(aug, 32) if augment == "off" else presets.eval_transform(AUGMENT, 32)
+    mode = cache.cache_mode(aug, split, 1.15)
+    assert mode == "exact"
+    cache.build_cache(csv, tmp_path / "c.npy", tmp_path / "c.csv", mode, 32)
+    frame = data.read_index(indexed, split)
+    classes = data.read_classes(indexed)
+    plain = data.ImageDataset(frame, classes, transform)
+    cached = data.ImageDataset(frame, classes, transform, cache.CachedImages(tmp_path / "c.npy", tmp_path / "c.csv", csv))
+    sampler = data.SeededSampler(len(plain), seed=3)
+    for item in list(sampler)[:20]:
+        a, b = plain[item], cached[item]
+        assert a[1] == b[1] and torch.equal(a[0], b[0])
+
+
+def test_cache_from_another_index_is_refused(indexed, tmp_path):
+    csv = indexed / "val.csv"
+    cache.build_cache(csv, tmp_path / "c.npy", tmp_path / "c.csv", "exact", 32)
+    changed = tmp_path / "val.csv"
+    pd.read_csv(csv).iloc[::-1].to_csv(changed, index=False)  # same images, another index
+    with pytest.raises(DataError, match="made from another version"):
+        cache.CachedImages(tmp_path / "c.npy", tmp_path / "c.csv", changed)
+
+
+def test_cached_dataset_works_in_worker_processes(indexed, tmp_path):
+    csv = indexed / "val.csv"
+    cache.build_cache(csv, tmp_path / "c.npy", tmp_path / "c.csv", "exact", 32)
+    frame = data.read_index(indexed, "val")
+    dataset = data.ImageDataset(frame, data.read_classes(indexed), presets.eval_transform(AUGMENT, 32),
+                                cache.CachedImages(tmp_path / "c.npy", tmp_path / "c.csv", csv))
+    loader = data.make_loader(dataset, batch_size=8, num_workers=2)
+    batches = [images for images, _ in loader]
+    assert sum(len(b) for b in batches) == len(frame)
+    assert torch.equal(torch.cat(batches), torch.stack([dataset[i][0] for i in range(len(frame))]))
+
+
+def test_reference_ops_are_unchanged_by_the_cache():
+    """The cache changes where the pixels come from, not which ops run with which parameters."""
+    chain = presets.train_transform(AUGMENT, 224).transforms
+    assert [type(t) for t in chain][:7] == [v2.RandomHorizontalFlip, v2.RandomVerticalFlip, v2.RandomRotation,
+                                            v2.RandomAffine, v2.ColorJitter, v2.RandAugment, v2.Resize]

@@ -1,0 +1,133 @@
+"""Decoded-image cache: every image decoded and resized once, stored as uint8 in one .npy file.
+
+Later epochs then read pixels from a memory map instead of decoding JPEGs, and the expensive
+ops (ColorJitter's hue most of all) run on a small image instead of a full-size one.
+
+Two layouts, chosen so that results change as little as possible:
+- `exact`: the image already at (image_size, image_size), i.e. what Resize((size, size)) of the
+  reference chain makes. Used for val/test (evaluation does nothing else before the resize), and for
+  train when no op before the resize is switched on; cached and uncached tensors are then identical.
+- `m<margin>` (e.g. m1.15): the short side at margin x image_size, aspect kept (never enlarged),
+  for train with geometric/colour ops on. They then run before the final resize as in the reference,
+  but on this smaller image: the one difference from the reference chain (see README).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+from torchvision.transforms import v2
+
+from .index import DataError
+from .io_utils import atomic_path, file_sha256, setup_logging, write_csv
+
+log = logging.getLogger("imageclf.cache")
+
+EXACT = "exact"
+
+
+def cache_mode(augment: dict, split: str, margin: float) -> str:
+    from .presets import PRE_RESIZE_OPS, enabled
+
+    if split != "train" or not any(enabled(augment, key) for key, _ in PRE_RESIZE_OPS):
+        return EXACT
+    return f"m{margin:g}"
+
+
+def cached_size(width: int, height: int, mode: str, image_size: int) -> tuple[int, int]:
+    """(height, width) an image of this size is stored at."""
+    if mode == EXACT:
+        return image_size, image_size
+    short = math.ceil(float(mode[1:]) * image_size)
+    if min(width, height) <= short:
+        return height, width
+    scale = short / min(width, height)
+    return max(short, round(height * scale)), max(short, round(width * scale))
+
+
+def resize_for_cache(image: Image.Image, mode: str, image_size: int) -> np.ndarray:
+    height, width = cached_size(image.width, image.height, mode, image_size)
+    if (height, width) != (image.height, image.width):
+        image = v2.Resize((height, width), antialias=True)(image)
+    return np.asarray(image, dtype=np.uint8)
+
+
+def build_cache(index_csv, pixels_out, meta_out, mode: str, image_size: int, threads: int = 1) -> pd.DataFrame:
+    """Two passes: shapes from the index's width/height, then the pixels into one memory map."""
+    from .data import load_rgb
+
+    frame = pd.read_csv(index_csv, dtype={"label": str, "image_name": str}, keep_default_na=False)
+    shapes = [cached_size(w, h, mode, image_size) for w, h in zip(frame["width"], frame["height"])]
+    sizes = np.array([h * w * 3 for h, w in shapes], dtype=np.int64)
+    offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
+    total = int(sizes.sum())
+    log.info("caching %d images (%s, %d px) into %.1f MB", len(frame), mode, image_size, total / 2**20)
+
+    with atomic_path(pixels_out) as tmp:
+        pixels = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(max(total, 1),))
+
+        def fill(i):
+            array = resize_for_cache(load_rgb(frame["path"].iloc[i]), mode, image_size)
+            if array.shape != (*shapes[i], 3):
+                raise DataError(f"{frame['path'].iloc[i]}: size differs from the index; re-run the index")
+            pixels[offsets[i] : offsets[i] + sizes[i]] = array.reshape(-1)
+
+        with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
+            list(pool.map(fill, range(len(frame))))
+        pixels.flush()
+        del pixels
+    meta = pd.DataFrame({
+        "path": frame["path"], "offset": offsets, "height": [h for h, _ in shapes],
+        "width": [w for _, w in shapes],
+    }).assign(mode=mode, image_size=image_size, index_sha256=file_sha256(index_csv))
+    write_csv(meta_out, meta)
+    return meta
+
+
+class CachedImages:
+    """Read-only access to a cache; the memory map opens lazily in each DataLoader worker."""
+
+    def __init__(self, pixels_path, meta_path, index_csv):
+        self.pixels_path = str(pixels_path)
+        meta = pd.read_csv(meta_path)
+        index = pd.read_csv(index_csv, dtype=str, keep_default_na=False)
+        if len(meta) and meta["index_sha256"].iloc[0] != file_sha256(index_csv):
+            raise DataError(f"{meta_path}: made from another version of {index_csv}; re-run the cache rule")
+        if meta["path"].tolist() != index["path"].tolist():
+            raise DataError(f"{meta_path}: does not list the images of {index_csv}; re-run the cache rule")
+        self.offsets = meta["offset"].to_numpy()
+        self.shapes = list(zip(meta["height"], meta["width"]))
+        self._pixels = None
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["_pixels"] = None  # never pickle the mapped array into a worker
+        return state
+
+    def image(self, i: int) -> Image.Image:
+        if self._pixels is None:
+            self._pixels = np.load(self.pixels_path, mmap_mode="r")
+        height, width = self.shapes[i]
+        start = int(self.offsets[i])
+        array = np.asarray(self._pixels[start : start + height * width * 3]).reshape(height, width, 3)
+        return Image.fromarray(array, "RGB")
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--index", required=True, help="results/index/<split>.csv")
+    parser.add_argument("--pixels-out", required=True)
+    parser.add_argument("--meta-out", required=True)
+    parser.add_argument("--mode", required=True, help="exact or m<margin>, e.g. m1.15")
+    parser.add_argument("--image-size", type=int, required=True)
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args(argv)
+    setup_logging()
+    build_cache(args.index, args.pixels_out, args.meta_out, args.mode, args.image_size, args.threads)
