@@ -1,0 +1,223 @@
+"""Benchmark: is the model fed? Prints one table and writes results/bench/*.csv.
+
+For each configured size it measures, on whatever device is present:
+  (a) model training images/s on synthetic tensors (the ceiling),
+  (b) the reference data path feeding the model: PIL decode of every JPEG, the seed's transforms
+      on the full-size image, a plain DataLoader — the way the original code loaded data,
+  (c) this workflow's data path feeding the model: decoded-image cache, same ops, same loader,
+and the ratios (c)/(a) and (c)/(b); plus augmentation-only images/s on one core (both paths),
+inference images/s, and the wall time of an up-to-date `snakemake -n`.
+
+Not a test: numbers vary with the machine and its load. Run: python -m imageclf bench --help
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import yaml
+from PIL import Image
+from torch import nn
+
+from . import cache, data, engine, models, presets
+from .config import effective_config, run_config
+from .io_utils import setup_logging, write_csv
+from .train import resolve_device
+
+log = logging.getLogger("imageclf.bench")
+REPO = Path(__file__).resolve().parents[2]
+
+
+def synthetic_jpegs(folder: Path, count: int, size=(500, 375), seed=0) -> list[str]:
+    """Photo-like JPEGs (smooth gradients plus texture), the course's typical size."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    yy, xx = np.mgrid[0 : size[1], 0 : size[0]]
+    paths = []
+    for i in range(count):
+        base = rng.uniform(0, 255, 3)
+        slope = rng.uniform(-0.4, 0.4, (2, 3))
+        pixels = base + xx[..., None] * slope[0] + yy[..., None] * slope[1] + rng.normal(0, 20, (size[1], size[0], 3))
+        path = folder / f"{i:05d}.jpg"
+        Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(path, quality=90)
+        paths.append(str(path))
+    return paths
+
+
+def timed_steps(batches, step, warmup: int) -> float:
+    """Images per second over the batches after `warmup` ones (loading time included)."""
+    seen, start = 0, None
+    for i, (images, targets) in enumerate(batches):
+        if i == warmup:
+            start, seen = time.perf_counter(), 0
+        step(images, targets)
+        seen += images.shape[0]
+    if start is None:
+        raise ValueError("not enough batches: raise --images or lower --warmup")
+    return seen / (time.perf_counter() - start)
+
+
+def make_step(model, device, precision, channels_last, lr=1e-3):
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
+    criterion = nn.CrossEntropyLoss(label_smoothing=0.1)
+    model.train()
+
+    def step(images, targets):
+        images = engine.to_device(images, device, channels_last)
+        targets = targets.to(device)
+        with engine.autocast(device, precision):
+            loss = criterion(model(images), targets)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    return step
+
+
+def augmentation_rate(dataset, count: int) -> float:
+    torch.set_num_threads(1)
+    start = time.perf_counter()
+    for i in range(count):
+        dataset[(i % len(dataset), i)]
+    return count / (time.perf_counter() - start)
+
+
+def bench_size(cfg, paths, workdir: Path, batch_size, steps, warmup, workers, threads) -> dict:
+    tcfg = cfg["train"]
+    size = tcfg["image_size"]
+    device = resolve_device(tcfg["device"])
+    precision = engine.resolve_precision(tcfg["precision"], device)
+    channels_last = engine.resolve_channels_last(tcfg["channels_last"], precision, device)
+    torch.manual_seed(0)
+    model = models.model_from_config(cfg["model"], 100, pretrained=False).to(
+        device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    step = make_step(model, device, precision, channels_last)
+    n_batches = warmup + steps
+    row = {"arch": cfg["model"]["arch"], "image_size": size, "batch_size": batch_size, "device": str(device),
+           "precision": precision, "channels_last": channels_last, "workers": workers}
+
+    torch.set_num_threads(threads)
+    synthetic = [(torch.randn(batch_size, 3, size, size), torch.randint(0, 100, (batch_size,)))] * n_batches
+    row["a_model_img_s"] = timed_steps(synthetic, step, warmup)
+
+    frame = pd.DataFrame({"path": paths[: batch_size * n_batches], "label": ""})
+    chain = presets.train_transform(cfg["augment"], size)
+    reference = data.ImageDataset(frame, [], chain)
+    sampler = data.SeededSampler(len(frame), seed=0)
+    loader = data.make_loader(reference, batch_size, workers, sampler, pin_memory=device.type == "cuda")
+    row["b_reference_path_img_s"] = timed_steps(((x, torch.zeros(len(x), dtype=torch.long)) for x, _ in loader), step, warmup)
+
+    index_csv = workdir / f"index_{size}.csv"
+    widths, heights = zip(*(Image.open(p).size for p in frame["path"]))
+    frame.assign(image_name="", width=widths, height=heights, sha256="").to_csv(index_csv, index=False)
+    mode = cache.cache_mode(cfg["augment"], "train", tcfg["cache_margin"])
+    start = time.perf_counter()
+    cache.build_cache(index_csv, workdir / f"c{size}.npy", workdir / f"c{size}.csv", mode, size, threads)
+    row["cache_build_img_s"] = len(frame) / (time.perf_counter() - start)
+    cached_images = cache.CachedImages(workdir / f"c{size}.npy", workdir / f"c{size}.csv", index_csv)
+    ours = data.ImageDataset(frame, [], chain, cached_images)
+    loader = data.make_loader(ours, batch_size, workers, sampler, pin_memory=device.type == "cuda")
+    torch.set_num_threads(threads)
+    row["c_our_path_img_s"] = timed_steps(((x, torch.zeros(len(x), dtype=torch.long)) for x, _ in loader), step, warmup)
+    row["c_over_a"] = row["c_our_path_img_s"] / row["a_model_img_s"]
+    row["c_over_b"] = row["c_our_path_img_s"] / row["b_reference_path_img_s"]
+
+    count = min(len(frame), 200)
+    row["aug_reference_img_s_per_core"] = augmentation_rate(reference, count)
+    row["aug_ours_img_s_per_core"] = augmentation_rate(ours, count)
+    torch.set_num_threads(threads)
+
+    model.eval()
+    x = engine.to_device(torch.randn(batch_size, 3, size, size), device, channels_last)
+    with torch.inference_mode(), engine.autocast(device, precision):
+        model(x)
+        start = time.perf_counter()
+        for _ in range(max(2, steps // 2)):
+            model(x)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+    row["inference_img_s"] = batch_size * max(2, steps // 2) / (time.perf_counter() - start)
+    return row
+
+
+def dry_run_seconds() -> dict:
+    """Wall time of `snakemake -n` in the repository (up to date after a demo run)."""
+    start = time.perf_counter()
+    result = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--quiet", "all"], cwd=REPO,
+                            capture_output=True, text=True)
+    seconds = time.perf_counter() - start
+    up_to_date = "Nothing to be done" in result.stdout + result.stderr
+    return {"dry_run_seconds": seconds, "up_to_date": up_to_date, "returncode": result.returncode}
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default=str(REPO / "config.yaml"), help="config file (recipe + demo overlay)")
+    parser.add_argument("--variant", default="full")
+    parser.add_argument("--sizes", nargs="+", default=["demo", "224"],
+                        help="'demo' (the demo overlay's model and size) and/or pixel sizes on the recipe's model")
+    parser.add_argument("--batch-size", type=int, default=None, help="default: the config's")
+    parser.add_argument("--images", type=int, default=None, help="synthetic JPEGs (default: enough batches)")
+    parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: the config's)")
+    parser.add_argument("--threads", type=int, default=os.cpu_count())
+    parser.add_argument("--device", default=None, help="cpu or cuda (default: the config's)")
+    parser.add_argument("--precisions", nargs="+", default=["config"],
+                        help="e.g. 'auto fp32': each size once per precision (channels_last follows as in auto)")
+    parser.add_argument("--out-dir", default="results/bench")
+    parser.add_argument("--no-dry-run", action="store_true", help="skip timing snakemake -n")
+    args = parser.parse_args(argv)
+    setup_logging()
+    user = yaml.safe_load(Path(args.config).read_text())
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        for size in args.sizes:
+            cfg_in = dict(user)
+            if size != "demo":
+                cfg_in = {**user, "data": {**user["data"], "root": "/not/the/demo"}}
+            cfg = run_config(effective_config(cfg_in), args.variant, 0)
+            if size != "demo":
+                cfg["train"]["image_size"] = int(size)
+            if args.device:
+                cfg["train"]["device"] = args.device
+            batch = args.batch_size or cfg["train"]["batch_size"]
+            workers = cfg["train"]["num_workers"] if args.workers is None else args.workers
+            count = args.images or batch * (args.steps + args.warmup)
+            paths = synthetic_jpegs(tmp / "jpegs", count) if not (tmp / "jpegs").exists() else sorted(
+                str(p) for p in (tmp / "jpegs").glob("*.jpg"))
+            if len(paths) < count:
+                paths += synthetic_jpegs(tmp / "more", count - len(paths), seed=1)
+            for precision in args.precisions:
+                if precision != "config":
+                    cfg["train"]["precision"], cfg["train"]["channels_last"] = precision, "auto"
+                log.info("benchmarking %s at %d px, batch %d, %d workers, precision %s", cfg["model"]["arch"],
+                         cfg["train"]["image_size"], batch, workers, cfg["train"]["precision"])
+                rows.append(bench_size(cfg, paths, tmp, batch, args.steps, args.warmup, workers, args.threads))
+    table = pd.DataFrame(rows)
+    fp32 = table[table["precision"] == "fp32"].set_index("image_size")["c_our_path_img_s"]
+    table["c_over_fp32_c"] = [
+        row.c_our_path_img_s / fp32[row.image_size] if row.image_size in fp32.index else np.nan
+        for row in table.itertuples()
+    ]
+    out = Path(args.out_dir)
+    write_csv(out / "throughput.csv", table)
+    pd.set_option("display.width", 200)
+    print(table.round(2).T.to_string(header=False))
+    if not args.no_dry_run:
+        dry = pd.DataFrame([dry_run_seconds()])
+        write_csv(out / "dry_run.csv", dry)
+        print(dry.round(2).to_string(index=False))
