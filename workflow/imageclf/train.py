@@ -12,6 +12,7 @@ every random stream is derived from (seed, epoch), it ends bit-identical to an u
 from __future__ import annotations
 
 import argparse
+import hashlib
 import logging
 import os
 import platform
@@ -66,14 +67,8 @@ def package_versions() -> dict:
 
 def index_hash(index_dir: Path) -> str:
     """Content hash of the index files a run reads: a changed data set never resumes."""
-    parts = [file_sha256(index_dir / f"{name}.csv") for name in ("train", "val", "classes")]
-    return file_sha256_of_text("".join(parts))
-
-
-def file_sha256_of_text(text: str) -> str:
-    import hashlib
-
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+    parts = "".join(file_sha256(index_dir / f"{name}.csv") for name in ("train", "val", "classes"))
+    return hashlib.sha256(parts.encode()).hexdigest()[:16]
 
 
 def make_optimizer(model: nn.Module, cfg: dict):
