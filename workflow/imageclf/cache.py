@@ -23,8 +23,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from PIL import Image
-from torchvision.transforms import v2
 
+from .config import PRE_RESIZE_OP_KEYS
 from .index import DataError
 from .io_utils import atomic_path, file_sha256, setup_logging, write_csv
 
@@ -34,9 +34,8 @@ EXACT = "exact"
 
 
 def cache_mode(augment: dict, split: str, margin: float) -> str:
-    from .presets import PRE_RESIZE_OPS, enabled
-
-    if split != "train" or not any(enabled(augment, key) for key, _ in PRE_RESIZE_OPS):
+    """Torch-free on purpose: the Snakefile calls it while building the DAG."""
+    if split != "train" or not any(augment.get(key, {}).get("enabled") for key in PRE_RESIZE_OP_KEYS):
         return EXACT
     return f"m{margin:g}"
 
@@ -55,6 +54,8 @@ def cached_size(width: int, height: int, mode: str, image_size: int) -> tuple[in
 def resize_for_cache(image: Image.Image, mode: str, image_size: int) -> np.ndarray:
     height, width = cached_size(image.width, image.height, mode, image_size)
     if (height, width) != (image.height, image.width):
+        from torchvision.transforms import v2  # lazy: the Snakefile imports this module at parse time
+
         image = v2.Resize((height, width), antialias=True)(image)
     return np.asarray(image, dtype=np.uint8)
 

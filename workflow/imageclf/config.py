@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import json
 from pathlib import Path
@@ -15,6 +16,8 @@ SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schemas" / "config.schem
 # The parts of the configuration that decide what a training run does (and nothing else),
 # so a change elsewhere (say, the submission choice) does not retrain anything.
 RUN_SECTIONS = ("model", "augment", "train")
+# The augmentation ops that run before Resize, in the reference order (presets.py builds them).
+PRE_RESIZE_OP_KEYS = ("horizontal_flip", "vertical_flip", "rotation", "affine", "color_jitter", "rand_augment")
 
 
 class ConfigError(ValueError):
@@ -32,15 +35,15 @@ def deep_merge(base: dict, overlay: dict) -> dict:
     return merged
 
 
-def load_schema() -> dict:
+@functools.lru_cache(maxsize=1)
+def schema_validator() -> jsonschema.Draft202012Validator:
     with open(SCHEMA_PATH) as handle:
-        return yaml.safe_load(handle)
+        return jsonschema.Draft202012Validator(yaml.safe_load(handle))
 
 
 def validate(config: dict, where: str = "config") -> None:
     """Raise ConfigError naming the offending key (as a dotted path) and what is wrong."""
-    validator = jsonschema.Draft202012Validator(load_schema())
-    errors = sorted(validator.iter_errors(config), key=lambda e: list(e.absolute_path))
+    errors = sorted(schema_validator().iter_errors(config), key=lambda e: list(e.absolute_path))
     if errors:
         lines = []
         for error in errors:

@@ -9,6 +9,8 @@ from __future__ import annotations
 import torch
 from torchvision.transforms import v2
 
+from .config import PRE_RESIZE_OP_KEYS
+
 # (config key, builder) in the reference order; ops before the resize work on the PIL image.
 PRE_RESIZE_OPS = (
     ("horizontal_flip", lambda c: v2.RandomHorizontalFlip(p=c["p"])),
@@ -29,6 +31,9 @@ PRE_RESIZE_OPS = (
     ),
     ("rand_augment", lambda c: v2.RandAugment(num_ops=c["num_ops"], magnitude=c["magnitude"])),
 )
+
+
+assert tuple(key for key, _ in PRE_RESIZE_OPS) == PRE_RESIZE_OP_KEYS
 
 
 def enabled(augment: dict, key: str) -> bool:
