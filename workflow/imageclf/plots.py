@@ -119,6 +119,7 @@ def plot_gallery(pred: pd.DataFrame, index: pd.DataFrame, worst: list[str], out_
             elif col == 0:
                 ax.text(0.5, 0.5, f"class {name}: no val errors", ha="center", va="center", fontsize=7)
     fig.suptitle("Misclassified validation images of the worst classes")
+    fig.tight_layout()
     save(fig, out_path)
 
 
