@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from .config import PRE_RESIZE_OP_KEYS
+from .config import PRE_RESIZE_OP_KEYS, op_enabled
 from .index import DataError
 from .io_utils import atomic_path, file_sha256, setup_logging, write_csv
 
@@ -35,7 +35,7 @@ EXACT = "exact"
 
 def cache_mode(augment: dict, split: str, margin: float) -> str:
     """Torch-free on purpose: the Snakefile calls it while building the DAG."""
-    if split != "train" or not any(augment.get(key, {}).get("enabled") for key in PRE_RESIZE_OP_KEYS):
+    if split != "train" or not any(op_enabled(augment, key) for key in PRE_RESIZE_OP_KEYS):
         return EXACT
     return f"m{margin:g}"
 
@@ -119,6 +119,13 @@ class CachedImages:
         start = int(self.offsets[i])
         array = np.asarray(self._pixels[start : start + height * width * 3]).reshape(height, width, 3)
         return Image.fromarray(array, "RGB")
+
+
+def open_cache(paths, index_dir, split: str) -> CachedImages | None:
+    """paths: (pixels.npy, meta.csv) of a split's cache, or None to decode from disk."""
+    if not paths:
+        return None
+    return CachedImages(paths[0], paths[1], Path(index_dir) / f"{split}.csv")
 
 
 def main(argv=None) -> None:

@@ -20,6 +20,11 @@ RUN_SECTIONS = ("model", "augment", "train")
 PRE_RESIZE_OP_KEYS = ("horizontal_flip", "vertical_flip", "rotation", "affine", "color_jitter", "rand_augment")
 
 
+def op_enabled(augment: dict, key: str) -> bool:
+    """Whether augmentation op `key` is switched on (absent means off)."""
+    return bool(augment.get(key, {}).get("enabled", False))
+
+
 class ConfigError(ValueError):
     """A configuration value is missing, misspelt or of the wrong type."""
 

@@ -7,6 +7,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -41,6 +42,11 @@ def write_csv(path: str | Path, frame) -> None:
     """Write a pandas DataFrame atomically, without its index."""
     with atomic_path(path) as tmp:
         frame.to_csv(tmp, index=False)
+
+
+def copy_file(source: str | Path, path: str | Path) -> None:
+    with atomic_path(path) as tmp:
+        shutil.copyfile(source, tmp)
 
 
 def torch_save(obj, path: str | Path) -> None:

@@ -20,7 +20,8 @@ from .config import load_run_config
 from .index import read_test_labels
 from .io_utils import setup_logging, write_csv
 from .models import WeightsError, load_trained_model
-from .train import open_cache, resolve_device
+from .cache import open_cache
+from .train import resolve_device
 
 log = logging.getLogger("imageclf.predict")
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torchvision.transforms import v2
 
-from .config import PRE_RESIZE_OP_KEYS
+from .config import PRE_RESIZE_OP_KEYS, op_enabled
 
 # (config key, builder) in the reference order; ops before the resize work on the PIL image.
 PRE_RESIZE_OPS = (
@@ -36,10 +36,6 @@ PRE_RESIZE_OPS = (
 assert tuple(key for key, _ in PRE_RESIZE_OPS) == PRE_RESIZE_OP_KEYS
 
 
-def enabled(augment: dict, key: str) -> bool:
-    return bool(augment.get(key, {}).get("enabled", False))
-
-
 def random_erasing(c: dict) -> v2.RandomErasing:
     return v2.RandomErasing(
         p=c["p"], scale=tuple(c["scale"]), ratio=tuple(c["ratio"]), value=c["value"]
@@ -53,11 +49,11 @@ def to_float_and_normalize(augment: dict) -> tuple[list, v2.Normalize]:
 
 def train_transform(augment: dict, image_size: int) -> v2.Compose:
     """The reference training chain; ops switched off in the config are left out."""
-    ops = [build(augment[key]) for key, build in PRE_RESIZE_OPS if enabled(augment, key)]
+    ops = [build(augment[key]) for key, build in PRE_RESIZE_OPS if op_enabled(augment, key)]
     ops.append(v2.Resize((image_size, image_size), antialias=True))
     to_float, normalize = to_float_and_normalize(augment)
     ops += to_float
-    if enabled(augment, "random_erasing"):
+    if op_enabled(augment, "random_erasing"):
         ops.append(random_erasing(augment["random_erasing"]))
     ops.append(normalize)
     return v2.Compose(ops)

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
-import shutil
 from pathlib import Path
 
 import pandas as pd
 
-from .io_utils import setup_logging, write_json
+from .io_utils import copy_file, setup_logging, write_json
 from .models import WeightsError, load_checkpoint_file
 
 log = logging.getLogger("imageclf.select")
@@ -39,9 +37,7 @@ def select(history_path, checkpoint_dir, metric: str, model_out, selection_out) 
             f"was at epoch {epoch}; retrain this run (delete its resume/ folder)"
         )
     row = history.loc[history["epoch"] == epoch].iloc[0]
-    tmp = Path(model_out).with_name(f".{Path(model_out).name}.tmp")
-    shutil.copyfile(source, tmp)
-    os.replace(tmp, model_out)
+    copy_file(source, model_out)
     other = "val_loss" if metric == "val_acc" else "val_acc"
     selection = {
         "metric": metric, "epoch": epoch, "epochs_trained": int(history["epoch"].max()),

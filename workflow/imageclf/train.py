@@ -17,7 +17,6 @@ import logging
 import os
 import platform
 import random
-import shutil
 import time
 from pathlib import Path
 
@@ -28,13 +27,15 @@ from torch import nn
 
 from . import data, engine, models, presets
 from .config import config_hash, load_run_config
-from .io_utils import file_sha256, setup_logging, torch_save, write_csv, write_json
+from .select import GOAL
+from .cache import open_cache
+from .io_utils import copy_file, file_sha256, setup_logging, torch_save, write_csv, write_json
 
 log = logging.getLogger("imageclf.train")
 
 HISTORY_COLUMNS = ["epoch", "train_loss", "val_loss", "val_acc", "lr", "seconds", "images_per_s"]
-# Checkpoints kept while training: the best epoch by each selection metric.
-KEPT = {"val_acc": max, "val_loss": min}
+# Checkpoints kept while training: the best epoch by each selection metric (select.py's goals).
+KEPT = GOAL
 
 
 def seed_everything(seed: int) -> None:
@@ -100,7 +101,7 @@ def improved(metric: str, value: float, best: float | None) -> bool:
     """Strict improvement: ties keep the earlier epoch (select.py breaks ties the same way)."""
     if best is None:
         return True
-    return value > best if KEPT[metric] is max else value < best
+    return value > best if KEPT[metric] == "max" else value < best
 
 
 class Distributed:
@@ -147,15 +148,6 @@ def load_resume_state(path: Path, expected: dict) -> dict | None:
             )
             return None
     return state
-
-
-def open_cache(paths, index_dir: Path, split: str):
-    """paths: (pixels.npy, meta.csv) of a decoded-image cache, or None to decode from disk."""
-    if not paths:
-        return None
-    from .cache import CachedImages
-
-    return CachedImages(paths[0], paths[1], index_dir / f"{split}.csv")
 
 
 def train(run_config_path, index_dir, out_dir, state_dir=None, threads: int = 1,
@@ -284,9 +276,7 @@ def train(run_config_path, index_dir, out_dir, state_dir=None, threads: int = 1,
         checkpoints = out_dir / "checkpoints"
         checkpoints.mkdir(parents=True, exist_ok=True)
         for metric in KEPT:
-            with_tmp = checkpoints / f".best_{metric}.pt.tmp"
-            shutil.copyfile(state_dir / f"best_{metric}.pt", with_tmp)
-            os.replace(with_tmp, checkpoints / f"best_{metric}.pt")
+            copy_file(state_dir / f"best_{metric}.pt", checkpoints / f"best_{metric}.pt")
         write_json(out_dir / "run.json", {
             "variant": cfg["variant"], "seed": seed, "config": cfg, **fingerprint,
             "parameters": n_params, "classes": classes, "device": str(device),
