@@ -41,9 +41,15 @@ def test_modes_follow_the_augmentation():
     assert cache.cache_mode(augment_off(), "train", 1.15) == "exact"
     assert cache.cached_size(80, 50, "m1.15", 32) == (37, 59)  # short side ceil(1.15 * 32)
     assert cache.cached_size(30, 20, "m1.15", 32) == (20, 30)  # never enlarged
+    # batched (device) augmentation needs one size: squares, small images enlarged too
+    assert cache.cache_mode(AUGMENT, "train", 1.15, "device") == "s1.15"
+    assert cache.cache_mode(AUGMENT, "val", 1.15, "device") == "exact"
+    assert cache.cached_size(80, 50, "s1.15", 32) == cache.cached_size(20, 30, "s1.15", 32) == (37, 37)
+    assert cache.batch_input_size(AUGMENT, 32, 1.15) == 37
+    assert cache.batch_input_size(augment_off(), 32, 1.15) == 32
 
 
-@pytest.mark.parametrize("mode", ["exact", "m1.15"])
+@pytest.mark.parametrize("mode", ["exact", "m1.15", "s1.15"])
 def test_cache_round_trips_images(indexed, tmp_path, mode):
     csv = indexed / "train.csv"
     cache.build_cache(csv, tmp_path / "c.npy", tmp_path / "c.csv", mode, 32, threads=2)
@@ -53,10 +59,10 @@ def test_cache_round_trips_images(indexed, tmp_path, mode):
         expected = cache.resize_for_cache(data.load_rgb(path), mode, 32)
         got = np.asarray(cached.image(i))
         assert got.dtype == np.uint8 and np.array_equal(got, expected), path
-        if mode != "exact" and min(Image.open(path).size) <= 37:
+        if mode == "m1.15" and min(Image.open(path).size) <= 37:
             assert np.array_equal(got, np.asarray(data.load_rgb(path)))  # small images stored as they are
     shapes = {np.asarray(cached.image(i)).shape for i in range(len(frame))}
-    assert (37, 59, 3) in shapes or mode == "exact"
+    assert {"exact": shapes == {(32, 32, 3)}, "m1.15": (37, 59, 3) in shapes, "s1.15": shapes == {(37, 37, 3)}}[mode]
 
 
 @pytest.mark.parametrize("split, augment", [("train", "off"), ("val", "eval")])

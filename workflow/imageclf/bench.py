@@ -5,8 +5,11 @@ For each configured size it measures, on whatever device is present:
   (b) the reference data path feeding the model: PIL decode of every JPEG, the seed's transforms
       on the full-size image, a plain DataLoader — the way the original code loaded data,
   (c) this workflow's data path feeding the model: decoded-image cache, same ops, same loader,
-and the ratios (c)/(a) and (c)/(b); plus augmentation-only images/s on one core (both paths),
-inference images/s, and the wall time of an up-to-date `snakemake -n`.
+  (d) the same with `train.augment_on: device`: workers read cached squares, the chain runs
+      batched on the training device,
+and the ratios (c)/(a), (c)/(b) and (d)/(a); plus augmentation-only images/s on one core (both
+loader paths) and batched on the device, inference images/s, and the wall time of an up-to-date
+`snakemake -n`.
 
 Not a test: numbers vary with the machine and its load. Run: python -m imageclf bench --help
 """
@@ -29,7 +32,7 @@ import yaml
 from PIL import Image
 from torch import nn
 
-from . import cache, data, engine, models, presets
+from . import batch_augment, cache, data, engine, models, presets
 from .config import effective_config, run_config
 from .io_utils import setup_logging, write_csv
 from .train import resolve_device
@@ -57,22 +60,24 @@ def synthetic_jpegs(folder: Path, count: int, size=(500, 375), seed=0) -> list[s
 def timed_steps(batches, step, warmup: int) -> float:
     """Images per second over the batches after `warmup` ones (loading time included)."""
     seen, start = 0, None
-    for i, (images, targets) in enumerate(batches):
+    for i, (images, targets, *drawn) in enumerate(batches):
         if i == warmup:
             start, seen = time.perf_counter(), 0
-        step(images, targets)
+        step(images, targets, *drawn)
         seen += images.shape[0]
     if start is None:
         raise ValueError("not enough batches: raise --images or lower --warmup")
     return seen / (time.perf_counter() - start)
 
 
-def make_step(model, device, precision, channels_last, lr=1e-3):
+def make_step(model, device, precision, channels_last, lr=1e-3, augment=None):
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
     criterion = nn.CrossEntropyLoss(label_smoothing=0.1)
     model.train()
 
-    def step(images, targets):
+    def step(images, targets, drawn=None):
+        if augment is not None:
+            images = augment.apply(images.to(device, non_blocking=True), drawn)
         images = engine.to_device(images, device, channels_last)
         targets = targets.to(device)
         with engine.autocast(device, precision):
@@ -92,6 +97,23 @@ def augmentation_rate(dataset, count: int) -> float:
     for i in range(count):
         dataset[(i % len(dataset), i)]
     return count / (time.perf_counter() - start)
+
+
+def batched_augmentation_rate(augmenter, squares, batch_size: int, device, rounds: int = 3) -> float:
+    """Images/s of the chain alone, batched on the device (parameter draws excluded: the workers
+    make them), uint8 batch already on the device."""
+    images = torch.stack([torch.from_numpy(np.array(squares.image(i % len(squares.shapes)))).permute(2, 0, 1)
+                          for i in range(batch_size)]).to(device)
+    drawn = [augmenter.draw(range(r * batch_size, (r + 1) * batch_size), *images.shape[-2:]) for r in range(rounds + 1)]
+    augmenter.apply(images, drawn[0])
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    for r in range(1, rounds + 1):
+        augmenter.apply(images, drawn[r])
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return batch_size * rounds / (time.perf_counter() - start)
 
 
 def bench_size(cfg, paths, workdir: Path, batch_size, steps, warmup, workers, threads) -> dict:
@@ -134,10 +156,26 @@ def bench_size(cfg, paths, workdir: Path, batch_size, steps, warmup, workers, th
     row["c_over_a"] = row["c_our_path_img_s"] / row["a_model_img_s"]
     row["c_over_b"] = row["c_our_path_img_s"] / row["b_reference_path_img_s"]
 
+    # (d): the chain batched on the device, the workers only read cached squares
+    augmenter = batch_augment.BatchAugment(cfg["augment"], size)
+    square = cache.cache_mode(cfg["augment"], "train", tcfg["cache_margin"], "device")
+    cache.build_cache(index_csv, workdir / f"s{size}.npy", workdir / f"s{size}.csv", square, size, threads)
+    squares = cache.CachedImages(workdir / f"s{size}.npy", workdir / f"s{size}.csv", index_csv)
+    input_size = cache.batch_input_size(cfg["augment"], size, tcfg["cache_margin"])
+    raw = data.ImageDataset(frame, [], presets.batch_input_transform(input_size), squares, pass_seed=True)
+    raw.targets = [0] * len(raw)
+    loader = data.make_loader(raw, batch_size, workers, sampler, pin_memory=device.type == "cuda",
+                              collate_fn=augmenter.collate)
+    device_step = make_step(model, device, precision, channels_last, augment=augmenter)
+    torch.set_num_threads(threads)
+    row["d_device_aug_path_img_s"] = timed_steps(loader, device_step, warmup)
+    row["d_over_a"] = row["d_device_aug_path_img_s"] / row["a_model_img_s"]
+
     count = min(len(frame), 200)
     row["aug_reference_img_s_per_core"] = augmentation_rate(reference, count)
     row["aug_ours_img_s_per_core"] = augmentation_rate(ours, count)
     torch.set_num_threads(threads)
+    row["aug_batched_on_device_img_s"] = batched_augmentation_rate(augmenter, squares, batch_size, device)
 
     model.eval()
     x = engine.to_device(torch.randn(batch_size, 3, size, size), device, channels_last)

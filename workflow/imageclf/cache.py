@@ -10,6 +10,8 @@ Two layouts, chosen so that results change as little as possible:
 - `m<margin>` (e.g. m1.15): the short side at margin x image_size, aspect kept (never enlarged),
   for train with geometric/colour ops on. They then run before the final resize as in the reference,
   but on this smaller image: the one difference from the reference chain (see README).
+- `s<margin>` (e.g. s1.15): a square of ceil(margin x image_size) pixels a side, for train with
+  `train.augment_on: device`, which augments whole batches and so needs one size for all images.
 """
 
 from __future__ import annotations
@@ -33,17 +35,26 @@ log = logging.getLogger("imageclf.cache")
 EXACT = "exact"
 
 
-def cache_mode(augment: dict, split: str, margin: float) -> str:
+def cache_mode(augment: dict, split: str, margin: float, augment_on: str = "loader") -> str:
     """Torch-free on purpose: the Snakefile calls it while building the DAG."""
     if split != "train" or not any(op_enabled(augment, key) for key in PRE_RESIZE_OP_KEYS):
         return EXACT
-    return f"m{margin:g}"
+    return f"{'s' if augment_on == 'device' else 'm'}{margin:g}"
+
+
+def batch_input_size(augment: dict, image_size: int, margin: float) -> int:
+    """Side of the square images that batched (device) augmentation starts from."""
+    mode = cache_mode(augment, "train", margin, "device")
+    return cached_size(image_size, image_size, mode, image_size)[0]
 
 
 def cached_size(width: int, height: int, mode: str, image_size: int) -> tuple[int, int]:
     """(height, width) an image of this size is stored at."""
     if mode == EXACT:
         return image_size, image_size
+    if mode.startswith("s"):
+        side = math.ceil(float(mode[1:]) * image_size)
+        return side, side
     short = math.ceil(float(mode[1:]) * image_size)
     if min(width, height) <= short:
         return height, width
@@ -133,7 +144,7 @@ def main(argv=None) -> None:
     parser.add_argument("--index", required=True, help="results/index/<split>.csv")
     parser.add_argument("--pixels-out", required=True)
     parser.add_argument("--meta-out", required=True)
-    parser.add_argument("--mode", required=True, help="exact or m<margin>, e.g. m1.15")
+    parser.add_argument("--mode", required=True, help="exact, m<margin> or s<margin>, e.g. m1.15")
     parser.add_argument("--image-size", type=int, required=True)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)

@@ -64,12 +64,18 @@ def mixup_loss(criterion, outputs, targets_a, targets_b, lam: float):
 
 def train_one_epoch(model, loader, optimizer, criterion, device, *, mixup_alpha: float,
                     rng: np.random.Generator, generator: torch.Generator, precision: str = "fp32",
-                    channels_last: bool = False, scaler=None) -> dict:
-    """Returns the mean training loss (against the mixed targets when mixup is on) and speed."""
+                    channels_last: bool = False, scaler=None, augment=None) -> dict:
+    """Returns the mean training loss (against the mixed targets when mixup is on) and speed.
+
+    augment: a batch_augment.BatchAugment when the loader yields uint8 batches plus their drawn
+    parameters (train.augment_on: device); the chain then runs here, on `device`.
+    """
     model.train()
     total_loss, seen = 0.0, 0
     start = time.perf_counter()
-    for images, targets in loader:
+    for images, targets, *drawn in loader:
+        if augment is not None:
+            images = augment.apply(images.to(device, non_blocking=True), drawn[0])
         images = to_device(images, device, channels_last)
         targets = targets.to(device, non_blocking=True)
         with autocast(device, precision):

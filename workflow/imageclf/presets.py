@@ -59,6 +59,12 @@ def train_transform(augment: dict, image_size: int) -> v2.Compose:
     return v2.Compose(ops)
 
 
+def batch_input_transform(input_size: int) -> v2.Compose:
+    """What the workers do when the batch is augmented on the device: a fixed-size uint8 square
+    (a no-op resize when the cache already holds squares of this size)."""
+    return v2.Compose([v2.Resize((input_size, input_size), antialias=True), v2.PILToTensor()])
+
+
 def eval_transform(augment: dict, image_size: int) -> v2.Compose:
     """Resize((size, size)), to float, normalize: no crop, as in the reference."""
     to_float, normalize = to_float_and_normalize(augment)

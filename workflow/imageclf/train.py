@@ -25,10 +25,10 @@ import pandas as pd
 import torch
 from torch import nn
 
-from . import data, engine, models, presets
+from . import batch_augment, data, engine, models, presets
 from .config import config_hash, load_run_config
 from .select import GOAL
-from .cache import open_cache
+from .cache import batch_input_size, open_cache
 from .io_utils import copy_file, file_sha256, setup_logging, torch_save, write_csv, write_json
 
 log = logging.getLogger("imageclf.train")
@@ -165,8 +165,16 @@ def train(run_config_path, index_dir, out_dir, state_dir=None, threads: int = 1,
     classes = data.read_classes(index_dir)
     train_frame, val_frame = data.read_index(index_dir, "train"), data.read_index(index_dir, "val")
     size = tcfg["image_size"]
-    train_set = data.ImageDataset(train_frame, classes, presets.train_transform(cfg["augment"], size),
-                                  open_cache(train_cache, index_dir, "train"))
+    augment, collate = None, None
+    if tcfg["augment_on"] == "device":
+        augment = batch_augment.BatchAugment(cfg["augment"], size)
+        input_size = batch_input_size(cfg["augment"], size, tcfg["cache_margin"])
+        train_set = data.ImageDataset(train_frame, classes, presets.batch_input_transform(input_size),
+                                      open_cache(train_cache, index_dir, "train"), pass_seed=True)
+        collate = augment.collate
+    else:
+        train_set = data.ImageDataset(train_frame, classes, presets.train_transform(cfg["augment"], size),
+                                      open_cache(train_cache, index_dir, "train"))
     val_set = data.ImageDataset(val_frame, classes, presets.eval_transform(cfg["augment"], size),
                                 open_cache(val_cache, index_dir, "val"))
     if tcfg["batch_size"] % dist.world_size:
@@ -178,7 +186,8 @@ def train(run_config_path, index_dir, out_dir, state_dir=None, threads: int = 1,
     pin = device.type == "cuda"
     # A last batch of one image breaks BatchNorm in the MLP head; drop it only then.
     drop_last = len(sampler) % per_rank_batch == 1
-    train_loader = data.make_loader(train_set, per_rank_batch, tcfg["num_workers"], sampler, drop_last, pin)
+    train_loader = data.make_loader(train_set, per_rank_batch, tcfg["num_workers"], sampler, drop_last, pin,
+                                    collate)
     val_loader = data.make_loader(val_set, tcfg["batch_size"], tcfg["num_workers"], pin_memory=pin)
 
     seed_everything(seed)
@@ -219,10 +228,10 @@ def train(run_config_path, index_dir, out_dir, state_dir=None, threads: int = 1,
 
     log.info(
         "run %s seed %d: %s (%s head, %d parameters), %d classes, %d train / %d val images, "
-        "%d epochs, batch %d on %s x%d, %s%s",
+        "%d epochs, batch %d on %s x%d, %s%s, augment_on %s",
         cfg["variant"], seed, cfg["model"]["arch"], cfg["model"]["head"], n_params, len(classes),
         len(train_set), len(val_set), tcfg["epochs"], tcfg["batch_size"], device, dist.world_size,
-        precision, ", channels_last" if channels_last else "",
+        precision, ", channels_last" if channels_last else "", tcfg["augment_on"],
     )
     for epoch in range(start_epoch, tcfg["epochs"] + 1):
         seed_everything(data.epoch_seed(seed, epoch, stream=2))
@@ -234,6 +243,7 @@ def train(run_config_path, index_dir, out_dir, state_dir=None, threads: int = 1,
         stats = engine.train_one_epoch(
             net, train_loader, optimizer, criterion, device, mixup_alpha=tcfg["mixup_alpha"], rng=rng,
             generator=generator, precision=precision, channels_last=channels_last, scaler=scaler,
+            augment=augment,
         )
         stats.update(engine.evaluate(model, val_loader, device, precision, channels_last))
         step_scheduler(scheduler, stats["val_loss"])

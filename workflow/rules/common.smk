@@ -100,7 +100,12 @@ def cache_inputs(wildcards, splits):
         return {}
     inputs = {}
     for split in splits:
-        mode = cache_mode(run["augment"], split, run["train"]["cache_margin"])
+        mode = cache_mode(
+            run["augment"],
+            split,
+            run["train"]["cache_margin"],
+            run["train"]["augment_on"],
+        )
         stem = f"results/cache/{split}_{run['train']['image_size']}px_{mode}"
         inputs[f"{split}_cache_pixels"] = f"{stem}.npy"
         inputs[f"{split}_cache_meta"] = f"{stem}.csv"

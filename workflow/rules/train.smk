@@ -33,7 +33,7 @@ rule cache:
     wildcard_constraints:
         split="train|val|test",
         size=r"\d+",
-        mode=r"exact|m[0-9.]+",
+        mode=r"exact|[ms][0-9.]+",
     conda:
         CONDA_ENV
     threads: stage_resources("index")["threads"]

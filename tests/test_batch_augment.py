@@ -1,0 +1,107 @@
+"""Batched augmentation on the device (train.augment_on: device) is the reference chain, per image."""
+
+import copy
+
+import pandas as pd
+import pytest
+import torch
+import yaml
+from conftest import REPO, make_dataset, tiny_overlay
+from torchvision.transforms import v2
+
+from imageclf import batch_augment, cache, index, presets, train
+from imageclf import config as C
+from imageclf.io_utils import write_json
+
+RECIPE = yaml.safe_load((REPO / "config.yaml").read_text())
+AUGMENT = RECIPE["augment"]  # every op of the recipe switched on
+STD = min(AUGMENT["normalize"]["std"])
+
+
+def smooth_images(count: int, side: int, seed: int = 0) -> torch.Tensor:
+    """Photo-like uint8 images: smooth colour fields, so every op changes pixels."""
+    generator = torch.Generator().manual_seed(seed)
+    coarse = torch.rand(count, 3, 6, 6, generator=generator) * 255
+    return torch.nn.functional.interpolate(coarse, size=(side, side), mode="bilinear").to(torch.uint8)
+
+
+def per_image_reference(augment: dict, size: int, images: torch.Tensor, seeds: list[int]) -> torch.Tensor:
+    """The loader path's way: the v2 chain on one image at a time, seeded with its sample seed."""
+    chain = presets.train_transform(augment, size)
+    out = []
+    for image, seed in zip(images, seeds):
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            out.append(torch.as_tensor(chain(image)))
+    return torch.stack(out)
+
+
+def test_batched_chain_equals_the_reference_chain_image_by_image():
+    images, seeds = smooth_images(96, 37), list(range(5000, 5096))
+    augmenter = batch_augment.BatchAugment(AUGMENT, 32)
+    batched = augmenter(images, seeds)
+    reference = per_image_reference(AUGMENT, 32, images, seeds)
+    assert batched.shape == reference.shape == (96, 3, 32, 32) and batched.dtype == torch.float32
+    difference = (batched - reference).abs()
+    same_images = (difference.flatten(1).max(1).values == 0).float().mean()
+    # Same parameters for every image; the only differences are a grey level here and there
+    # where float rounding in the hue conversion lands on the other side of an integer.
+    assert same_images >= 0.8, f"only {same_images:.0%} of images identical"
+    assert (difference > 0).float().mean() < 1e-3
+    assert difference.max() <= 4 / 255 / STD + 1e-5
+    # and the draws exercised the chain: both flip outcomes, most RandAugment ops, some erasing
+    drawn = augmenter.draw(seeds, 37, 37)
+    ops = [type(op) for op in augmenter.ops]
+    flips = [params[ops.index(v2.RandomHorizontalFlip)] is not None for params in drawn]
+    chosen = {name for params in drawn for name, _ in params[ops.index(v2.RandAugment)]}
+    erased = [params[ops.index(v2.RandomErasing)] is not None for params in drawn]
+    assert any(flips) and not all(flips) and len(chosen) >= 12 and any(erased)
+
+
+def test_same_seeds_same_batch_and_the_callers_random_stream_is_untouched():
+    images = smooth_images(8, 37)
+    augmenter = batch_augment.BatchAugment(AUGMENT, 32)
+    torch.manual_seed(123)
+    first = augmenter(images, range(8))
+    after = torch.rand(3)
+    torch.manual_seed(123)
+    again = augmenter(images, range(8))
+    assert torch.equal(first, again) and torch.equal(after, torch.rand(3))
+    assert not torch.equal(first, augmenter(images, range(100, 108)))
+
+
+def test_ops_switched_off_leave_resize_and_normalize():
+    augment = copy.deepcopy(AUGMENT)
+    for key in [*C.PRE_RESIZE_OP_KEYS, "random_erasing"]:
+        augment[key]["enabled"] = False
+    images = smooth_images(4, 40)
+    expected = torch.stack([presets.eval_transform(augment, 32)(image) for image in images])
+    assert torch.equal(batch_augment.BatchAugment(augment, 32)(images, range(4)), expected)
+
+
+def test_an_op_without_a_batched_kernel_is_refused(monkeypatch):
+    with pytest.raises(TypeError, match="uint8"):
+        batch_augment.BatchAugment(AUGMENT, 32).apply(torch.zeros(2, 3, 8, 8), [[], []])
+    monkeypatch.setattr(presets, "train_transform", lambda augment, size: v2.Compose([v2.GaussianBlur(3)]))
+    with pytest.raises(TypeError, match="GaussianBlur"):
+        batch_augment.BatchAugment(AUGMENT, 32)
+
+
+def test_training_with_device_augmentation_cached_or_not(tmp_path):
+    """One epoch on the tiny data set, from the square cache and from the JPEGs: the same run."""
+    make_dataset(tmp_path / "data")
+    index.run(tmp_path / "data", tmp_path / "index")
+    overlay = tiny_overlay(tmp_path / "data", train={"epochs": 1, "augment_on": "device"})
+    overlay["augment"] = {}  # the full recipe chain, colour ops included
+    cfg = C.effective_config(C.deep_merge(copy.deepcopy(RECIPE), overlay))
+    run = C.run_config(cfg, "full", 0)
+    write_json(tmp_path / "config.json", run)
+    mode = cache.cache_mode(run["augment"], "train", run["train"]["cache_margin"], "device")
+    assert mode == "s1.15"
+    cache.build_cache(tmp_path / "index" / "train.csv", tmp_path / "c.npy", tmp_path / "c.csv", mode, 32)
+    cached = train.train(tmp_path / "config.json", tmp_path / "index", tmp_path / "a",
+                         train_cache=(tmp_path / "c.npy", tmp_path / "c.csv"))
+    decoded = train.train(tmp_path / "config.json", tmp_path / "index", tmp_path / "b")
+    columns = ["epoch", "train_loss", "val_loss", "val_acc"]
+    pd.testing.assert_frame_equal(cached[columns], decoded[columns], check_exact=True)
+    assert cached["train_loss"].notna().all() and (cached["train_loss"] < 10).all()

@@ -1,0 +1,257 @@
+"""The training chain on whole batches, on the training device (`train.augment_on: device`).
+
+With it the DataLoader workers only hand over uint8 images of one fixed square size (made once by
+the cache) and each sample's seed; the augmentation then runs here, batched, on the GPU (or CPU).
+On a GPU host this takes the per-image CPU work (ColorJitter's hue most of all) off the workers.
+
+Same ops, same parameters, same random draws: each sample's parameters are drawn by the transform
+objects of presets.train_transform themselves (their make_params), under that sample's seed and in
+chain order, exactly as the loader path draws them. Only the application is batched:
+- ops with one setting for a group of samples (flips, RandAugment's fixed magnitudes, resize,
+  normalize) call torchvision's own kernels on that group;
+- ops with a continuous value per sample (rotation, affine, colour jitter) use the batched kernels
+  below, which tests/test_batch_augment.py checks against torchvision's per-image result.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as nnf
+from torchvision.transforms import v2
+
+from . import presets
+
+FLIPS = {v2.RandomHorizontalFlip: -1, v2.RandomVerticalFlip: -2}  # op -> the axis it mirrors
+NO_RANDOMNESS = (v2.Resize, v2.ToImage, v2.ToDtype, v2.Normalize)
+
+
+class BatchAugment:
+    """Callable: (uint8 images (B, 3, S, S) on any device, B sample seeds) -> normalized float batch."""
+
+    def __init__(self, augment: dict, image_size: int):
+        self.ops = list(presets.train_transform(augment, image_size).transforms)
+        for op in self.ops:
+            if not isinstance(op, (*FLIPS, *NO_RANDOMNESS, v2.RandomRotation, v2.RandomAffine,
+                                   v2.ColorJitter, v2.RandAugment, v2.RandomErasing)):
+                raise TypeError(f"{type(op).__name__} has no batched implementation in batch_augment.py")
+
+    def draw(self, seeds, height: int, width: int) -> list[list]:
+        """Each sample's parameters for every op, drawn as the op's own forward() would draw them.
+
+        Cheap but not free (about 0.3 ms a sample), so the DataLoader workers call it (collate)."""
+        image = torch.empty((3, height, width), dtype=torch.uint8)  # make_params reads only the shape
+        after_resize = image
+        for op in self.ops:
+            if isinstance(op, v2.Resize):
+                after_resize = torch.empty((3, *op.size), dtype=torch.uint8)
+        drawn = []
+        with torch.random.fork_rng(devices=[]):  # leave the caller's random stream untouched
+            for seed in seeds:
+                torch.default_generator.manual_seed(int(seed))  # CPU only: torch.manual_seed costs 0.2 ms
+                shape_of, params = image, []
+                for op in self.ops:
+                    if isinstance(op, v2.Resize):
+                        shape_of = after_resize
+                    params.append(draw_params(op, shape_of))
+                drawn.append(params)
+        return drawn
+
+    def collate(self, samples: list) -> tuple:
+        """collate_fn for (uint8 image, target, seed) samples: the batch plus its drawn parameters."""
+        images = torch.stack([image for image, _, _ in samples])
+        targets = torch.tensor([target for _, target, _ in samples])
+        return images, targets, self.draw([seed for _, _, seed in samples], *images.shape[-2:])
+
+    def apply(self, images: torch.Tensor, drawn: list[list]) -> torch.Tensor:
+        if images.dtype != torch.uint8 or images.ndim != 4:
+            raise TypeError(f"batched augmentation takes a uint8 (B, C, H, W) batch, got {images.dtype} "
+                            f"{tuple(images.shape)}")
+        for position, op in enumerate(self.ops):
+            images = apply_op(op, images, [params[position] for params in drawn])
+        return images
+
+    def __call__(self, images: torch.Tensor, seeds) -> torch.Tensor:
+        return self.apply(images, self.draw(seeds, *images.shape[-2:]))
+
+
+def draw_params(op, image: torch.Tensor):
+    """Mirrors the random draws of each op's forward (torchvision.transforms.v2)."""
+    if isinstance(op, (*FLIPS, v2.RandomErasing)):  # _RandomApplyTransform: a coin, then make_params
+        if torch.rand(1) >= op.p:
+            return None
+        return op.make_params([image]) if isinstance(op, v2.RandomErasing) else True
+    if isinstance(op, (v2.RandomRotation, v2.RandomAffine, v2.ColorJitter)):
+        return op.make_params([image])
+    if isinstance(op, v2.RandAugment):
+        chosen = []
+        names = tuple(op._AUGMENTATION_SPACE)
+        for _ in range(op.num_ops):
+            name = names[int(torch.randint(len(names), ()))]
+            magnitudes_fn, signed = op._AUGMENTATION_SPACE[name]
+            magnitudes = magnitudes_fn(op.num_magnitude_bins, *image.shape[-2:])
+            magnitude = 0.0
+            if magnitudes is not None:
+                magnitude = float(magnitudes[op.magnitude])
+                if signed and torch.rand(()) <= 0.5:
+                    magnitude *= -1
+            chosen.append((name, magnitude))
+        return chosen
+    return None
+
+
+def apply_op(op, images: torch.Tensor, params: list) -> torch.Tensor:
+    device = images.device
+    if isinstance(op, tuple(FLIPS)):
+        mask = torch.tensor([p is not None for p in params], device=device).view(-1, 1, 1, 1)
+        return torch.where(mask, images.flip(FLIPS[type(op)]), images)
+    if isinstance(op, v2.RandomRotation):
+        # v2's rotate(angle) is affine(-angle) about the centre
+        matrices = [inverse_affine_matrix(-p["angle"], (0.0, 0.0), 1.0, (0.0, 0.0)) for p in params]
+        return affine_batch(images, matrices, op.interpolation, op.fill)
+    if isinstance(op, v2.RandomAffine):
+        matrices = [inverse_affine_matrix(p["angle"], p["translate"], p["scale"], p["shear"]) for p in params]
+        return affine_batch(images, matrices, op.interpolation, op.fill)
+    if isinstance(op, v2.ColorJitter):
+        return color_jitter_batch(images, params)
+    if isinstance(op, v2.RandAugment):
+        for slot in range(op.num_ops):
+            groups: dict[tuple, list[int]] = {}
+            for k, chosen in enumerate(params):
+                groups.setdefault(chosen[slot], []).append(k)
+            out = images.clone()
+            for (name, magnitude), members in groups.items():
+                index = torch.tensor(members, device=device)
+                out[index] = op._apply_image_or_video_transform(
+                    images[index], name, magnitude, interpolation=op.interpolation, fill=op._fill)
+            images = out
+        return images
+    if isinstance(op, v2.RandomErasing):
+        images = images.clone()
+        for k, p in enumerate(params):
+            if p is not None and p["v"] is not None:
+                i, j, h, w = p["i"], p["j"], p["h"], p["w"]
+                images[k, :, i : i + h, j : j + w] = p["v"].to(device, images.dtype)
+        return images
+    if isinstance(op, v2.ToImage):
+        return images  # already a tensor batch
+    return op(images)  # Resize, ToDtype, Normalize: the same for every sample
+
+
+def inverse_affine_matrix(angle: float, translate, scale: float, shear) -> list[float]:
+    """Output-to-input map of a rotation/scale/shear about the image centre, then a translation
+    (the convention of torchvision's affine, where the centre is the origin)."""
+    rot, shear_x, shear_y = (math.radians(a) for a in (angle, *shear))
+    tx, ty = translate
+    # forward linear part R(angle) . S(scale) . ShearY . ShearX, as [[a, b], [c, d]] / scale
+    a = math.cos(rot - shear_y) / math.cos(shear_y)
+    b = -(a * math.tan(shear_x) + math.sin(rot))
+    c = math.sin(rot - shear_y) / math.cos(shear_y)
+    d = math.cos(rot) - c * math.tan(shear_x)
+    # its inverse (the determinant of [[a, b], [c, d]] is 1), applied after undoing the translation
+    m = [d / scale, -b / scale, 0.0, -c / scale, a / scale, 0.0]
+    m[2] = -m[0] * tx - m[1] * ty
+    m[5] = -m[3] * tx - m[4] * ty
+    return m
+
+
+def affine_batch(images: torch.Tensor, matrices: list, interpolation, fill) -> torch.Tensor:
+    """Each image warped by its own inverse matrix; pixels from outside the image take `fill`."""
+    batch, channels, height, width = images.shape
+    device = images.device
+    theta = torch.tensor(matrices, dtype=torch.float32, device=device).view(batch, 2, 3)
+    # pixel-centre coordinates with the origin at the image centre, as (x, y, 1)
+    xs = torch.linspace((1.0 - width) * 0.5, (width - 1.0) * 0.5, width, device=device)
+    ys = torch.linspace((1.0 - height) * 0.5, (height - 1.0) * 0.5, height, device=device)
+    base = torch.stack(torch.broadcast_tensors(xs.view(1, -1), ys.view(-1, 1), torch.ones(1, 1, device=device)), -1)
+    scale_to_unit = torch.tensor([0.5 * width, 0.5 * height], device=device)
+    grid = base.view(1, height * width, 3).expand(batch, -1, -1).bmm(theta.transpose(1, 2) / scale_to_unit)
+    mode = v2.InterpolationMode(interpolation).value
+    fill_values = fill_for(fill, images.dtype)
+    source = images.float()
+    if fill_values is not None:  # a ones channel marks where the sample came from inside the image
+        source = torch.cat([source, torch.ones(batch, 1, height, width, device=device)], 1)
+    warped = nnf.grid_sample(source, grid.view(batch, height, width, 2), mode=mode, padding_mode="zeros",
+                             align_corners=False)
+    if fill_values is not None:
+        warped, inside = warped[:, :channels], warped[:, channels:]
+        fill_image = torch.tensor(fill_values, dtype=warped.dtype, device=device).view(1, -1, 1, 1)
+        warped = torch.where(inside < 0.5, fill_image.expand_as(warped), warped)
+    return warped.round_().to(images.dtype)
+
+
+def fill_for(fill, dtype):
+    """v2 ops store fill per input type; None means zeros (the padding already gives them)."""
+    if isinstance(fill, dict):
+        fill = fill.get(torch.Tensor, fill.get(next(iter(fill)), None)) if fill else None
+    if fill is None:
+        return None
+    return [float(v) for v in fill] if isinstance(fill, (list, tuple)) else [float(fill)]
+
+
+def grayscale(images: torch.Tensor) -> torch.Tensor:
+    """ITU-R 601 luma as float, floored as torchvision does for uint8 input."""
+    r, g, b = images.float().unbind(1)
+    return (r * 0.2989 + g * 0.587 + b * 0.114).floor_().unsqueeze(1)
+
+
+def blend(images: torch.Tensor, other: torch.Tensor, ratio: torch.Tensor) -> torch.Tensor:
+    ratio = ratio.view(-1, 1, 1, 1)
+    return (images.float() * ratio + other * (1.0 - ratio)).clamp_(0, 255).to(torch.uint8)
+
+
+def adjust_hue_batch(images: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """RGB -> HSV, hue + shift (mod 1), -> RGB, per image; uint8 in and out."""
+    rgb = images.float() / 255.0
+    r, g, b = rgb.unbind(1)
+    value, _ = rgb.max(1)
+    low, _ = rgb.min(1)
+    spread = value - low
+    flat = spread == 0
+    saturation = torch.where(flat, torch.zeros_like(value), spread / torch.where(value == 0, torch.ones_like(value), value))
+    safe = torch.where(flat, torch.ones_like(spread), spread)
+    rc, gc, bc = (value - r) / safe, (value - g) / safe, (value - b) / safe
+    hue = torch.where(value == r, bc - gc, torch.where(value == g, 2.0 + rc - bc, 4.0 + gc - rc))
+    hue = torch.where(flat, torch.zeros_like(hue), hue)
+    hue = (hue / 6.0 + 1.0).fmod(1.0)
+    hue = (hue + shift.view(-1, 1, 1)).remainder(1.0)
+    sector = hue * 6.0
+    index = sector.floor()
+    frac = sector - index
+    index = index.long().remainder(6)
+    p = (value * (1.0 - saturation)).clamp(0.0, 1.0)
+    q = (value * (1.0 - saturation * frac)).clamp(0.0, 1.0)
+    t = (value * (1.0 - saturation * (1.0 - frac))).clamp(0.0, 1.0)
+    # sector -> (r, g, b) as picks among (value, p, q, t)
+    choices = torch.stack([value, p, q, t], 1)
+    table = torch.tensor([[0, 2, 1, 1, 3, 0], [3, 0, 0, 2, 1, 1], [1, 1, 3, 0, 0, 2]], device=images.device)
+    picks = table[:, index].permute(1, 0, 2, 3)
+    out = choices.gather(1, picks)
+    return out.mul_(255.0 + 1.0 - 1e-3).to(torch.uint8)  # torchvision's float -> uint8 rule
+
+
+def color_jitter_batch(images: torch.Tensor, params: list) -> torch.Tensor:
+    """ColorJitter with each sample's own factors and own random order of the four adjustments."""
+    device = images.device
+    order = [p["fn_idx"].tolist() for p in params]
+    names = ("brightness_factor", "contrast_factor", "saturation_factor", "hue_factor")
+    factors = {name: torch.tensor([p[name] if p[name] is not None else math.nan for p in params],
+                                  dtype=torch.float32, device=device) for name in names}
+    for position in range(4):
+        for fn_id, name in enumerate(names):
+            members = [k for k in range(len(params)) if order[k][position] == fn_id and params[k][name] is not None]
+            if not members:
+                continue
+            index = torch.tensor(members, device=device)
+            group, factor = images[index], factors[name][index]
+            if fn_id == 0:
+                group = blend(group, torch.zeros((), device=device), factor)
+            elif fn_id == 1:
+                group = blend(group, grayscale(group).mean(dim=(1, 2, 3), keepdim=True), factor)
+            elif fn_id == 2:
+                group = blend(group, grayscale(group), factor)
+            else:
+                group = adjust_hue_batch(group, factor)
+            images = images.index_copy(0, index, group)
+    return images
