@@ -46,8 +46,8 @@ def test_batched_chain_equals_the_reference_chain_image_by_image():
     same_images = (difference.flatten(1).max(1).values == 0).float().mean()
     # Same parameters for every image; the only differences are a grey level here and there
     # where float rounding in the hue conversion lands on the other side of an integer.
-    assert same_images >= 0.8, f"only {same_images:.0%} of images identical"
-    assert (difference > 0).float().mean() < 1e-3
+    assert same_images >= 0.9, f"only {same_images:.0%} of images identical"
+    assert (difference > 0).float().mean() < 5e-4
     assert difference.max() <= 4 / 255 / STD + 1e-5
     # and the draws exercised the chain: both flip outcomes, most RandAugment ops, some erasing
     drawn = augmenter.draw(seeds, 37, 37)

@@ -109,24 +109,14 @@ def apply_op(op, images: torch.Tensor, params: list) -> torch.Tensor:
     if isinstance(op, v2.RandomRotation):
         # v2's rotate(angle) is affine(-angle) about the centre
         matrices = [inverse_affine_matrix(-p["angle"], (0.0, 0.0), 1.0, (0.0, 0.0)) for p in params]
-        return affine_batch(images, matrices, op.interpolation, op.fill)
+        return affine_batch(images, matrices, op.interpolation, fill_for(op.fill, images.dtype))
     if isinstance(op, v2.RandomAffine):
         matrices = [inverse_affine_matrix(p["angle"], p["translate"], p["scale"], p["shear"]) for p in params]
-        return affine_batch(images, matrices, op.interpolation, op.fill)
+        return affine_batch(images, matrices, op.interpolation, fill_for(op.fill, images.dtype))
     if isinstance(op, v2.ColorJitter):
         return color_jitter_batch(images, params)
     if isinstance(op, v2.RandAugment):
-        for slot in range(op.num_ops):
-            groups: dict[tuple, list[int]] = {}
-            for k, chosen in enumerate(params):
-                groups.setdefault(chosen[slot], []).append(k)
-            out = images.clone()
-            for (name, magnitude), members in groups.items():
-                index = torch.tensor(members, device=device)
-                out[index] = op._apply_image_or_video_transform(
-                    images[index], name, magnitude, interpolation=op.interpolation, fill=op._fill)
-            images = out
-        return images
+        return rand_augment_batch(op, images, params)
     if isinstance(op, v2.RandomErasing):
         images = images.clone()
         for k, p in enumerate(params):
@@ -139,25 +129,26 @@ def apply_op(op, images: torch.Tensor, params: list) -> torch.Tensor:
     return op(images)  # Resize, ToDtype, Normalize: the same for every sample
 
 
-def inverse_affine_matrix(angle: float, translate, scale: float, shear) -> list[float]:
-    """Output-to-input map of a rotation/scale/shear about the image centre, then a translation
-    (the convention of torchvision's affine, where the centre is the origin)."""
+def inverse_affine_matrix(angle: float, translate, scale: float, shear, center=(0.0, 0.0)) -> list[float]:
+    """Output-to-input map of a rotation/scale/shear about `center`, then a translation, in
+    coordinates whose origin is the image centre (the convention of torchvision's affine)."""
     rot, shear_x, shear_y = (math.radians(a) for a in (angle, *shear))
-    tx, ty = translate
+    (tx, ty), (cx, cy) = translate, center
     # forward linear part R(angle) . S(scale) . ShearY . ShearX, as [[a, b], [c, d]] / scale
     a = math.cos(rot - shear_y) / math.cos(shear_y)
     b = -(a * math.tan(shear_x) + math.sin(rot))
     c = math.sin(rot - shear_y) / math.cos(shear_y)
     d = math.cos(rot) - c * math.tan(shear_x)
-    # its inverse (the determinant of [[a, b], [c, d]] is 1), applied after undoing the translation
+    # its inverse (the determinant of [[a, b], [c, d]] is 1), after undoing translation and centre
     m = [d / scale, -b / scale, 0.0, -c / scale, a / scale, 0.0]
-    m[2] = -m[0] * tx - m[1] * ty
-    m[5] = -m[3] * tx - m[4] * ty
+    m[2] = cx - m[0] * (cx + tx) - m[1] * (cy + ty)
+    m[5] = cy - m[3] * (cx + tx) - m[4] * (cy + ty)
     return m
 
 
-def affine_batch(images: torch.Tensor, matrices: list, interpolation, fill) -> torch.Tensor:
-    """Each image warped by its own inverse matrix; pixels from outside the image take `fill`."""
+def affine_batch(images: torch.Tensor, matrices: list, interpolation, fill_values) -> torch.Tensor:
+    """Each image warped by its own inverse matrix; pixels from outside the image take
+    `fill_values` (per channel), or zeros when None."""
     batch, channels, height, width = images.shape
     device = images.device
     theta = torch.tensor(matrices, dtype=torch.float32, device=device).view(batch, 2, 3)
@@ -168,7 +159,6 @@ def affine_batch(images: torch.Tensor, matrices: list, interpolation, fill) -> t
     scale_to_unit = torch.tensor([0.5 * width, 0.5 * height], device=device)
     grid = base.view(1, height * width, 3).expand(batch, -1, -1).bmm(theta.transpose(1, 2) / scale_to_unit)
     mode = v2.InterpolationMode(interpolation).value
-    fill_values = fill_for(fill, images.dtype)
     source = images.float()
     if fill_values is not None:  # a ones channel marks where the sample came from inside the image
         source = torch.cat([source, torch.ones(batch, 1, height, width, device=device)], 1)
@@ -196,9 +186,13 @@ def grayscale(images: torch.Tensor) -> torch.Tensor:
     return (r * 0.2989 + g * 0.587 + b * 0.114).floor_().unsqueeze(1)
 
 
-def blend(images: torch.Tensor, other: torch.Tensor, ratio: torch.Tensor) -> torch.Tensor:
-    ratio = ratio.view(-1, 1, 1, 1)
-    return (images.float() * ratio + other * (1.0 - ratio)).clamp_(0, 255).to(torch.uint8)
+def blend(images: torch.Tensor, other: torch.Tensor, ratio: list[float]) -> torch.Tensor:
+    """images * ratio + other * (1 - ratio) per sample, clamped, truncated to uint8 as torchvision
+    does; ratio and 1 - ratio are computed in double first, as torchvision's Python floats are."""
+    weights = torch.tensor([[r, 1.0 - r] for r in ratio], dtype=torch.float32, device=images.device)
+    weight, other_weight = weights.view(-1, 2, 1, 1, 1).unbind(1)
+    # addcmul rounds like torchvision's add_(other, alpha=...): the same uint8 after truncation
+    return torch.addcmul(images.float() * weight, other, other_weight).clamp_(0, 255).to(torch.uint8)
 
 
 def adjust_hue_batch(images: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
@@ -231,27 +225,85 @@ def adjust_hue_batch(images: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
     return out.mul_(255.0 + 1.0 - 1e-3).to(torch.uint8)  # torchvision's float -> uint8 rule
 
 
+BLEND_WITH_ZERO, BLEND_WITH_MEAN_GRAY, BLEND_WITH_GRAY = 0, 1, 2  # brightness, contrast, saturation
+
+
+def blend_batch(images: torch.Tensor, kind: torch.Tensor, ratio: list[float]) -> torch.Tensor:
+    """Brightness, contrast or saturation per sample (kind), in one pass over the batch.
+
+    A ratio of 1 leaves a sample exactly as it is (x * 1 + y * 0 == x in float)."""
+    gray = grayscale(images)
+    mean = gray.mean(dim=(1, 2, 3), keepdim=True)
+    kind = kind.view(-1, 1, 1, 1)
+    other = torch.where(kind == BLEND_WITH_GRAY, gray, torch.where(kind == BLEND_WITH_MEAN_GRAY, mean, 0.0))
+    return blend(images, other, ratio)
+
+
 def color_jitter_batch(images: torch.Tensor, params: list) -> torch.Tensor:
     """ColorJitter with each sample's own factors and own random order of the four adjustments."""
     device = images.device
-    order = [p["fn_idx"].tolist() for p in params]
     names = ("brightness_factor", "contrast_factor", "saturation_factor", "hue_factor")
-    factors = {name: torch.tensor([p[name] if p[name] is not None else math.nan for p in params],
-                                  dtype=torch.float32, device=device) for name in names}
+    order = torch.stack([p["fn_idx"] for p in params])  # (B, 4): adjustment ids 0..3 in order
+    factor = torch.tensor([[p[name] if p[name] is not None else math.nan for name in names] for p in params],
+                          dtype=torch.float64)  # make_params' Python floats, kept exact
     for position in range(4):
-        for fn_id, name in enumerate(names):
-            members = [k for k in range(len(params)) if order[k][position] == fn_id and params[k][name] is not None]
-            if not members:
-                continue
+        fn_id = order[:, position]
+        value = factor.gather(1, fn_id.view(-1, 1)).squeeze(1)
+        blended = (fn_id < 3) & ~value.isnan()
+        if blended.any():
+            ratio = [v if b else 1.0 for v, b in zip(value.tolist(), blended.tolist())]
+            images = blend_batch(images, fn_id.clamp(max=2).to(device), ratio)
+        hued = ((fn_id == 3) & ~value.isnan()).nonzero().flatten()
+        if len(hued):
+            index = hued.to(device)
+            images = images.index_copy(0, index, adjust_hue_batch(images[index], value[hued].to(device)))
+    return images
+
+
+# RandAugment ops applied per sample by the kernels above instead of one group per setting
+RAND_AUGMENT_BLENDS = {"Brightness": BLEND_WITH_ZERO, "Contrast": BLEND_WITH_MEAN_GRAY, "Color": BLEND_WITH_GRAY}
+
+
+def rand_augment_matrix(name: str, magnitude: float, height: int, width: int) -> list[float] | None:
+    """The inverse matrix of RandAugment's geometric ops (torchvision's definitions), else None."""
+    if name in ("ShearX", "ShearY"):  # sheared about the top-left corner
+        shear = math.degrees(math.atan(magnitude))
+        return inverse_affine_matrix(0.0, (0, 0), 1.0, (shear, 0.0) if name == "ShearX" else (0.0, shear),
+                                     center=(-0.5 * width, -0.5 * height))
+    if name in ("TranslateX", "TranslateY"):
+        shift = int(magnitude)
+        return inverse_affine_matrix(0.0, (shift, 0) if name == "TranslateX" else (0, shift), 1.0, (0.0, 0.0))
+    if name == "Rotate":
+        return inverse_affine_matrix(-magnitude, (0.0, 0.0), 1.0, (0.0, 0.0))
+    return None
+
+
+def rand_augment_batch(op: v2.RandAugment, images: torch.Tensor, params: list) -> torch.Tensor:
+    """Slot by slot: all geometric picks in one warp, all brightness/contrast/colour picks in one
+    blend, and torchvision's kernels for the rest, one call per (op, magnitude) group."""
+    device, (height, width) = images.device, images.shape[-2:]
+    for slot in range(op.num_ops):
+        picks = [chosen[slot] for chosen in params]
+        out = images.clone()
+        matrices = [rand_augment_matrix(name, magnitude, height, width) for name, magnitude in picks]
+        warped = [k for k, matrix in enumerate(matrices) if matrix is not None]
+        if warped:
+            index = torch.tensor(warped, device=device)
+            out[index] = affine_batch(images[index], [matrices[k] for k in warped], op.interpolation,
+                                      fill_for(op._fill, images.dtype))
+        blends = [k for k, (name, _) in enumerate(picks) if name in RAND_AUGMENT_BLENDS]
+        if blends:
+            index = torch.tensor(blends, device=device)
+            kind = torch.tensor([RAND_AUGMENT_BLENDS[picks[k][0]] for k in blends], device=device)
+            ratio = [1.0 + picks[k][1] for k in blends]
+            out[index] = blend_batch(images[index], kind, ratio)
+        groups: dict[tuple, list[int]] = {}
+        for k, (name, magnitude) in enumerate(picks):
+            if matrices[k] is None and name not in RAND_AUGMENT_BLENDS and name != "Identity":
+                groups.setdefault((name, magnitude), []).append(k)
+        for (name, magnitude), members in groups.items():
             index = torch.tensor(members, device=device)
-            group, factor = images[index], factors[name][index]
-            if fn_id == 0:
-                group = blend(group, torch.zeros((), device=device), factor)
-            elif fn_id == 1:
-                group = blend(group, grayscale(group).mean(dim=(1, 2, 3), keepdim=True), factor)
-            elif fn_id == 2:
-                group = blend(group, grayscale(group), factor)
-            else:
-                group = adjust_hue_batch(group, factor)
-            images = images.index_copy(0, index, group)
+            out[index] = op._apply_image_or_video_transform(
+                images[index], name, magnitude, interpolation=op.interpolation, fill=op._fill)
+        images = out
     return images
