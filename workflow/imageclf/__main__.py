@@ -5,7 +5,8 @@ from __future__ import annotations
 import importlib
 import sys
 
-STAGES = ("demo", "index", "cache", "train", "select", "predict", "submission", "ablation", "plots", "bench")
+STAGES = ("demo", "index", "cache", "train", "select", "predict", "submission", "ablation", "plots", "bench",
+          "synthetic")
 
 
 def main(argv=None) -> None:

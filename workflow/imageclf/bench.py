@@ -35,6 +35,7 @@ from torch import nn
 from . import batch_augment, cache, data, engine, models, presets
 from .config import effective_config, run_config
 from .io_utils import setup_logging, write_csv
+from .synthetic import photo_like
 from .train import resolve_device
 
 log = logging.getLogger("imageclf.bench")
@@ -42,17 +43,13 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def synthetic_jpegs(folder: Path, count: int, size=(500, 375), seed=0) -> list[str]:
-    """Photo-like JPEGs (smooth gradients plus texture), the course's typical size."""
+    """Photo-like JPEGs, the course's typical size."""
     rng = np.random.default_rng(seed)
     folder.mkdir(parents=True, exist_ok=True)
-    yy, xx = np.mgrid[0 : size[1], 0 : size[0]]
     paths = []
     for i in range(count):
-        base = rng.uniform(0, 255, 3)
-        slope = rng.uniform(-0.4, 0.4, (2, 3))
-        pixels = base + xx[..., None] * slope[0] + yy[..., None] * slope[1] + rng.normal(0, 20, (size[1], size[0], 3))
         path = folder / f"{i:05d}.jpg"
-        Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(path, quality=90)
+        Image.fromarray(photo_like(rng, *size)).save(path, quality=90)
         paths.append(str(path))
     return paths
 

@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# The prepared GPU check: is the full recipe fast enough on one GPU? (target: 100 epochs of
+# 20,724 images at 224 px, batch 64, in 15 minutes, i.e. >= 2,300 training images/s.)
+#
+#   bash workflow/scripts/gpu_check.sh [OUT_DIR]          # about 5-8 minutes on a 16-core GPU host
+#
+# 1. writes a synthetic data set of the course's size (synthetic.py: 20,724 + 300 JPEGs, 500x375);
+# 2. trains the full recipe (ResNet50, 224 px, batch 64, bf16 + channels_last by `auto`) for
+#    EPOCHS epochs through the real workflow (index -> cache -> train), once with the augmentation
+#    in the DataLoader workers and once batched on the GPU (train.augment_on), and prints each
+#    epoch's training images/s from history.csv;
+# 3. runs the benchmark table (model alone vs. data paths), which says where the time goes.
+# ImageNet weights are off (nothing can be downloaded on such hosts); they do not change speed.
+# Environment overrides for a quick trial on a CPU: TRAIN_IMAGES, EPOCHS, WORKERS, DEVICE, SIZE,
+# CORES, BENCH_IMAGES, BENCH_STEPS.
+set -euo pipefail
+
+REPO=$(cd "$(dirname "$0")/../.." && pwd)
+OUT=$(mkdir -p "${1:-$REPO/results/gpu_check}" && cd "${1:-$REPO/results/gpu_check}" && pwd)
+TRAIN_IMAGES=${TRAIN_IMAGES:-20724}
+EPOCHS=${EPOCHS:-2}
+CORES=${CORES:-$(nproc)}
+WORKERS=${WORKERS:-$((CORES > 2 ? CORES - 2 : 1))}
+DEVICE=${DEVICE:-cuda}
+SIZE=${SIZE:-224}
+BENCH_IMAGES=${BENCH_IMAGES:-4096}
+BENCH_STEPS=${BENCH_STEPS:-40}
+export PYTHONPATH="$REPO/workflow${PYTHONPATH:+:$PYTHONPATH}"
+
+python -c "import torch; print('torch', torch.__version__, '| cuda', torch.cuda.is_available(),
+      torch.cuda.get_device_name(0) if torch.cuda.is_available() else '')"
+if [ ! -d "$OUT/data/train" ]; then
+    python -m imageclf synthetic --root "$OUT/data" --train "$TRAIN_IMAGES" --val 300 --test 200 \
+        --workers "$CORES"
+fi
+
+for WHERE in loader device; do
+    echo "== training, augment_on: $WHERE"
+    mkdir -p "$OUT/$WHERE"
+    # a config file, not --config: Snakemake leaves values inside a --config dict as strings
+    cat > "$OUT/$WHERE/check.yaml" <<YAML
+data: {root: $OUT/data, test_labels: null}
+model: {weights: none}
+seeds: [0]
+train: {epochs: $EPOCHS, image_size: $SIZE, device: $DEVICE, num_workers: $WORKERS, augment_on: $WHERE}
+resources: {index: {threads: $CORES}, train: {threads: $CORES}}
+YAML
+    python -m snakemake results/train/full/seed0/history.csv -s "$REPO/Snakefile" \
+        --directory "$OUT/$WHERE" --cores "$CORES" --configfile "$OUT/$WHERE/check.yaml"
+    grep -E "run full|epoch [0-9]+/" "$OUT/$WHERE/logs/train/full/seed0.log" || true
+    python - "$OUT/$WHERE/results/train/full/seed0/history.csv" <<'PY'
+import sys
+import pandas as pd
+history = pd.read_csv(sys.argv[1])
+print(history[["epoch", "seconds", "images_per_s"]].to_string(index=False))
+best = history["images_per_s"].iloc[1:].max() if len(history) > 1 else history["images_per_s"].max()
+print(f"training images/s (after the first epoch): {best:.0f}; 100 epochs of 20,724 images: "
+      f"{100 * 20724 / best / 60:.1f} min (target <= 15 min, >= 2,300 images/s)")
+PY
+done
+
+echo "== benchmark table"
+python -m imageclf bench --sizes "$SIZE" --batch-size 64 --device "$DEVICE" --workers "$WORKERS" \
+    --images "$BENCH_IMAGES" --steps "$BENCH_STEPS" --no-dry-run --out-dir "$OUT/bench"
