@@ -64,6 +64,20 @@ def test_schema_names_the_bad_key(edit, named):
     assert named in str(error.value)
 
 
+def test_numbers_in_quotes_get_a_hint_about_snakemake_config():
+    cfg = user_config()
+    cfg["train"].update(epochs="2")  # what --config train='{epochs: 2}' hands over
+    with pytest.raises(C.ConfigError) as error:
+        C.effective_config(cfg)
+    assert "train.epochs: '2' is not of type 'integer'" in str(error.value)
+    assert "--configfile" in str(error.value)
+    cfg = user_config()
+    cfg["train"].update(epochs=[2])  # a wrong type that is not text: no hint
+    with pytest.raises(C.ConfigError) as error:
+        C.effective_config(cfg)
+    assert "--configfile" not in str(error.value)
+
+
 def test_null_removes_a_variant():
     cfg = user_config()
     cfg["variants"]["no_mixup"] = None

@@ -54,6 +54,11 @@ def validate(config: dict, where: str = "config") -> None:
         for error in errors:
             key = ".".join(str(part) for part in error.absolute_path) or "(top level)"
             lines.append(f"  {key}: {error.message}")
+        if any(error.validator == "type" and isinstance(error.instance, str) and len(error.absolute_path) > 1
+               for error in errors):
+            # Snakemake parses a --config value with YAML's base loader: inside a dict, 2 stays '2'.
+            lines.append("  (a number or true/false in quotes: values inside a --config KEY='{...}' dict "
+                         "arrive as text; put them in a --configfile YAML instead)")
         raise ConfigError(f"invalid {where}:\n" + "\n".join(lines))
 
 
