@@ -7,10 +7,13 @@ On a GPU host this takes the per-image CPU work (ColorJitter's hue most of all) 
 Same ops, same parameters, same random draws: each sample's parameters are drawn by the transform
 objects of presets.train_transform themselves (their make_params), under that sample's seed and in
 chain order, exactly as the loader path draws them. Only the application is batched:
-- ops with one setting for a group of samples (flips, RandAugment's fixed magnitudes, resize,
-  normalize) call torchvision's own kernels on that group;
-- ops with a continuous value per sample (rotation, affine, colour jitter) use the batched kernels
-  below, which tests/test_batch_augment.py checks against torchvision's per-image result.
+- resize, float conversion and normalize are torchvision's, on the whole batch; RandAugment's
+  sharpness, posterize, solarize, autocontrast and equalize are torchvision's, on the group of
+  samples that drew the same op and magnitude;
+- everything whose value differs per sample (flips, rotation, affine, colour jitter, RandAugment's
+  geometric and brightness/contrast/colour picks, erasing) runs kernels written here, a few
+  launches per batch rather than per image; tests/test_batch_augment.py checks the result
+  against torchvision's per-image chain.
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ class BatchAugment:
     def draw(self, seeds, height: int, width: int) -> list[list]:
         """Each sample's parameters for every op, drawn as the op's own forward() would draw them.
 
-        Cheap but not free (about 0.3 ms a sample), so the DataLoader workers call it (collate)."""
+        Cheap but not free (about 0.15 ms a sample), so the DataLoader workers do it (collate)."""
         image = torch.empty((3, height, width), dtype=torch.uint8)  # make_params reads only the shape
         after_resize = image
         for op in self.ops:
