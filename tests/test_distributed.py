@@ -34,3 +34,19 @@ def test_two_process_training_matches_one_process(tmp_path):
     # Same global batch; BatchNorm statistics and mixup pairs are per process, so close, not equal.
     assert abs(distributed["val_acc"].iloc[-1] - single["val_acc"].iloc[-1]) <= 0.15
     assert abs(distributed["train_loss"].iloc[0] - single["train_loss"].iloc[0]) <= 0.3
+
+
+def test_two_processes_with_batched_augmentation_from_the_square_cache(tmp_path):
+    """augment_on: device through the workflow: the s<margin> cache rule, torchrun, DDP."""
+    make_dataset(tmp_path / "data", train_per_class=6, val_per_class=2)
+    overlay = tiny_overlay(tmp_path / "data", train={"epochs": 2, "devices": 2, "batch_size": 8,
+                                                     "augment_on": "device"})
+    overlay["augment"] = {}  # the whole recipe chain, RandAugment and colour jitter included
+    work = tmp_path / "work"
+    result = snakemake(work, write_overlay(tmp_path / "dev.yaml", overlay), "results/train/full/seed0/history.csv")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert (work / "results/cache/train_32px_s1.15.npy").is_file()
+    log = (work / "logs/train/full/seed0.log").read_text()
+    assert "batch 8 on cpu x2" in log and "augment_on device" in log and log.count("epoch 2/2") == 1
+    history = pd.read_csv(work / "results/train/full/seed0/history.csv")
+    assert history["train_loss"].notna().all() and history["epoch"].tolist() == [1, 2]
