@@ -95,3 +95,27 @@ def test_auto_precision_choices():
     assert engine.resolve_precision("fp32", cpu) == "fp32"
     with pytest.raises(ValueError, match="fp16 needs a CUDA device"):
         engine.resolve_precision("fp16", cpu)
+
+
+@pytest.mark.parametrize("name", ["adamw", "sgd"])
+def test_fused_optimizer_is_the_same_update(name):
+    """optimizer.fused only changes how the update runs: same parameters after a few steps."""
+    from imageclf.train import make_optimizer
+
+    results = []
+    for fused in (False, True):
+        torch.manual_seed(0)
+        # no BatchNorm: a bias right before it has a zero gradient up to rounding, which Adam's
+        # first steps amplify into noise-sized updates
+        model = torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.ReLU(), torch.nn.Linear(5, 3))
+        initial = torch.cat([p.detach().flatten() for p in model.parameters()])
+        optimizer = make_optimizer(model, {"name": name, "lr": 0.01, "weight_decay": 0.01, "fused": fused})
+        assert bool(optimizer.defaults.get("fused")) == fused
+        for _ in range(3):
+            loss = model(torch.randn(8, 6)).square().mean()
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        results.append(torch.cat([p.detach().flatten() for p in model.parameters()]))
+        assert not torch.allclose(results[-1], initial)
+    torch.testing.assert_close(results[0], results[1], rtol=1e-5, atol=1e-6)

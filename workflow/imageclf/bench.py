@@ -36,7 +36,7 @@ from . import batch_augment, cache, data, engine, models, presets
 from .config import effective_config, run_config
 from .io_utils import setup_logging, write_csv
 from .synthetic import photo_like
-from .train import resolve_device
+from .train import make_optimizer, resolve_device
 
 log = logging.getLogger("imageclf.bench")
 REPO = Path(__file__).resolve().parents[2]
@@ -67,8 +67,8 @@ def timed_steps(batches, step, warmup: int) -> float:
     return seen / (time.perf_counter() - start)
 
 
-def make_step(model, device, precision, channels_last, lr=1e-3, augment=None):
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
+def make_step(model, device, precision, channels_last, optimizer_cfg: dict, augment=None):
+    optimizer = make_optimizer(model, optimizer_cfg)  # as training builds it (fused or not)
     criterion = nn.CrossEntropyLoss(label_smoothing=0.1)
     model.train()
 
@@ -122,7 +122,7 @@ def bench_size(cfg, paths, workdir: Path, batch_size, steps, warmup, workers, th
     torch.manual_seed(0)
     model = models.model_from_config(cfg["model"], 100, pretrained=False).to(
         device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
-    step = make_step(model, device, precision, channels_last)
+    step = make_step(model, device, precision, channels_last, tcfg["optimizer"])
     n_batches = warmup + steps
     row = {"arch": cfg["model"]["arch"], "image_size": size, "batch_size": batch_size, "device": str(device),
            "precision": precision, "channels_last": channels_last, "workers": workers}
@@ -163,7 +163,7 @@ def bench_size(cfg, paths, workdir: Path, batch_size, steps, warmup, workers, th
     raw.targets = [0] * len(raw)
     loader = data.make_loader(raw, batch_size, workers, sampler, pin_memory=device.type == "cuda",
                               collate_fn=augmenter.collate)
-    device_step = make_step(model, device, precision, channels_last, augment=augmenter)
+    device_step = make_step(model, device, precision, channels_last, tcfg["optimizer"], augment=augmenter)
     torch.set_num_threads(threads)
     row["d_device_aug_path_img_s"] = timed_steps(loader, device_step, warmup)
     row["d_over_a"] = row["d_device_aug_path_img_s"] / row["a_model_img_s"]

@@ -73,11 +73,11 @@ def index_hash(index_dir: Path) -> str:
 
 
 def make_optimizer(model: nn.Module, cfg: dict):
+    """AdamW or SGD; `fused` runs each update as one kernel (CPU and CUDA) instead of a loop."""
+    common = {"lr": cfg["lr"], "weight_decay": cfg["weight_decay"], "fused": cfg.get("fused") or None}
     if cfg["name"] == "adamw":
-        return torch.optim.AdamW(model.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
-    return torch.optim.SGD(
-        model.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"], momentum=cfg.get("momentum", 0.9)
-    )
+        return torch.optim.AdamW(model.parameters(), **common)
+    return torch.optim.SGD(model.parameters(), momentum=cfg.get("momentum", 0.9), **common)
 
 
 def make_scheduler(optimizer, cfg: dict, epochs: int):
