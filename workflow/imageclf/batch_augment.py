@@ -112,10 +112,10 @@ def apply_op(op, images: torch.Tensor, params: list) -> torch.Tensor:
     if isinstance(op, v2.RandomRotation):
         # v2's rotate(angle) is affine(-angle) about the centre
         matrices = [inverse_affine_matrix(-p["angle"], (0.0, 0.0), 1.0, (0.0, 0.0)) for p in params]
-        return affine_batch(images, matrices, op.interpolation, fill_for(op.fill, images.dtype))
+        return affine_batch(images, matrices, op.interpolation, fill_for(op.fill))
     if isinstance(op, v2.RandomAffine):
         matrices = [inverse_affine_matrix(p["angle"], p["translate"], p["scale"], p["shear"]) for p in params]
-        return affine_batch(images, matrices, op.interpolation, fill_for(op.fill, images.dtype))
+        return affine_batch(images, matrices, op.interpolation, fill_for(op.fill))
     if isinstance(op, v2.ColorJitter):
         return color_jitter_batch(images, params)
     if isinstance(op, v2.RandAugment):
@@ -174,7 +174,7 @@ def affine_batch(images: torch.Tensor, matrices: list, interpolation, fill_value
     return warped.round_().to(images.dtype)
 
 
-def fill_for(fill, dtype):
+def fill_for(fill):
     """v2 ops store fill per input type; None means zeros (the padding already gives them)."""
     if isinstance(fill, dict):
         fill = fill.get(torch.Tensor, fill.get(next(iter(fill)), None)) if fill else None
@@ -293,7 +293,7 @@ def rand_augment_batch(op: v2.RandAugment, images: torch.Tensor, params: list) -
         if warped:
             index = torch.tensor(warped, device=device)
             out[index] = affine_batch(images[index], [matrices[k] for k in warped], op.interpolation,
-                                      fill_for(op._fill, images.dtype))
+                                      fill_for(op._fill))
         blends = [k for k, (name, _) in enumerate(picks) if name in RAND_AUGMENT_BLENDS]
         if blends:
             index = torch.tensor(blends, device=device)

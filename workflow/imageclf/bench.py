@@ -32,25 +32,21 @@ import yaml
 from PIL import Image
 from torch import nn
 
-from . import batch_augment, cache, data, engine, models, presets
+from . import cache, data, engine, models
 from .config import effective_config, run_config
 from .io_utils import setup_logging, write_csv
-from .synthetic import photo_like
-from .train import make_optimizer, resolve_device
+from .synthetic import write_all
+from .train import make_optimizer, resolve_device, training_dataset
 
 log = logging.getLogger("imageclf.bench")
 REPO = Path(__file__).resolve().parents[2]
 
 
-def synthetic_jpegs(folder: Path, count: int, size=(500, 375), seed=0) -> list[str]:
-    """Photo-like JPEGs, the course's typical size."""
-    rng = np.random.default_rng(seed)
+def synthetic_jpegs(folder: Path, count: int, size=(500, 375), seed=0, workers: int = 1) -> list[str]:
+    """Photo-like JPEGs, the course's typical size (synthetic.py's pictures, random colours)."""
     folder.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for i in range(count):
-        path = folder / f"{i:05d}.jpg"
-        Image.fromarray(photo_like(rng, *size)).save(path, quality=90)
-        paths.append(str(path))
+    paths = [str(folder / f"{i:05d}.jpg") for i in range(count)]
+    write_all([(path, seed * 10_000_019 + i, *size, None) for i, path in enumerate(paths)], workers)
     return paths
 
 
@@ -131,41 +127,44 @@ def bench_size(cfg, paths, workdir: Path, batch_size, steps, warmup, workers, th
     synthetic = [(torch.randn(batch_size, 3, size, size), torch.randint(0, 100, (batch_size,)))] * n_batches
     row["a_model_img_s"] = timed_steps(synthetic, step, warmup)
 
-    frame = pd.DataFrame({"path": paths[: batch_size * n_batches], "label": ""})
-    chain = presets.train_transform(cfg["augment"], size)
-    reference = data.ImageDataset(frame, [], chain)
+    # One class for every image, so the loss has targets; the data sets are training's own.
+    frame = pd.DataFrame({"path": paths[: batch_size * n_batches], "label": "0"})
+    loader_cfg = {**cfg, "train": {**tcfg, "augment_on": "loader"}}
+    device_cfg = {**cfg, "train": {**tcfg, "augment_on": "device"}}
     sampler = data.SeededSampler(len(frame), seed=0)
-    loader = data.make_loader(reference, batch_size, workers, sampler, pin_memory=device.type == "cuda")
-    row["b_reference_path_img_s"] = timed_steps(((x, torch.zeros(len(x), dtype=torch.long)) for x, _ in loader), step, warmup)
+
+    def loader_for(dataset, augmenter=None):
+        return data.make_loader(dataset, batch_size, workers, sampler, pin_memory=device.type == "cuda",
+                                collate_fn=augmenter.collate if augmenter else None)
+
+    reference, _ = training_dataset(loader_cfg, frame, ["0"])
+    row["b_reference_path_img_s"] = timed_steps(loader_for(reference), step, warmup)
 
     index_csv = workdir / f"index_{size}.csv"
     widths, heights = zip(*(Image.open(p).size for p in frame["path"]))
     frame.assign(image_name="", width=widths, height=heights, sha256="").to_csv(index_csv, index=False)
-    mode = cache.cache_mode(cfg["augment"], "train", tcfg["cache_margin"])
+
+    def built_cache(run_cfg: dict) -> cache.CachedImages:
+        mode = cache.cache_mode(cfg["augment"], "train", tcfg["cache_margin"], run_cfg["train"]["augment_on"])
+        pixels, meta = workdir / f"{mode}_{size}.npy", workdir / f"{mode}_{size}.csv"
+        cache.build_cache(index_csv, pixels, meta, mode, size, threads)
+        return cache.CachedImages(pixels, meta, index_csv)
+
     start = time.perf_counter()
-    cache.build_cache(index_csv, workdir / f"c{size}.npy", workdir / f"c{size}.csv", mode, size, threads)
+    cached_images = built_cache(loader_cfg)
     row["cache_build_img_s"] = len(frame) / (time.perf_counter() - start)
-    cached_images = cache.CachedImages(workdir / f"c{size}.npy", workdir / f"c{size}.csv", index_csv)
-    ours = data.ImageDataset(frame, [], chain, cached_images)
-    loader = data.make_loader(ours, batch_size, workers, sampler, pin_memory=device.type == "cuda")
+    ours, _ = training_dataset(loader_cfg, frame, ["0"], cached_images)
     torch.set_num_threads(threads)
-    row["c_our_path_img_s"] = timed_steps(((x, torch.zeros(len(x), dtype=torch.long)) for x, _ in loader), step, warmup)
+    row["c_our_path_img_s"] = timed_steps(loader_for(ours), step, warmup)
     row["c_over_a"] = row["c_our_path_img_s"] / row["a_model_img_s"]
     row["c_over_b"] = row["c_our_path_img_s"] / row["b_reference_path_img_s"]
 
     # (d): the chain batched on the device, the workers only read cached squares
-    augmenter = batch_augment.BatchAugment(cfg["augment"], size)
-    square = cache.cache_mode(cfg["augment"], "train", tcfg["cache_margin"], "device")
-    cache.build_cache(index_csv, workdir / f"s{size}.npy", workdir / f"s{size}.csv", square, size, threads)
-    squares = cache.CachedImages(workdir / f"s{size}.npy", workdir / f"s{size}.csv", index_csv)
-    input_size = cache.batch_input_size(cfg["augment"], size, tcfg["cache_margin"])
-    raw = data.ImageDataset(frame, [], presets.batch_input_transform(input_size), squares, pass_seed=True)
-    raw.targets = [0] * len(raw)
-    loader = data.make_loader(raw, batch_size, workers, sampler, pin_memory=device.type == "cuda",
-                              collate_fn=augmenter.collate)
+    squares = built_cache(device_cfg)
+    raw, augmenter = training_dataset(device_cfg, frame, ["0"], squares)
     device_step = make_step(model, device, precision, channels_last, tcfg["optimizer"], augment=augmenter)
     torch.set_num_threads(threads)
-    row["d_device_aug_path_img_s"] = timed_steps(loader, device_step, warmup)
+    row["d_device_aug_path_img_s"] = timed_steps(loader_for(raw, augmenter), device_step, warmup)
     row["d_over_a"] = row["d_device_aug_path_img_s"] / row["a_model_img_s"]
 
     count = min(len(frame), 200)
@@ -232,10 +231,10 @@ def main(argv=None) -> None:
             batch = args.batch_size or cfg["train"]["batch_size"]
             workers = cfg["train"]["num_workers"] if args.workers is None else args.workers
             count = args.images or batch * (args.steps + args.warmup)
-            paths = synthetic_jpegs(tmp / "jpegs", count) if not (tmp / "jpegs").exists() else sorted(
+            paths = synthetic_jpegs(tmp / "jpegs", count, workers=args.threads) if not (tmp / "jpegs").exists() else sorted(
                 str(p) for p in (tmp / "jpegs").glob("*.jpg"))
             if len(paths) < count:
-                paths += synthetic_jpegs(tmp / "more", count - len(paths), seed=1)
+                paths += synthetic_jpegs(tmp / "more", count - len(paths), seed=1, workers=args.threads)
             for precision in args.precisions:
                 if precision != "config":
                     cfg["train"]["precision"], cfg["train"]["channels_last"] = precision, "auto"

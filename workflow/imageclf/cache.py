@@ -52,10 +52,9 @@ def cached_size(width: int, height: int, mode: str, image_size: int) -> tuple[in
     """(height, width) an image of this size is stored at."""
     if mode == EXACT:
         return image_size, image_size
-    if mode.startswith("s"):
-        side = math.ceil(float(mode[1:]) * image_size)
-        return side, side
     short = math.ceil(float(mode[1:]) * image_size)
+    if mode.startswith("s"):
+        return short, short
     if min(width, height) <= short:
         return height, width
     scale = short / min(width, height)

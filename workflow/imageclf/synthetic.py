@@ -31,11 +31,23 @@ def photo_like(rng: np.random.Generator, width: int, height: int, base=None) -> 
     return np.clip(pixels, 0, 255).astype(np.uint8)
 
 
-def write_jpegs(jobs: list[tuple[str, int, int, int, tuple]]) -> int:
+def write_jpegs(jobs: list[tuple[str, int, int, int, tuple | None]]) -> int:
+    """jobs: (path, seed, width, height, base colour or None for a random one)."""
     for path, seed, width, height, base in jobs:
         rng = np.random.default_rng(seed)
         Image.fromarray(photo_like(rng, width, height, base)).save(path, quality=90)
     return len(jobs)
+
+
+def write_all(jobs: list, workers: int = 1) -> None:
+    """write_jpegs over chunks of jobs, in `workers` processes when more than one."""
+    chunks = [jobs[i : i + 256] for i in range(0, len(jobs), 256)]
+    if workers > 1 and len(chunks) > 1:
+        with ProcessPoolExecutor(workers) as pool:
+            list(pool.map(write_jpegs, chunks))
+    else:
+        for chunk in chunks:
+            write_jpegs(chunk)
 
 
 def make_dataset(root, classes: int = 100, train: int = 20724, val: int = 300, test: int = 2344,
@@ -52,14 +64,8 @@ def make_dataset(root, classes: int = 100, train: int = 20724, val: int = 300, t
             name = f"{split}_{i:06d}.jpg"
             jobs.append((str(folder / name), seed * 10_000_019 + number, width, height, tuple(palette[label])))
             number += 1
-    chunks = [jobs[i : i + 256] for i in range(0, len(jobs), 256)]
     log.info("writing %d JPEGs of %dx%d into %s with %d processes", len(jobs), width, height, root, workers)
-    if workers > 1:
-        with ProcessPoolExecutor(workers) as pool:
-            list(pool.map(write_jpegs, chunks))
-    else:
-        for chunk in chunks:
-            write_jpegs(chunk)
+    write_all(jobs, workers)
     return root
 
 

@@ -66,6 +66,18 @@ def package_versions() -> dict:
     }
 
 
+def training_dataset(cfg: dict, frame: pd.DataFrame, classes: list[str], cached_images=None):
+    """The training data set and, with train.augment_on: device, the BatchAugment that finishes
+    its batches on the device (its collate draws each sample's parameters); else None."""
+    tcfg, size = cfg["train"], cfg["train"]["image_size"]
+    if tcfg["augment_on"] != "device":
+        return data.ImageDataset(frame, classes, presets.train_transform(cfg["augment"], size), cached_images), None
+    input_size = batch_input_size(cfg["augment"], size, tcfg["cache_margin"])
+    dataset = data.ImageDataset(frame, classes, presets.batch_input_transform(input_size), cached_images,
+                                pass_seed=True)
+    return dataset, batch_augment.BatchAugment(cfg["augment"], size)
+
+
 def index_hash(index_dir: Path) -> str:
     """Content hash of the index files a run reads: a changed data set never resumes."""
     parts = "".join(file_sha256(index_dir / f"{name}.csv") for name in ("train", "val", "classes"))
@@ -165,16 +177,7 @@ def train(run_config_path, index_dir, out_dir, state_dir=None, threads: int = 1,
     classes = data.read_classes(index_dir)
     train_frame, val_frame = data.read_index(index_dir, "train"), data.read_index(index_dir, "val")
     size = tcfg["image_size"]
-    augment, collate = None, None
-    if tcfg["augment_on"] == "device":
-        augment = batch_augment.BatchAugment(cfg["augment"], size)
-        input_size = batch_input_size(cfg["augment"], size, tcfg["cache_margin"])
-        train_set = data.ImageDataset(train_frame, classes, presets.batch_input_transform(input_size),
-                                      open_cache(train_cache, index_dir, "train"), pass_seed=True)
-        collate = augment.collate
-    else:
-        train_set = data.ImageDataset(train_frame, classes, presets.train_transform(cfg["augment"], size),
-                                      open_cache(train_cache, index_dir, "train"))
+    train_set, augment = training_dataset(cfg, train_frame, classes, open_cache(train_cache, index_dir, "train"))
     val_set = data.ImageDataset(val_frame, classes, presets.eval_transform(cfg["augment"], size),
                                 open_cache(val_cache, index_dir, "val"))
     if tcfg["batch_size"] % dist.world_size:
@@ -187,7 +190,7 @@ def train(run_config_path, index_dir, out_dir, state_dir=None, threads: int = 1,
     # A last batch of one image breaks BatchNorm in the MLP head; drop it only then.
     drop_last = len(sampler) % per_rank_batch == 1
     train_loader = data.make_loader(train_set, per_rank_batch, tcfg["num_workers"], sampler, drop_last, pin,
-                                    collate)
+                                    augment.collate if augment else None)
     val_loader = data.make_loader(val_set, tcfg["batch_size"], tcfg["num_workers"], pin_memory=pin)
 
     seed_everything(seed)
