@@ -6,7 +6,7 @@ import importlib
 import sys
 
 STAGES = ("demo", "index", "cache", "train", "select", "predict", "submission", "ablation", "plots", "bench",
-          "synthetic")
+          "bench_malloc", "synthetic")
 
 
 def main(argv=None) -> None:

@@ -34,6 +34,7 @@ from torch import nn
 
 from . import cache, data, engine, models
 from .config import effective_config, run_config
+from .allocator import keep_freed_memory
 from .io_utils import setup_logging, write_csv
 from .synthetic import write_all
 from .train import make_optimizer, resolve_device, training_dataset
@@ -215,6 +216,7 @@ def main(argv=None) -> None:
     parser.add_argument("--no-dry-run", action="store_true", help="skip timing snakemake -n")
     args = parser.parse_args(argv)
     setup_logging()
+    keep_freed_memory()
     user = yaml.safe_load(Path(args.config).read_text())
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

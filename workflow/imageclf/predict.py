@@ -18,6 +18,7 @@ import torch
 from . import data, engine, presets
 from .config import load_run_config
 from .index import read_test_labels
+from .allocator import keep_freed_memory
 from .io_utils import setup_logging, write_csv
 from .models import WeightsError, load_trained_model
 from .cache import open_cache
@@ -94,6 +95,7 @@ def main(argv=None) -> None:
     parser.add_argument("--test-cache", nargs=2, metavar=("PIXELS", "META"))
     args = parser.parse_args(argv)
     setup_logging()
+    keep_freed_memory()
     caches = {split: paths for split, paths in (("val", args.val_cache), ("test", args.test_cache)) if paths}
     predict(args.run_config, args.model, args.index_dir, args.out_val, args.out_test,
             args.test_labels or None, args.batch_size, args.threads, caches=caches)

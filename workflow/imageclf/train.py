@@ -29,6 +29,7 @@ from . import batch_augment, data, engine, models, presets
 from .config import config_hash, load_run_config
 from .select import GOAL
 from .cache import batch_input_size, open_cache
+from .allocator import keep_freed_memory
 from .io_utils import copy_file, file_sha256, setup_logging, torch_save, write_csv, write_json
 
 log = logging.getLogger("imageclf.train")
@@ -313,5 +314,6 @@ def main(argv=None) -> None:
     parser.add_argument("--val-cache", nargs=2, metavar=("PIXELS", "META"))
     args = parser.parse_args(argv)
     setup_logging()
+    keep_freed_memory()
     train(args.run_config, args.index_dir, args.out_dir, args.state_dir, args.threads,
           args.train_cache, args.val_cache)
