@@ -54,6 +54,41 @@ def test_train_one_epoch_reduces_nothing_to_nan(alpha):
     assert np.isfinite(stats["train_loss"]) and stats["train_images"] == 16
 
 
+
+def test_train_loss_is_the_image_weighted_mean_of_the_step_losses():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 3))
+    twin = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 3))
+    twin.load_state_dict(model.state_dict())
+    loader = tiny_loader(20)  # batches of 8, 8 and 4: a plain mean of the three would differ
+    criterion = nn.CrossEntropyLoss()
+    stats = engine.train_one_epoch(
+        model, loader, torch.optim.SGD(model.parameters(), lr=0.5), criterion, torch.device("cpu"),
+        mixup_alpha=0.0, rng=np.random.default_rng(0), generator=torch.Generator().manual_seed(0),
+    )
+    optimizer, total = torch.optim.SGD(twin.parameters(), lr=0.5), 0.0
+    for images, targets in loader:
+        loss = criterion(twin(images), targets)
+        total += loss.item() * len(images)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert stats["train_images"] == 20 and stats["train_loss"] == total / 20
+
+
+def test_non_finite_loss_stops_before_the_weights_change():
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 3))
+    before = [p.detach().clone() for p in model.parameters()]
+    images, targets = tiny_loader()[0]
+    images[0, 0, 0, 0] = float("nan")
+    with pytest.raises(FloatingPointError, match="training loss is nan"):
+        engine.train_one_epoch(
+            model, [(images, targets)], torch.optim.SGD(model.parameters(), lr=0.5), nn.CrossEntropyLoss(),
+            torch.device("cpu"), mixup_alpha=0.0, rng=np.random.default_rng(0),
+            generator=torch.Generator().manual_seed(0),
+        )
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
 def test_evaluate_uses_plain_cross_entropy_and_true_labels():
     model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 3))
     loader = tiny_loader()

@@ -114,6 +114,7 @@ def bench_size(cfg, paths, workdir: Path, batch_size, steps, warmup, workers, th
     tcfg = cfg["train"]
     size = tcfg["image_size"]
     device = resolve_device(tcfg["device"])
+    engine.use_fastest_kernels(device)
     precision = engine.resolve_precision(tcfg["precision"], device)
     channels_last = engine.resolve_channels_last(tcfg["channels_last"], precision, device)
     torch.manual_seed(0)

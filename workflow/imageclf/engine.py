@@ -38,6 +38,14 @@ def resolve_channels_last(channels_last, precision: str, device: torch.device) -
     return bool(channels_last)
 
 
+def use_fastest_kernels(device: torch.device) -> None:
+    """On CUDA, let cuDNN time its convolution algorithms once per input shape and keep the fastest
+    (torchvision's references do the same). The pick may vary between runs, so GPU results are
+    not bit-reproducible; they are not anyway (atomic adds in some backward kernels). CPU: nothing."""
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+
+
 def autocast(device: torch.device, precision: str):
     if precision == "fp32":
         return contextlib.nullcontext()
@@ -62,6 +70,14 @@ def mixup_loss(criterion, outputs, targets_a, targets_b, lam: float):
     return lam * criterion(outputs, targets_a) + (1.0 - lam) * criterion(outputs, targets_b)
 
 
+CHECK_EVERY_ON_GPU = 50  # steps between reads of the loss on a GPU (each one waits for the GPU)
+
+
+def check_finite(total_loss: torch.Tensor) -> None:
+    if not torch.isfinite(total_loss):
+        raise FloatingPointError(f"training loss is {total_loss.item()}; lower train.optimizer.lr or use fp32")
+
+
 def train_one_epoch(model, loader, optimizer, criterion, device, *, mixup_alpha: float,
                     rng: np.random.Generator, generator: torch.Generator, precision: str = "fp32",
                     channels_last: bool = False, scaler=None, augment=None) -> dict:
@@ -71,9 +87,14 @@ def train_one_epoch(model, loader, optimizer, criterion, device, *, mixup_alpha:
     parameters (train.augment_on: device); the chain then runs here, on `device`.
     """
     model.train()
-    total_loss, seen = 0.0, 0
+    # The loss sum stays on the device (in float64, as a Python float would add it), so a GPU
+    # step never waits for the GPU to finish the one before; the finiteness check reads it back
+    # every step on the CPU, where that is free, and every CHECK_EVERY_ON_GPU steps elsewhere.
+    total_loss = torch.zeros((), dtype=torch.float64, device=device)
+    check_every = 1 if device.type == "cpu" else CHECK_EVERY_ON_GPU
+    seen = 0
     start = time.perf_counter()
-    for images, targets, *drawn in loader:
+    for step, (images, targets, *drawn) in enumerate(loader, start=1):
         if augment is not None:
             images = augment.apply(images.to(device, non_blocking=True), drawn[0])
         images = to_device(images, device, channels_last)
@@ -84,8 +105,10 @@ def train_one_epoch(model, loader, optimizer, criterion, device, *, mixup_alpha:
                 loss = mixup_loss(criterion, model(images), targets_a, targets_b, lam)
             else:
                 loss = criterion(model(images), targets)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"training loss is {loss.item()}; lower train.optimizer.lr or use fp32")
+        total_loss += loss.detach().double() * images.shape[0]
+        seen += images.shape[0]
+        if step % check_every == 0:
+            check_finite(total_loss)
         optimizer.zero_grad(set_to_none=True)
         if scaler is not None:
             scaler.scale(loss).backward()
@@ -94,10 +117,9 @@ def train_one_epoch(model, loader, optimizer, criterion, device, *, mixup_alpha:
         else:
             loss.backward()
             optimizer.step()
-        total_loss += loss.item() * images.shape[0]
-        seen += images.shape[0]
+    check_finite(total_loss)
     seconds = time.perf_counter() - start
-    return {"train_loss": total_loss / max(seen, 1), "train_images": seen, "train_seconds": seconds}
+    return {"train_loss": total_loss.item() / max(seen, 1), "train_images": seen, "train_seconds": seconds}
 
 
 @torch.inference_mode()

@@ -53,6 +53,7 @@ def predict(run_config_path, model_path, index_dir, out_val, out_test, test_labe
                            f"but the index has {classes[:5]}...; retrain on this data set")
     tcfg = cfg["train"]
     device = resolve_device(tcfg["device"])
+    engine.use_fastest_kernels(device)
     # A model trained in fp16 on a GPU still predicts on a CPU: auto picks what this device has.
     requested = "auto" if tcfg["precision"] == "fp16" and device.type != "cuda" else tcfg["precision"]
     precision = engine.resolve_precision(requested, device)

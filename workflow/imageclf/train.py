@@ -174,6 +174,7 @@ def train(run_config_path, index_dir, out_dir, state_dir=None, threads: int = 1,
         logging.getLogger("imageclf").setLevel(logging.WARNING)
     torch.set_num_threads(max(1, threads // dist.world_size))
     device, seed = dist.device, int(cfg["seed"])
+    engine.use_fastest_kernels(device)
 
     classes = data.read_classes(index_dir)
     train_frame, val_frame = data.read_index(index_dir, "train"), data.read_index(index_dir, "val")
