@@ -2,7 +2,15 @@
 # The prepared GPU check: is the full recipe fast enough on one GPU? (target: 100 epochs of
 # 20,724 images at 224 px, batch 64, in 15 minutes, i.e. >= 2,300 training images/s.)
 #
-#   bash workflow/scripts/gpu_check.sh [OUT_DIR]          # about 5-8 minutes on a 16-core GPU host
+#   bash workflow/scripts/gpu_check.sh [WORK_DIR]         # about 5-8 minutes on a 16-core GPU host
+#
+# WORK_DIR (default results/gpu_check) receives about 1.5 GB of JPEGs: on a lent device machine
+# point it outside $OUT and keep only the log and tables, with `carry: [".whl"]`:
+#   bash workflow/scripts/gpu_check.sh /tmp/gpu_check 2>&1 | tee $OUT/gpu_check.log;
+#   cp /tmp/gpu_check/bench/*.csv $OUT/
+# A host whose Python lacks Snakemake (those machines' image has torch but neither snakemake nor
+# jsonschema) needs the wheels of `bash workflow/scripts/gpu_wheels.sh`, made beforehand where pip
+# reaches PyPI, in .whl/: this script installs them into a scratch folder.
 #
 # 1. writes a synthetic data set of the course's size (synthetic.py: 20,724 + 300 JPEGs, 500x375);
 # 2. trains the full recipe (ResNet50, 224 px, batch 64, bf16 + channels_last by `auto`) for
@@ -25,7 +33,24 @@ DEVICE=${DEVICE:-cuda}
 SIZE=${SIZE:-224}
 BENCH_IMAGES=${BENCH_IMAGES:-4096}
 BENCH_STEPS=${BENCH_STEPS:-40}
+PYTHON=${PYTHON:-python3}
 export PYTHONPATH="$REPO/workflow${PYTHONPATH:+:$PYTHONPATH}"
+
+if ! "$PYTHON" -c "import snakemake, jsonschema" 2>/dev/null; then
+    if ! ls "$REPO"/.whl/*.whl >/dev/null 2>&1; then
+        echo "snakemake or jsonschema missing and no wheels in $REPO/.whl: run workflow/scripts/gpu_wheels.sh" >&2
+        exit 1
+    fi
+    "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+        --target /tmp/imageclf-site "$REPO"/.whl/*.whl
+    export PYTHONPATH="$PYTHONPATH:/tmp/imageclf-site"
+fi
+# The rules run `python -m imageclf ...`: make `python` the interpreter chosen here (a wrapper, not a
+# symlink, which would lose the virtual environment that interpreter may belong to).
+mkdir -p /tmp/imageclf-bin
+printf '#!/bin/sh\nexec "%s" "$@"\n' "$(command -v "$PYTHON")" > /tmp/imageclf-bin/python
+chmod +x /tmp/imageclf-bin/python
+export PATH="/tmp/imageclf-bin:$PATH"
 
 python -c "import torch; print('torch', torch.__version__, '| cuda', torch.cuda.is_available(),
       torch.cuda.get_device_name(0) if torch.cuda.is_available() else '')"
