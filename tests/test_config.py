@@ -45,6 +45,18 @@ def test_variants_are_overlays_over_the_recipe():
     assert C.config_hash(no_mlp) != C.config_hash(C.run_config(cfg, "full", 0))
 
 
+
+def test_worker_count_is_an_execution_setting_not_part_of_the_run():
+    cfg = user_config()
+    cfg["variants"]["no_mixup"] = {"train": {"mixup_alpha": 0, "num_workers": 6}}
+    cfg = C.effective_config(cfg)
+    assert "num_workers" not in C.run_config(cfg, "full", 0)["train"]
+    assert C.execution_settings(cfg, "full") == {"num_workers": 2}
+    assert C.execution_settings(cfg, "no_mixup") == {"num_workers": 6}  # a variant may set its own
+    more = copy.deepcopy(cfg)
+    more["train"]["num_workers"] = 12
+    assert C.config_hash(C.run_config(more, "full", 0)) == C.config_hash(C.run_config(cfg, "full", 0))
+
 @pytest.mark.parametrize(
     "edit, named",
     [

@@ -53,6 +53,14 @@ def test_same_config_and_seed_give_identical_runs(prepared):
     assert_same_run(tmp / "a", tmp / "b")
 
 
+def test_worker_processes_do_not_change_the_run(prepared):
+    # why train.num_workers is kept out of the run config (config.EXECUTION_ONLY)
+    tmp, run_config = prepared
+    train.train(run_config, tmp / "index", tmp / "a", threads=1, num_workers=0)
+    train.train(run_config, tmp / "index", tmp / "b", threads=1, num_workers=2)
+    assert_same_run(tmp / "a", tmp / "b")
+
+
 def test_resume_state_from_another_config_is_discarded(prepared, caplog):
     tmp, run_config = prepared
     train.train(run_config, tmp / "index", tmp / "a", threads=1)
@@ -77,9 +85,11 @@ def wait_for(path, text, process, timeout=300):
     raise AssertionError(f"'{text}' never appeared in {path}")
 
 
-def test_sigkilled_training_resumes_bit_identically(tmp_path):
+@pytest.mark.parametrize("workers", [0, 2])  # 2: the recipe's DataLoader workers, which persist across epochs
+def test_sigkilled_training_resumes_bit_identically(tmp_path, workers):
     make_dataset(tmp_path / "data")
-    configfile = write_overlay(tmp_path / "tiny.yaml", tiny_overlay(tmp_path / "data", train={"epochs": 4}))
+    overlay = tiny_overlay(tmp_path / "data", train={"epochs": 4, "num_workers": workers})
+    configfile = write_overlay(tmp_path / "tiny.yaml", overlay)
     work = tmp_path / "work"
     target = "results/train/full/seed0/history.csv"
     env = dict(os.environ, PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"])
@@ -105,7 +115,8 @@ def test_sigkilled_training_resumes_bit_identically(tmp_path):
     # The same run uninterrupted, straight from the package, on the same index and run config.
     run_dir = work / "results/train/full/seed0"
     # threads=1 as the rule ran it: float sums (and so results) depend on the thread count
-    train.train(run_dir / "config.json", work / "results/index", tmp_path / "uninterrupted", threads=1)
+    train.train(run_dir / "config.json", work / "results/index", tmp_path / "uninterrupted", threads=1,
+                num_workers=workers)
     assert_same_run(run_dir, tmp_path / "uninterrupted")
     history = pd.read_csv(run_dir / "history.csv")
     assert history["epoch"].tolist() == [1, 2, 3, 4]

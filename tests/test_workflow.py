@@ -87,6 +87,16 @@ def test_nothing_reruns_after_a_full_run(finished):
     assert planned_jobs(result.stdout) == {}, result.stdout[-2000:]
 
 
+def test_changing_the_worker_count_retrains_nothing(finished):
+    workdir, configfile, base = finished
+    overlay = yaml.safe_load(configfile.read_text())
+    overlay["train"]["num_workers"] = 3
+    changed = write_overlay(base / "more_workers.yaml", overlay)
+    result = snakemake(workdir, changed, "all", "-n")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert planned_jobs(result.stdout) == {}, result.stdout[-2000:]
+
+
 def test_changing_one_variant_reruns_only_that_variant(finished):
     workdir, configfile, base = finished
     overlay = yaml.safe_load(configfile.read_text())

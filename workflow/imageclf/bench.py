@@ -33,7 +33,7 @@ from PIL import Image
 from torch import nn
 
 from . import cache, data, engine, models
-from .config import effective_config, run_config
+from .config import effective_config, execution_settings, run_config
 from .allocator import keep_freed_memory
 from .io_utils import setup_logging, write_csv
 from .synthetic import write_all
@@ -226,13 +226,15 @@ def main(argv=None) -> None:
             cfg_in = dict(user)
             if size != "demo":
                 cfg_in = {**user, "data": {**user["data"], "root": "/not/the/demo"}}
-            cfg = run_config(effective_config(cfg_in), args.variant, 0)
+            effective = effective_config(cfg_in)
+            cfg = run_config(effective, args.variant, 0)
             if size != "demo":
                 cfg["train"]["image_size"] = int(size)
             if args.device:
                 cfg["train"]["device"] = args.device
             batch = args.batch_size or cfg["train"]["batch_size"]
-            workers = cfg["train"]["num_workers"] if args.workers is None else args.workers
+            configured = execution_settings(effective, args.variant)["num_workers"]
+            workers = configured if args.workers is None else args.workers
             count = args.images or batch * (args.steps + args.warmup)
             paths = synthetic_jpegs(tmp / "jpegs", count, workers=args.threads) if not (tmp / "jpegs").exists() else sorted(
                 str(p) for p in (tmp / "jpegs").glob("*.jpg"))

@@ -16,6 +16,11 @@ SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schemas" / "config.schem
 # The parts of the configuration that decide what a training run does (and nothing else),
 # so a change elsewhere (say, the submission choice) does not retrain anything.
 RUN_SECTIONS = ("model", "augment", "train")
+# Settings that change how fast a run goes but never its results (the augmented data do not depend
+# on the number of DataLoader workers: tests/test_resume.py), kept out of the run config so that
+# changing them, say on moving to a bigger machine, retrains nothing. The train job gets them as
+# arguments (execution_settings).
+EXECUTION_ONLY = {"train": ("num_workers",)}
 # The augmentation ops that run before Resize, in the reference order (presets.py builds them).
 PRE_RESIZE_OP_KEYS = ("horizontal_flip", "vertical_flip", "rotation", "affine", "color_jitter", "rand_augment")
 
@@ -114,10 +119,23 @@ def run_config(config: dict, variant: str, seed: int) -> dict:
     """The complete configuration of one training run: recipe + variant overlay + seed."""
     if variant not in config["variants"]:
         raise ConfigError(f"unknown variant '{variant}'; known: {sorted(config['variants'])}")
-    base = {section: config[section] for section in RUN_SECTIONS}
-    merged = deep_merge(base, config["variants"][variant])
+    merged = variant_sections(config, variant)
     validate(deep_merge(config, merged), where=f"config of variant '{variant}'")
+    for section, keys in EXECUTION_ONLY.items():
+        merged[section] = {key: value for key, value in merged[section].items() if key not in keys}
     return {"variant": variant, "seed": int(seed), **merged}
+
+
+def variant_sections(config: dict, variant: str) -> dict:
+    """The run sections of the recipe with the variant's overlay merged in."""
+    base = {section: config[section] for section in RUN_SECTIONS}
+    return deep_merge(base, config["variants"][variant])
+
+
+def execution_settings(config: dict, variant: str) -> dict:
+    """The EXECUTION_ONLY settings of one variant, e.g. {"num_workers": 2}."""
+    merged = variant_sections(config, variant)
+    return {key: merged[section][key] for section, keys in EXECUTION_ONLY.items() for key in keys}
 
 
 def config_hash(config: dict) -> str:

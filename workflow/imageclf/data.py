@@ -128,4 +128,9 @@ def make_loader(dataset, batch_size: int, num_workers: int, sampler=None, drop_l
         worker_init_fn=limit_worker_threads if num_workers else None,
         persistent_workers=num_workers > 0,
         collate_fn=collate_fn,
+        # Each new iterator draws a base seed for its workers from this generator. Left to the
+        # global one, that draw would come once per epoch without workers but once per run with
+        # persistent workers, shifting dropout's random stream: the worker count (and a resume)
+        # would change the results. The samples' own seeds come from SeededSampler.
+        generator=torch.Generator(),
     )

@@ -164,8 +164,11 @@ def load_resume_state(path: Path, expected: dict) -> dict | None:
 
 
 def train(run_config_path, index_dir, out_dir, state_dir=None, threads: int = 1,
-          train_cache=None, val_cache=None) -> pd.DataFrame:
-    """Train one run; write history.csv, checkpoints/best_{val_acc,val_loss}.pt and run.json."""
+          train_cache=None, val_cache=None, num_workers: int = 0) -> pd.DataFrame:
+    """Train one run; write history.csv, checkpoints/best_{val_acc,val_loss}.pt and run.json.
+
+    num_workers: DataLoader worker processes (train.num_workers, which is not part of the run
+    config: it changes the speed, never the results)."""
     cfg = load_run_config(run_config_path)
     tcfg, index_dir, out_dir = cfg["train"], Path(index_dir), Path(out_dir)
     state_dir = Path(state_dir) if state_dir else out_dir / "resume"
@@ -191,9 +194,9 @@ def train(run_config_path, index_dir, out_dir, state_dir=None, threads: int = 1,
     pin = device.type == "cuda"
     # A last batch of one image breaks BatchNorm in the MLP head; drop it only then.
     drop_last = len(sampler) % per_rank_batch == 1
-    train_loader = data.make_loader(train_set, per_rank_batch, tcfg["num_workers"], sampler, drop_last, pin,
+    train_loader = data.make_loader(train_set, per_rank_batch, num_workers, sampler, drop_last, pin,
                                     augment.collate if augment else None)
-    val_loader = data.make_loader(val_set, tcfg["batch_size"], tcfg["num_workers"], pin_memory=pin)
+    val_loader = data.make_loader(val_set, tcfg["batch_size"], num_workers, pin_memory=pin)
 
     seed_everything(seed)
     model = models.model_from_config(cfg["model"], len(classes))
@@ -233,10 +236,10 @@ def train(run_config_path, index_dir, out_dir, state_dir=None, threads: int = 1,
 
     log.info(
         "run %s seed %d: %s (%s head, %d parameters), %d classes, %d train / %d val images, "
-        "%d epochs, batch %d on %s x%d, %s%s, augment_on %s",
+        "%d epochs, batch %d on %s x%d, %s%s, augment_on %s, %d DataLoader workers",
         cfg["variant"], seed, cfg["model"]["arch"], cfg["model"]["head"], n_params, len(classes),
         len(train_set), len(val_set), tcfg["epochs"], tcfg["batch_size"], device, dist.world_size,
-        precision, ", channels_last" if channels_last else "", tcfg["augment_on"],
+        precision, ", channels_last" if channels_last else "", tcfg["augment_on"], num_workers,
     )
     for epoch in range(start_epoch, tcfg["epochs"] + 1):
         seed_everything(data.epoch_seed(seed, epoch, stream=2))
@@ -311,10 +314,11 @@ def main(argv=None) -> None:
     parser.add_argument("--out-dir", required=True)
     parser.add_argument("--state-dir", default=None, help="resume state (default: OUT_DIR/resume)")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--num-workers", type=int, default=0, help="DataLoader worker processes")
     parser.add_argument("--train-cache", nargs=2, metavar=("PIXELS", "META"), help="decoded-image cache")
     parser.add_argument("--val-cache", nargs=2, metavar=("PIXELS", "META"))
     args = parser.parse_args(argv)
     setup_logging()
     keep_freed_memory()
     train(args.run_config, args.index_dir, args.out_dir, args.state_dir, args.threads,
-          args.train_cache, args.val_cache)
+          args.train_cache, args.val_cache, args.num_workers)

@@ -16,6 +16,7 @@ os.environ.update(
 from imageclf.config import (
     ConfigError,
     effective_config,
+    execution_settings,
     run_config,
     is_demo,
 )  # noqa: E402

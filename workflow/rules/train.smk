@@ -69,6 +69,11 @@ rule train:
         mem_mb=stage_resources("train")["mem_mb"],
         runtime=stage_resources("train")["runtime"],
         gpu=stage_resources("train").get("gpu", 0),
+        # A resource, not a param: params are rerun triggers, and the worker count changes the
+        # speed of a run, never its results (config.EXECUTION_ONLY).
+        loader_workers=lambda wildcards: execution_settings(CFG, wildcards.variant)[
+            "num_workers"
+        ],
     params:
         launcher=train_launcher,
         caches=cache_flags(["train", "val"]),
@@ -81,4 +86,5 @@ rule train:
     shell:
         "{params.launcher} train --run-config {input.config} "
         "--index-dir {params.index_dir} --out-dir {params.out_dir} "
-        "--state-dir {params.state_dir} --threads {threads} {params.caches} > {log} 2>&1"
+        "--state-dir {params.state_dir} --threads {threads} "
+        "--num-workers {resources.loader_workers} {params.caches} > {log} 2>&1"
