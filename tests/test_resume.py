@@ -111,6 +111,7 @@ def test_sigkilled_training_resumes_bit_identically(tmp_path, workers):
     rerun = snakemake(work, configfile, target)  # the default profile adds --rerun-incomplete
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert f"resuming full from results/train/full/seed0/resume/state.pt after epoch {state['epoch']}" in log.read_text()
+    assert f"augment_on loader, {workers} DataLoader workers" in log.read_text()  # the rule passed the count
 
     # The same run uninterrupted, straight from the package, on the same index and run config.
     run_dir = work / "results/train/full/seed0"
