@@ -17,6 +17,7 @@ Two layouts, chosen so that results change as little as possible:
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import math
 from concurrent.futures import ThreadPoolExecutor
@@ -84,14 +85,14 @@ def build_cache(index_csv, pixels_out, meta_out, mode: str, image_size: int, thr
     with atomic_path(pixels_out) as tmp:
         pixels = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(max(total, 1),))
 
-        def fill(i):
+        def fill(out, i):
             array = resize_for_cache(load_rgb(frame["path"].iloc[i]), mode, image_size)
             if array.shape != (*shapes[i], 3):
                 raise DataError(f"{frame['path'].iloc[i]}: size differs from the index; re-run the index")
-            pixels[offsets[i] : offsets[i] + sizes[i]] = array.reshape(-1)
+            out[offsets[i] : offsets[i] + sizes[i]] = array.reshape(-1)
 
         with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
-            list(pool.map(fill, range(len(frame))))
+            list(pool.map(functools.partial(fill, pixels), range(len(frame))))
         pixels.flush()
         del pixels
     meta = pd.DataFrame({
