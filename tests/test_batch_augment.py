@@ -70,6 +70,20 @@ def test_same_seeds_same_batch_and_the_callers_random_stream_is_untouched():
     assert not torch.equal(first, augmenter(images, range(100, 108)))
 
 
+def test_drawn_parameters_survive_the_pinned_loader_on_a_gpu(monkeypatch):
+    # With a GPU the DataLoader passes each batch through pin_memory, which rebuilds every
+    # container of the drawn parameters. Its container logic is run here for real; only the
+    # pinning itself, which needs an accelerator, becomes a copy.
+    from torch.utils.data._utils.pin_memory import pin_memory
+
+    monkeypatch.setattr(torch.Tensor, "pin_memory", lambda self, *args, **kwargs: self.clone())
+    images, seeds = smooth_images(32, 37), list(range(32))
+    augmenter = batch_augment.BatchAugment(AUGMENT, 32)
+    batch, targets, drawn = augmenter.collate([(image, 0, seed) for image, seed in zip(images, seeds)])
+    pinned_batch, _, pinned_drawn = pin_memory((batch, targets, drawn))
+    assert torch.equal(augmenter.apply(pinned_batch, pinned_drawn), augmenter.apply(batch, drawn))
+
+
 def test_ops_switched_off_leave_resize_and_normalize():
     augment = copy.deepcopy(AUGMENT)
     for key in [*C.PRE_RESIZE_OP_KEYS, "random_erasing"]:
