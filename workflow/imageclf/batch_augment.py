@@ -9,11 +9,12 @@ objects of presets.train_transform themselves (their make_params), under that sa
 chain order, exactly as the loader path draws them. Only the application is batched:
 - resize, float conversion and normalize are torchvision's, on the whole batch; RandAugment's
   sharpness, posterize, solarize, autocontrast and equalize are torchvision's, on the group of
-  samples that drew the same op and magnitude;
-- everything whose value differs per sample (flips, rotation, affine, colour jitter, RandAugment's
-  geometric and brightness/contrast/colour picks, erasing) runs kernels written here, a few
-  launches per batch rather than per image; tests/test_batch_augment.py checks the result
-  against torchvision's per-image chain.
+  samples that drew the same op and magnitude; ColorJitter's hue uses torchvision's HSV
+  conversions, which take batches, with a shift per sample;
+- everything else whose value differs per sample (flips, rotation, affine, brightness, contrast,
+  saturation, RandAugment's geometric and brightness/contrast/colour picks, erasing) runs kernels
+  written here, a few launches per batch rather than per image; tests/test_batch_augment.py
+  checks that every image is bit-identical to torchvision's per-image chain.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ import math
 import torch
 import torch.nn.functional as nnf
 from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as F
+from torchvision.transforms.v2.functional import _color
 
 from . import presets
 
@@ -199,33 +202,14 @@ def blend(images: torch.Tensor, other: torch.Tensor, ratio: list[float]) -> torc
 
 
 def adjust_hue_batch(images: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
-    """RGB -> HSV, hue + shift (mod 1), -> RGB, per image; uint8 in and out."""
-    rgb = images.float() / 255.0
-    r, g, b = rgb.unbind(1)
-    value, _ = rgb.max(1)
-    low, _ = rgb.min(1)
-    spread = value - low
-    flat = spread == 0
-    saturation = torch.where(flat, torch.zeros_like(value), spread / torch.where(value == 0, torch.ones_like(value), value))
-    safe = torch.where(flat, torch.ones_like(spread), spread)
-    rc, gc, bc = (value - r) / safe, (value - g) / safe, (value - b) / safe
-    hue = torch.where(value == r, bc - gc, torch.where(value == g, 2.0 + rc - bc, 4.0 + gc - rc))
-    hue = torch.where(flat, torch.zeros_like(hue), hue)
-    hue = (hue / 6.0 + 1.0).fmod(1.0)
-    hue = (hue + shift.view(-1, 1, 1)).remainder(1.0)
-    sector = hue * 6.0
-    index = sector.floor()
-    frac = sector - index
-    index = index.long().remainder(6)
-    p = (value * (1.0 - saturation)).clamp(0.0, 1.0)
-    q = (value * (1.0 - saturation * frac)).clamp(0.0, 1.0)
-    t = (value * (1.0 - saturation * (1.0 - frac))).clamp(0.0, 1.0)
-    # sector -> (r, g, b) as picks among (value, p, q, t)
-    choices = torch.stack([value, p, q, t], 1)
-    table = torch.tensor([[0, 2, 1, 1, 3, 0], [3, 0, 0, 2, 1, 1], [1, 1, 3, 0, 0, 2]], device=images.device)
-    picks = table[:, index].permute(1, 0, 2, 3)
-    out = choices.gather(1, picks)
-    return out.mul_(255.0 + 1.0 - 1e-3).to(torch.uint8)  # torchvision's float -> uint8 rule
+    """Hue + shift (mod 1) per image; uint8 in and out. torchvision's own conversions, which
+    already work on batches; only the shift differs per image (added in float32, as
+    adjust_hue_image adds its Python float)."""
+    hsv = _color._rgb_to_hsv(F.to_dtype(images, torch.float32, scale=True))
+    hue, saturation, value = hsv.unbind(dim=-3)
+    hue = hue.add(shift.to(hue.dtype).view(-1, 1, 1)).remainder_(1.0)
+    rgb = _color._hsv_to_rgb(torch.stack((hue, saturation, value), dim=-3))
+    return F.to_dtype(rgb, images.dtype, scale=True)
 
 
 BLEND_WITH_ZERO, BLEND_WITH_MEAN_GRAY, BLEND_WITH_GRAY = 0, 1, 2  # brightness, contrast, saturation
