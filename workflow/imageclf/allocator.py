@@ -5,7 +5,8 @@ glibc's malloc serves every block above 32 MB (a ResNet50 activation at batch 32
 and frees those blocks again each step, so every step pays page faults for fresh zeroed memory:
 11 million minor faults and 24 s of kernel time in 12 fp32 steps on the 2-core CPU here. With
 mmap off and a high trim threshold, freed blocks stay in the heap and the next step reuses them:
-fp32 steps 1.2-1.3x faster, bf16 1.05x, for about 15 % more peak memory (README, Speed). This is
+fp32 steps 1.15-1.5x faster, bf16 about 1.05x, for about 8 % more peak memory (bench_malloc;
+README, Speed). This is
 what jemalloc or tcmalloc achieve when preloaded; here it needs nothing installed. Numbers are
 unchanged: only where the memory comes from differs.
 """

@@ -85,6 +85,19 @@ def make_step(model, device, precision, channels_last, optimizer_cfg: dict, augm
     return step
 
 
+def model_and_step(cfg: dict, device, precision: str, channels_last: bool):
+    """The configured model (100 classes, no pretrained weights, seeded) and its training step."""
+    torch.manual_seed(0)
+    model = models.model_from_config(cfg["model"], 100, pretrained=False).to(
+        device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    return model, make_step(model, device, precision, channels_last, cfg["train"]["optimizer"])
+
+
+def recipe_config(user: dict) -> dict:
+    """The user's config with data.root off the demo, so the recipe's model and sizes apply."""
+    return {**user, "data": {**user["data"], "root": "/not/the/demo"}}
+
+
 def augmentation_rate(dataset, count: int) -> float:
     torch.set_num_threads(1)
     start = time.perf_counter()
@@ -117,10 +130,7 @@ def bench_size(cfg, paths, workdir: Path, batch_size, steps, warmup, workers, th
     engine.use_fastest_kernels(device)
     precision = engine.resolve_precision(tcfg["precision"], device)
     channels_last = engine.resolve_channels_last(tcfg["channels_last"], precision, device)
-    torch.manual_seed(0)
-    model = models.model_from_config(cfg["model"], 100, pretrained=False).to(
-        device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
-    step = make_step(model, device, precision, channels_last, tcfg["optimizer"])
+    model, step = model_and_step(cfg, device, precision, channels_last)
     n_batches = warmup + steps
     row = {"arch": cfg["model"]["arch"], "image_size": size, "batch_size": batch_size, "device": str(device),
            "precision": precision, "channels_last": channels_last, "workers": workers}
@@ -223,10 +233,7 @@ def main(argv=None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         for size in args.sizes:
-            cfg_in = dict(user)
-            if size != "demo":
-                cfg_in = {**user, "data": {**user["data"], "root": "/not/the/demo"}}
-            effective = effective_config(cfg_in)
+            effective = effective_config(dict(user) if size == "demo" else recipe_config(user))
             cfg = run_config(effective, args.variant, 0)
             if size != "demo":
                 cfg["train"]["image_size"] = int(size)

@@ -20,7 +20,7 @@ import pandas as pd
 import torch
 import yaml
 
-from . import allocator, engine, models
+from . import allocator, engine
 from .config import effective_config, run_config
 from .io_utils import setup_logging, write_csv
 
@@ -29,17 +29,13 @@ REPO = Path(__file__).resolve().parents[2]
 
 def measure(config_path: str, size: int, batch_size: int, precision: str, steps: int, warmup: int) -> dict:
     """In this process: timed training steps of the recipe's model at `size` on the CPU."""
-    from .bench import make_step  # the bench's step: as training runs it, without data loading
+    from .bench import model_and_step, recipe_config  # the bench's step, without data loading
 
     user = yaml.safe_load(Path(config_path).read_text())
-    user["data"]["root"] = "/not/the/demo"  # the recipe's model, not the demo's
-    cfg = run_config(effective_config(user), "full", 0)
+    cfg = run_config(effective_config(recipe_config(user)), "full", 0)
     device = torch.device("cpu")
     channels_last = engine.resolve_channels_last("auto", precision, device)
-    torch.manual_seed(0)
-    model = models.model_from_config(cfg["model"], 100, pretrained=False).to(
-        memory_format=torch.channels_last if channels_last else torch.contiguous_format)
-    step = make_step(model, device, precision, channels_last, cfg["train"]["optimizer"])
+    _, step = model_and_step(cfg, device, precision, channels_last)
     images, targets = torch.randn(batch_size, 3, size, size), torch.randint(0, 100, (batch_size,))
     for _ in range(warmup):
         step(images, targets)
