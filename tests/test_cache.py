@@ -109,3 +109,22 @@ def test_reference_ops_are_unchanged_by_the_cache():
     chain = presets.train_transform(AUGMENT, 224).transforms
     assert [type(t) for t in chain][:7] == [v2.RandomHorizontalFlip, v2.RandomVerticalFlip, v2.RandomRotation,
                                             v2.RandomAffine, v2.ColorJitter, v2.RandAugment, v2.Resize]
+
+
+def test_cached_squares_skip_pil_and_match_it(indexed, tmp_path, monkeypatch):
+    """augment_on: device reads the s-layout squares straight into tensors; the PIL route of the
+    same transform gives the same uint8 values, and uncached images still take that route."""
+    csv = indexed / "train.csv"
+    cache.build_cache(csv, tmp_path / "c.npy", tmp_path / "c.csv", "s1.15", 32)
+    squares = cache.CachedImages(tmp_path / "c.npy", tmp_path / "c.csv", csv)
+    frame, classes = data.read_index(indexed, "train"), data.read_classes(indexed)
+    transform = presets.batch_input_transform(37)
+    via_pil = data.ImageDataset(frame, classes, transform, squares, pass_seed=True)
+    direct = data.ImageDataset(frame, classes, transform, squares, pass_seed=True, square_size=37)
+    uncached = data.ImageDataset(frame, classes, transform, pass_seed=True, square_size=37)
+    for item in list(data.SeededSampler(len(frame), seed=1))[:12]:
+        a, b, c = via_pil[item], direct[item], uncached[item]
+        assert a[1:] == b[1:] == c[1:] and b[0].shape == (3, 37, 37) and torch.equal(a[0], b[0])
+        assert c[0].shape == (3, 37, 37)  # decoded and squashed by the transform instead
+    monkeypatch.setattr(cache.CachedImages, "image", lambda *_: pytest.fail("went through PIL"))
+    direct[(0, 5)]

@@ -123,13 +123,16 @@ class CachedImages:
         state["_pixels"] = None  # never pickle the mapped array into a worker
         return state
 
-    def image(self, i: int) -> Image.Image:
+    def array(self, i: int) -> np.ndarray:
+        """Image i as a (height, width, 3) uint8 copy of the mapped pixels."""
         if self._pixels is None:
             self._pixels = np.load(self.pixels_path, mmap_mode="r")
         height, width = self.shapes[i]
         start = int(self.offsets[i])
-        array = np.asarray(self._pixels[start : start + height * width * 3]).reshape(height, width, 3)
-        return Image.fromarray(array, "RGB")
+        return np.array(self._pixels[start : start + height * width * 3]).reshape(height, width, 3)
+
+    def image(self, i: int) -> Image.Image:
+        return Image.fromarray(self.array(i), "RGB")
 
 
 def open_cache(paths, index_dir, split: str) -> CachedImages | None:

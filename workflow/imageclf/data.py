@@ -47,13 +47,17 @@ class ImageDataset(Dataset):
     the random ops then run later, on the batch (batch_augment.py).
     """
 
-    def __init__(self, frame: pd.DataFrame, classes: list[str], transform, cache=None, pass_seed=False):
+    def __init__(self, frame: pd.DataFrame, classes: list[str], transform, cache=None, pass_seed=False,
+                 square_size: int | None = None):
         self.paths = frame["path"].tolist()
         self.cache = cache  # a cache.CachedImages of the same index rows, or None
         lookup = {name: i for i, name in enumerate(classes)}
         self.targets = [lookup.get(label, UNLABELLED) if label else UNLABELLED for label in frame["label"]]
         self.transform = transform
         self.pass_seed = pass_seed
+        # The transform's output size when it only makes uint8 squares (batched augmentation): a
+        # cached image already that size is handed over as it is, without a round trip through PIL.
+        self.square_size = square_size
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -61,6 +65,9 @@ class ImageDataset(Dataset):
     def __getitem__(self, item):
         # The sampler hands (index, seed) pairs for random transforms; plain ints otherwise.
         index, seed = item if isinstance(item, tuple) else (item, None)
+        if self.square_size and self.cache is not None and self.cache.shapes[index] == (self.square_size,) * 2:
+            square = torch.from_numpy(self.cache.array(index)).permute(2, 0, 1)
+            return (square, self.targets[index], seed) if self.pass_seed else (square, self.targets[index])
         image = self.cache.image(index) if self.cache is not None else load_rgb(self.paths[index])
         if self.pass_seed:
             return self.transform(image), self.targets[index], seed

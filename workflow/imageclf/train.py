@@ -75,7 +75,7 @@ def training_dataset(cfg: dict, frame: pd.DataFrame, classes: list[str], cached_
         return data.ImageDataset(frame, classes, presets.train_transform(cfg["augment"], size), cached_images), None
     input_size = batch_input_size(cfg["augment"], size, tcfg["cache_margin"])
     dataset = data.ImageDataset(frame, classes, presets.batch_input_transform(input_size), cached_images,
-                                pass_seed=True)
+                                pass_seed=True, square_size=input_size)
     return dataset, batch_augment.BatchAugment(cfg["augment"], size)
 
 
