@@ -123,7 +123,27 @@ def batched_augmentation_rate(augmenter, squares, batch_size: int, device, round
     return batch_size * rounds / (time.perf_counter() - start)
 
 
-def bench_size(cfg, paths, workdir: Path, batch_size, steps, warmup, workers, threads) -> dict:
+def measure_rounds(columns: dict, ratios: dict, rounds: int, threads: int) -> dict:
+    """Every column once per round, the columns interleaved, so that a slow spell of this shared
+    machine hits them alike. Each column: its median and its spread ((max - min) / median); each
+    ratio: the median of the per-round ratios (numerator and denominator measured minutes apart,
+    not a whole benchmark apart)."""
+    runs = {name: [] for name in columns}
+    for round_number in range(rounds):
+        for name, measure in columns.items():
+            torch.set_num_threads(threads)
+            runs[name].append(measure())
+            log.info("round %d/%d: %s %.1f", round_number + 1, rounds, name, runs[name][-1])
+    out = {}
+    for name, values in runs.items():
+        out[name] = float(np.median(values))
+        out[f"{name}_spread"] = (max(values) - min(values)) / out[name]
+    for ratio, (numerator, denominator) in ratios.items():
+        out[ratio] = float(np.median([n / d for n, d in zip(runs[numerator], runs[denominator])]))
+    return out
+
+
+def bench_size(cfg, paths, workdir: Path, batch_size, steps, warmup, workers, threads, rounds=1) -> dict:
     tcfg = cfg["train"]
     size = tcfg["image_size"]
     device = resolve_device(tcfg["device"])
@@ -135,9 +155,7 @@ def bench_size(cfg, paths, workdir: Path, batch_size, steps, warmup, workers, th
     row = {"arch": cfg["model"]["arch"], "image_size": size, "batch_size": batch_size, "device": str(device),
            "precision": precision, "channels_last": channels_last, "workers": workers}
 
-    torch.set_num_threads(threads)
     synthetic = [(torch.randn(batch_size, 3, size, size), torch.randint(0, 100, (batch_size,)))] * n_batches
-    row["a_model_img_s"] = timed_steps(synthetic, step, warmup)
 
     # One class for every image, so the loss has targets; the data sets are training's own.
     frame = pd.DataFrame({"path": paths[: batch_size * n_batches], "label": "0"})
@@ -150,8 +168,6 @@ def bench_size(cfg, paths, workdir: Path, batch_size, steps, warmup, workers, th
                                 collate_fn=augmenter.collate if augmenter else None)
 
     reference, _ = training_dataset(loader_cfg, frame, ["0"])
-    row["b_reference_path_img_s"] = timed_steps(loader_for(reference), step, warmup)
-
     index_csv = workdir / f"index_{size}.csv"
     widths, heights = zip(*(Image.open(p).size for p in frame["path"]))
     frame.assign(image_name="", width=widths, height=heights, sha256="").to_csv(index_csv, index=False)
@@ -166,18 +182,21 @@ def bench_size(cfg, paths, workdir: Path, batch_size, steps, warmup, workers, th
     cached_images = built_cache(loader_cfg)
     row["cache_build_img_s"] = len(frame) / (time.perf_counter() - start)
     ours, _ = training_dataset(loader_cfg, frame, ["0"], cached_images)
-    torch.set_num_threads(threads)
-    row["c_our_path_img_s"] = timed_steps(loader_for(ours), step, warmup)
-    row["c_over_a"] = row["c_our_path_img_s"] / row["a_model_img_s"]
-    row["c_over_b"] = row["c_our_path_img_s"] / row["b_reference_path_img_s"]
-
     # (d): the chain batched on the device, the workers only read cached squares
     squares = built_cache(device_cfg)
     raw, augmenter = training_dataset(device_cfg, frame, ["0"], squares)
     device_step = make_step(model, device, precision, channels_last, tcfg["optimizer"], augment=augmenter)
-    torch.set_num_threads(threads)
-    row["d_device_aug_path_img_s"] = timed_steps(loader_for(raw, augmenter), device_step, warmup)
-    row["d_over_a"] = row["d_device_aug_path_img_s"] / row["a_model_img_s"]
+
+    columns = {
+        "a_model_img_s": lambda: timed_steps(synthetic, step, warmup),
+        "b_reference_path_img_s": lambda: timed_steps(loader_for(reference), step, warmup),
+        "c_our_path_img_s": lambda: timed_steps(loader_for(ours), step, warmup),
+        "d_device_aug_path_img_s": lambda: timed_steps(loader_for(raw, augmenter), device_step, warmup),
+    }
+    ratios = {"c_over_a": ("c_our_path_img_s", "a_model_img_s"),
+              "c_over_b": ("c_our_path_img_s", "b_reference_path_img_s"),
+              "d_over_a": ("d_device_aug_path_img_s", "a_model_img_s")}
+    row.update(measure_rounds(columns, ratios, rounds, threads))
 
     count = min(len(frame), 200)
     row["aug_reference_img_s_per_core"] = augmentation_rate(reference, count)
@@ -218,6 +237,8 @@ def main(argv=None) -> None:
     parser.add_argument("--images", type=int, default=None, help="synthetic JPEGs (default: enough batches)")
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="measure (a)-(d) this many times, interleaved; report medians and spreads")
     parser.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: the config's)")
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--device", default=None, help="cpu or cuda (default: the config's)")
@@ -252,7 +273,8 @@ def main(argv=None) -> None:
                     cfg["train"]["precision"], cfg["train"]["channels_last"] = precision, "auto"
                 log.info("benchmarking %s at %d px, batch %d, %d workers, precision %s", cfg["model"]["arch"],
                          cfg["train"]["image_size"], batch, workers, cfg["train"]["precision"])
-                rows.append(bench_size(cfg, paths, tmp, batch, args.steps, args.warmup, workers, args.threads))
+                rows.append(bench_size(cfg, paths, tmp, batch, args.steps, args.warmup, workers, args.threads,
+                                       args.rounds))
     table = pd.DataFrame(rows)
     fp32 = table[table["precision"] == "fp32"].set_index("image_size")["c_our_path_img_s"]
     table["c_over_fp32_c"] = [

@@ -86,4 +86,4 @@ done
 
 echo "== benchmark table"
 python -m imageclf bench --sizes "$SIZE" --batch-size 64 --device "$DEVICE" --workers "$WORKERS" \
-    --images "$BENCH_IMAGES" --steps "$BENCH_STEPS" --no-dry-run --out-dir "$OUT/bench"
+    --images "$BENCH_IMAGES" --steps "$BENCH_STEPS" --rounds 1 --no-dry-run --out-dir "$OUT/bench"
