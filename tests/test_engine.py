@@ -54,6 +54,24 @@ def test_train_one_epoch_reduces_nothing_to_nan(alpha):
     assert np.isfinite(stats["train_loss"]) and stats["train_images"] == 16
 
 
+def test_long_epochs_log_their_progress(caplog):
+    """An epoch of the full recipe on a CPU is half an hour: the log says how it is going."""
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 3))
+    loader = tiny_loader(32)  # 4 steps
+    kwargs = dict(mixup_alpha=0.0, rng=np.random.default_rng(0), generator=torch.Generator().manual_seed(0))
+    with caplog.at_level("INFO", logger="imageclf.engine"):
+        engine.train_one_epoch(model, loader, torch.optim.SGD(model.parameters(), lr=0.1), nn.CrossEntropyLoss(),
+                               torch.device("cpu"), progress_every_s=0.0, label="epoch 2/5", **kwargs)
+    lines = [r.getMessage() for r in caplog.records if r.name == "imageclf.engine"]
+    # every step but the last (the epoch's own line follows it), with its running loss and speed
+    assert [line.split("  ")[:2] for line in lines] == [["epoch 2/5", f"step {k}/4"] for k in (1, 2, 3)]
+    assert all("img/s" in line and "epoch ETA" in line and "train_loss" in line for line in lines)
+    caplog.clear()
+    with caplog.at_level("INFO", logger="imageclf.engine"):
+        engine.train_one_epoch(model, loader, torch.optim.SGD(model.parameters(), lr=0.1), nn.CrossEntropyLoss(),
+                               torch.device("cpu"), **kwargs)  # short epochs: quiet
+    assert not [r for r in caplog.records if r.name == "imageclf.engine"]
+
 
 def test_train_loss_is_the_image_weighted_mean_of_the_step_losses():
     torch.manual_seed(0)

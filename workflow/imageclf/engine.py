@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+log = logging.getLogger("imageclf.engine")
 
 def cpu_has_native_bf16() -> bool:
     """AVX512-BF16 or AMX: where bf16 matmuls and convolutions run faster than fp32."""
@@ -78,13 +80,26 @@ def check_finite(total_loss: torch.Tensor) -> None:
         raise FloatingPointError(f"training loss is {total_loss.item()}; lower train.optimizer.lr or use fp32")
 
 
+def log_progress(label: str, step: int, steps: int, seen: int, seconds: float, total_loss: torch.Tensor,
+                 world_size: int = 1) -> None:
+    """One line of progress inside an epoch (an epoch of the full recipe on a CPU takes half an hour).
+    The loss is this process's running mean; images/s counts every process, as the epoch line does."""
+    rate = seen * world_size / max(seconds, 1e-9)
+    left = (steps - step) * seconds / step if steps else 0.0
+    log.info("%sstep %d/%s  train_loss %.4f  %.1f img/s  epoch ETA %dm%02ds", f"{label}  " if label else "",
+             step, steps or "?", total_loss.item() / max(seen, 1), rate, left // 60, left % 60)
+
+
 def train_one_epoch(model, loader, optimizer, criterion, device, *, mixup_alpha: float,
                     rng: np.random.Generator, generator: torch.Generator, precision: str = "fp32",
-                    channels_last: bool = False, scaler=None, augment=None) -> dict:
+                    channels_last: bool = False, scaler=None, augment=None, progress_every_s: float = 60.0,
+                    label: str = "", world_size: int = 1) -> dict:
     """Returns the mean training loss (against the mixed targets when mixup is on) and speed.
 
     augment: a batch_augment.BatchAugment when the loader yields uint8 batches plus their drawn
     parameters (train.augment_on: device); the chain then runs here, on `device`.
+    progress_every_s: a progress line (running loss, images/s, the epoch's ETA) at most this often;
+    on a GPU each one waits for the GPU once, so keep it at tens of seconds.
     """
     model.train()
     # The loss sum stays on the device (in float64, as a Python float would add it), so a GPU
@@ -93,7 +108,8 @@ def train_one_epoch(model, loader, optimizer, criterion, device, *, mixup_alpha:
     total_loss = torch.zeros((), dtype=torch.float64, device=device)
     check_every = 1 if device.type == "cpu" else CHECK_EVERY_ON_GPU
     seen = 0
-    start = time.perf_counter()
+    steps = len(loader) if hasattr(loader, "__len__") else 0
+    start = last_progress = time.perf_counter()
     for step, (images, targets, *drawn) in enumerate(loader, start=1):
         if augment is not None:
             images = augment.apply(images.to(device, non_blocking=True), drawn[0])
@@ -117,6 +133,10 @@ def train_one_epoch(model, loader, optimizer, criterion, device, *, mixup_alpha:
         else:
             loss.backward()
             optimizer.step()
+        now = time.perf_counter()
+        if now - last_progress >= progress_every_s and (not steps or step < steps):
+            log_progress(label, step, steps, seen, now - start, total_loss, world_size)
+            last_progress = now
     check_finite(total_loss)
     seconds = time.perf_counter() - start
     return {"train_loss": total_loss.item() / max(seen, 1), "train_images": seen, "train_seconds": seconds}

@@ -251,7 +251,7 @@ def train(run_config_path, index_dir, out_dir, state_dir=None, threads: int = 1,
         stats = engine.train_one_epoch(
             net, train_loader, optimizer, criterion, device, mixup_alpha=tcfg["mixup_alpha"], rng=rng,
             generator=generator, precision=precision, channels_last=channels_last, scaler=scaler,
-            augment=augment,
+            augment=augment, label=f"epoch {epoch}/{tcfg['epochs']}", world_size=dist.world_size,
         )
         stats.update(engine.evaluate(model, val_loader, device, precision, channels_last))
         step_scheduler(scheduler, stats["val_loss"])
