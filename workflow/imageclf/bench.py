@@ -9,7 +9,8 @@ For each configured size it measures, on whatever device is present:
       batched on the training device,
 and the ratios (c)/(a), (c)/(b) and (d)/(a); plus augmentation-only images/s on one core (both
 loader paths) and batched on the device, inference images/s, and the wall time of an up-to-date
-`snakemake -n`.
+`snakemake -n`. (a)-(d) are measured --rounds times, interleaved; the table gives their medians,
+their spreads and the median of the per-round ratios.
 
 Not a test: numbers vary with the machine and its load. Run: python -m imageclf bench --help
 """
