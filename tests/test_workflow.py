@@ -212,6 +212,12 @@ def test_bad_image_stops_the_index_and_keeps_finished_results(finished):
         assert path.read_bytes() == content
 
 
+def training_log_started(workdir, epochs: int = 30) -> bool:
+    """The slow run's training job has logged its start (so its config.json is rewritten)."""
+    log = workdir / "logs" / "train" / "full" / "seed0.log"
+    return log.is_file() and f"{epochs} epochs" in log.read_text()
+
+
 def test_second_invocation_is_refused_while_one_runs(finished):
     workdir, configfile, base = finished
     lock_dir = workdir / ".snakemake" / "locks"
@@ -225,8 +231,11 @@ def test_second_invocation_is_refused_while_one_runs(finished):
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         deadline = time.time() + 120
-        while not (lock_dir.exists() and any(lock_dir.iterdir())):
-            assert time.time() < deadline and first.poll() is None, "first run never took the lock"
+        # Wait for the lock and for the slow run to be training: before that it rewrites the run's
+        # config.json and removes its old outputs, and a second Snakemake building its DAG at that
+        # moment may fail on the vanished file instead of on the lock.
+        while not (lock_dir.exists() and any(lock_dir.iterdir()) and training_log_started(workdir)):
+            assert time.time() < deadline and first.poll() is None, "first run never started training"
             time.sleep(0.2)
         second = snakemake(workdir, configfile, "all")
         assert second.returncode != 0
