@@ -212,7 +212,7 @@ def test_bad_image_stops_the_index_and_keeps_finished_results(finished):
         assert path.read_bytes() == content
 
 
-def training_log_started(workdir, epochs: int = 30) -> bool:
+def training_log_started(workdir, epochs: int) -> bool:
     """The slow run's training job has logged its start (so its config.json is rewritten)."""
     log = workdir / "logs" / "train" / "full" / "seed0.log"
     return log.is_file() and f"{epochs} epochs" in log.read_text()
@@ -222,7 +222,7 @@ def test_second_invocation_is_refused_while_one_runs(finished):
     workdir, configfile, base = finished
     lock_dir = workdir / ".snakemake" / "locks"
     overlay = yaml.safe_load(configfile.read_text())
-    overlay["train"]["epochs"] = 30  # long enough to still be running
+    overlay["train"]["epochs"] = epochs = 30  # long enough to still be running
     slow = write_overlay(base / "slow.yaml", overlay)
     env = dict(os.environ, PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"])
     first = subprocess.Popen(
@@ -234,7 +234,7 @@ def test_second_invocation_is_refused_while_one_runs(finished):
         # Wait for the lock and for the slow run to be training: before that it rewrites the run's
         # config.json and removes its old outputs, and a second Snakemake building its DAG at that
         # moment may fail on the vanished file instead of on the lock.
-        while not (lock_dir.exists() and any(lock_dir.iterdir()) and training_log_started(workdir)):
+        while not (lock_dir.exists() and any(lock_dir.iterdir()) and training_log_started(workdir, epochs)):
             assert time.time() < deadline and first.poll() is None, "first run never started training"
             time.sleep(0.2)
         second = snakemake(workdir, configfile, "all")

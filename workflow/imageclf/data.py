@@ -66,20 +66,18 @@ class ImageDataset(Dataset):
         # The sampler hands (index, seed) pairs for random transforms; plain ints otherwise.
         index, seed = item if isinstance(item, tuple) else (item, None)
         if self.square_size and self.cache is not None and self.cache.shapes[index] == (self.square_size,) * 2:
-            square = torch.from_numpy(self.cache.array(index)).permute(2, 0, 1)
-            return (square, self.targets[index], seed) if self.pass_seed else (square, self.targets[index])
-        image = self.cache.image(index) if self.cache is not None else load_rgb(self.paths[index])
-        if self.pass_seed:
-            return self.transform(image), self.targets[index], seed
-        if seed is None:
-            tensor = self.transform(image)
+            tensor = torch.from_numpy(self.cache.array(index)).permute(2, 0, 1)  # what the transform would make
         else:
-            with torch.random.fork_rng(devices=[]):
-                # The transforms draw from the CPU generator; torch.manual_seed would also seed
-                # every accelerator backend, at 0.2 ms a call.
-                torch.default_generator.manual_seed(seed)
+            image = self.cache.image(index) if self.cache is not None else load_rgb(self.paths[index])
+            if self.pass_seed or seed is None:
                 tensor = self.transform(image)
-        return tensor, self.targets[index]
+            else:
+                with torch.random.fork_rng(devices=[]):
+                    # The transforms draw from the CPU generator; torch.manual_seed would also seed
+                    # every accelerator backend, at 0.2 ms a call.
+                    torch.default_generator.manual_seed(seed)
+                    tensor = self.transform(image)
+        return (tensor, self.targets[index], seed) if self.pass_seed else (tensor, self.targets[index])
 
 
 def epoch_seed(seed: int, epoch: int, stream: int = 0) -> int:

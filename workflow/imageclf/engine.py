@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 log = logging.getLogger("imageclf.engine")
 
+
 def cpu_has_native_bf16() -> bool:
     """AVX512-BF16 or AMX: where bf16 matmuls and convolutions run faster than fp32."""
     try:
