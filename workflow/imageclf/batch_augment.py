@@ -9,11 +9,12 @@ objects of presets.train_transform themselves (their make_params), under that sa
 chain order, exactly as the loader path draws them. Only the application is batched:
 - resize, float conversion and normalize are torchvision's, on the whole batch; RandAugment's
   sharpness, posterize, solarize, autocontrast and equalize are torchvision's, on the group of
-  samples that drew the same op and magnitude; ColorJitter's hue uses torchvision's HSV
-  conversions, which take batches, with a shift per sample;
+  samples that drew the same op and magnitude; ColorJitter's hue uses torchvision's HSV-to-RGB
+  conversion, which takes batches, with a shift per sample, and every sample's hue runs in one
+  call (the blends before and after it keep each sample's own order);
 - everything else whose value differs per sample (flips, rotation, affine, brightness, contrast,
-  saturation, RandAugment's geometric and brightness/contrast/colour picks, erasing) runs kernels
-  written here, a few launches per batch rather than per image; tests/test_batch_augment.py
+  saturation, RGB-to-HSV, RandAugment's geometric and brightness/contrast/colour picks, erasing)
+  runs kernels written here, a few launches per batch rather than per image; tests/test_batch_augment.py
   checks that every image is bit-identical to torchvision's per-image chain.
 """
 
@@ -24,7 +25,6 @@ import math
 import torch
 import torch.nn.functional as nnf
 from torchvision.transforms import v2
-from torchvision.transforms.v2 import functional as F
 from torchvision.transforms.v2.functional import _color
 
 from . import presets
@@ -192,24 +192,48 @@ def grayscale(images: torch.Tensor) -> torch.Tensor:
     return (r * 0.2989 + g * 0.587 + b * 0.114).floor_().unsqueeze(1)
 
 
+def as_input_dtype(values: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+    """uint8 conversion (truncation) of a result in [0, 255], or the same values kept in float when
+    `images` is a float batch of whole numbers (ColorJitter keeps one float copy across its steps).
+    The values are never negative, so floor is the truncation (and 7x faster than trunc on CPU)."""
+    return values.to(torch.uint8) if images.dtype == torch.uint8 else values.floor_()
+
+
 def blend(images: torch.Tensor, other: torch.Tensor, ratio: list[float]) -> torch.Tensor:
     """images * ratio + other * (1 - ratio) per sample, clamped, truncated to uint8 as torchvision
     does; ratio and 1 - ratio are computed in double first, as torchvision's Python floats are."""
     weights = torch.tensor([[r, 1.0 - r] for r in ratio], dtype=torch.float32, device=images.device)
     weight, other_weight = weights.view(-1, 2, 1, 1, 1).unbind(1)
     # addcmul rounds like torchvision's add_(other, alpha=...): the same uint8 after truncation
-    return torch.addcmul(images.float() * weight, other, other_weight).clamp_(0, 255).to(torch.uint8)
+    return as_input_dtype(torch.addcmul(images.float() * weight, other, other_weight).clamp_(0, 255), images)
+
+
+def rgb_to_hsv(rgb: torch.Tensor) -> torch.Tensor:
+    """(..., 3, H, W) floats in [0, 1] -> hue, saturation, value, each value exactly as torchvision's
+    _rgb_to_hsv computes it (same float operations in the same order). Only the bookkeeping is
+    cheaper: max/min as elementwise chains (aminmax over a strided dim is slow on CPU) and the
+    hue's case split as a selection rather than multiplications by masks."""
+    red, green, blue = rgb.unbind(dim=-3)
+    value = torch.maximum(torch.maximum(red, green), blue)
+    smallest = torch.minimum(torch.minimum(red, green), blue)
+    grey = value == smallest  # no hue and no saturation; divide by one instead of by zero
+    spread = value - smallest
+    saturation = spread / value.masked_fill(grey, 1.0)
+    rc, gc, bc = ((value.unsqueeze(-3) - rgb) / spread.masked_fill(grey, 1.0).unsqueeze(-3)).unbind(dim=-3)
+    # the sector of the largest channel: red first, then green, then blue (as torchvision's masks)
+    hue = torch.where(value == red, bc - gc, torch.where(value == green, (rc + 2.0) - bc, (gc + 4.0) - rc))
+    hue = hue.mul_(1.0 / 6.0).add_(1.0).fmod_(1.0)
+    return torch.stack((hue, saturation, value), dim=-3)
 
 
 def adjust_hue_batch(images: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
-    """Hue + shift (mod 1) per image; uint8 in and out. torchvision's own conversions, which
-    already work on batches; only the shift differs per image (added in float32, as
-    adjust_hue_image adds its Python float)."""
-    hsv = _color._rgb_to_hsv(F.to_dtype(images, torch.float32, scale=True))
-    hue, saturation, value = hsv.unbind(dim=-3)
+    """Hue + shift (mod 1) per image, with torchvision's uint8 <-> float scaling (to_dtype_image)
+    and its conversion back to RGB; the shift is added in float32, as adjust_hue_image adds its
+    Python float."""
+    hue, saturation, value = rgb_to_hsv(images.float().mul_(1.0 / 255)).unbind(dim=-3)
     hue = hue.add(shift.to(hue.dtype).view(-1, 1, 1)).remainder_(1.0)
     rgb = _color._hsv_to_rgb(torch.stack((hue, saturation, value), dim=-3))
-    return F.to_dtype(rgb, images.dtype, scale=True)
+    return as_input_dtype(rgb.mul_(255 + 1.0 - 1e-3), images)
 
 
 BLEND_WITH_ZERO, BLEND_WITH_MEAN_GRAY, BLEND_WITH_GRAY = 0, 1, 2  # brightness, contrast, saturation
@@ -226,25 +250,47 @@ def blend_batch(images: torch.Tensor, kind: torch.Tensor, ratio: list[float]) ->
     return blend(images, other, ratio)
 
 
-def color_jitter_batch(images: torch.Tensor, params: list) -> torch.Tensor:
-    """ColorJitter with each sample's own factors and own random order of the four adjustments."""
-    device = images.device
-    names = ("brightness_factor", "contrast_factor", "saturation_factor", "hue_factor")
-    order = torch.stack([p["fn_idx"] for p in params])  # (B, 4): adjustment ids 0..3 in order
-    factor = torch.tensor([[p[name] if p[name] is not None else math.nan for name in names] for p in params],
-                          dtype=torch.float64)  # make_params' Python floats, kept exact
-    for position in range(4):
-        fn_id = order[:, position]
-        value = factor.gather(1, fn_id.view(-1, 1)).squeeze(1)
-        blended = (fn_id < 3) & ~value.isnan()
-        if blended.any():
-            ratio = [v if b else 1.0 for v, b in zip(value.tolist(), blended.tolist())]
-            images = blend_batch(images, fn_id.clamp(max=2).to(device), ratio)
-        hued = ((fn_id == 3) & ~value.isnan()).nonzero().flatten()
-        if len(hued):
-            index = hued.to(device)
-            images = images.index_copy(0, index, adjust_hue_batch(images[index], value[hued].to(device)))
+def blend_steps(images: torch.Tensor, steps: list[list[tuple[int, float]]]) -> torch.Tensor:
+    """Each sample's own list of (blend kind, ratio) applied in order; step j of every sample in
+    one pass, with ratio 1 (exactly no change) for samples that have fewer steps."""
+    for j in range(max(map(len, steps), default=0)):
+        kind = [sample[j][0] if j < len(sample) else BLEND_WITH_ZERO for sample in steps]
+        ratio = [sample[j][1] if j < len(sample) else 1.0 for sample in steps]
+        images = blend_batch(images, torch.tensor(kind, device=images.device), ratio)
     return images
+
+
+def color_jitter_batch(images: torch.Tensor, params: list) -> torch.Tensor:
+    """ColorJitter with each sample's own factors and own random order of the four adjustments.
+
+    Per sample the order is kept; across samples the steps are regrouped as: the blends before
+    the sample's hue, every sample's hue in one call, the blends after it. The batch stays in float
+    (whole numbers, truncated where torchvision converts to uint8) until the end."""
+    names = ("brightness_factor", "contrast_factor", "saturation_factor", "hue_factor")
+    before, after, shifts = [], [], []
+    for p in params:
+        steps, shift = ([], []), None
+        for fn_id in p["fn_idx"].tolist():  # adjustment ids 0..3 (the names above) in this sample's order
+            value = p[names[fn_id]]
+            if value is None:  # switched off in the config
+                continue
+            if fn_id == 3:
+                shift = value
+            else:  # make_params' Python floats, used as they are
+                steps[shift is not None].append((fn_id, value))
+        before.append(steps[0])
+        after.append(steps[1])
+        shifts.append(shift)
+    images_float = blend_steps(images.float(), before)
+    hued = [k for k, shift in enumerate(shifts) if shift is not None]
+    if hued:
+        shift = torch.tensor([shifts[k] for k in hued], dtype=torch.float64, device=images.device)
+        if len(hued) == len(params):
+            images_float = adjust_hue_batch(images_float, shift)
+        else:
+            index = torch.tensor(hued, device=images.device)
+            images_float = images_float.index_copy(0, index, adjust_hue_batch(images_float[index], shift))
+    return blend_steps(images_float, after).to(images.dtype)
 
 
 # RandAugment ops applied per sample by the kernels above instead of one group per setting
