@@ -310,6 +310,23 @@ def color_jitter_batch(images: torch.Tensor, params: list) -> torch.Tensor:
     return blend_steps(images_float, after).to(images.dtype)
 
 
+def sharpness_batch(images: torch.Tensor, factors: list[float]) -> torch.Tensor:
+    """adjust_sharpness with a factor per sample: torchvision's 3x3 smoothing kernel and its blend
+    of the inner pixels, on uint8 images; the blend weight 1 - factor per sample goes through
+    addcmul, which rounds as torchvision's add_(alpha=...) does."""
+    channels, height, width = images.shape[-3:]
+    if height <= 2 or width <= 2:
+        return images
+    a, b = 1.0 / 13.0, 5.0 / 13.0
+    kernel = torch.tensor([[a, a, a], [a, b, a], [a, a, a]], device=images.device).expand(channels, 1, 3, 3)
+    output = images.to(torch.float32, copy=True)
+    smoothed = nnf.conv2d(output, kernel, groups=channels).round_()
+    inner = output[..., 1:-1, 1:-1]
+    weight = torch.tensor([1.0 - f for f in factors], dtype=torch.float32, device=images.device)
+    inner.addcmul_(smoothed.sub_(inner), weight.view(-1, 1, 1, 1))
+    return output.clamp_(0, 255).to(torch.uint8)
+
+
 # RandAugment ops applied per sample by the kernels above instead of one group per setting
 RAND_AUGMENT_BLENDS = {"Brightness": BLEND_WITH_ZERO, "Contrast": BLEND_WITH_MEAN_GRAY, "Color": BLEND_WITH_GRAY}
 
@@ -330,7 +347,8 @@ def rand_augment_matrix(name: str, magnitude: float, height: int, width: int) ->
 
 def rand_augment_batch(op: v2.RandAugment, images: torch.Tensor, params: list) -> torch.Tensor:
     """Slot by slot: all geometric picks in one warp, all brightness/contrast/colour picks in one
-    blend, and torchvision's kernels for the rest, one call per (op, magnitude) group."""
+    blend, all sharpness picks in one convolution, and torchvision's kernels for the rest (posterize,
+    solarize, autocontrast, equalize), one call per (op, magnitude) group."""
     device, (height, width) = images.device, images.shape[-2:]
     for slot in range(op.num_ops):
         picks = [chosen[slot] for chosen in params]
@@ -347,9 +365,13 @@ def rand_augment_batch(op: v2.RandAugment, images: torch.Tensor, params: list) -
             kind = torch.tensor([RAND_AUGMENT_BLENDS[picks[k][0]] for k in blends], device=device)
             ratio = [1.0 + picks[k][1] for k in blends]
             out[index] = blend_batch(images[index], kind, ratio)
+        sharpened = [k for k, (name, _) in enumerate(picks) if name == "Sharpness"]
+        if sharpened:  # both signs in one convolution
+            index = torch.tensor(sharpened, device=device)
+            out[index] = sharpness_batch(images[index], [1.0 + picks[k][1] for k in sharpened])
         groups: dict[tuple, list[int]] = {}
         for k, (name, magnitude) in enumerate(picks):
-            if matrices[k] is None and name not in RAND_AUGMENT_BLENDS and name != "Identity":
+            if matrices[k] is None and name not in (*RAND_AUGMENT_BLENDS, "Sharpness", "Identity"):
                 groups.setdefault((name, magnitude), []).append(k)
         for (name, magnitude), members in groups.items():
             index = torch.tensor(members, device=device)
