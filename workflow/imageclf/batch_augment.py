@@ -216,15 +216,6 @@ def as_input_dtype(values: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
     return values.to(torch.uint8) if images.dtype == torch.uint8 else values.floor_()
 
 
-def blend(images: torch.Tensor, other: torch.Tensor, ratio: list[float]) -> torch.Tensor:
-    """images * ratio + other * (1 - ratio) per sample, clamped, truncated to uint8 as torchvision
-    does; ratio and 1 - ratio are computed in double first, as torchvision's Python floats are."""
-    weights = torch.tensor([[r, 1.0 - r] for r in ratio], dtype=torch.float32, device=images.device)
-    weight, other_weight = weights.view(-1, 2, 1, 1, 1).unbind(1)
-    # addcmul rounds like torchvision's add_(other, alpha=...): the same uint8 after truncation
-    return as_input_dtype(torch.addcmul(images.float() * weight, other, other_weight).clamp_(0, 255), images)
-
-
 def rgb_to_hsv(rgb: torch.Tensor) -> torch.Tensor:
     """(..., 3, H, W) floats in [0, 1] -> hue, saturation, value, each value exactly as torchvision's
     _rgb_to_hsv computes it (same float operations in the same order). Only the bookkeeping is
@@ -256,15 +247,22 @@ def adjust_hue_batch(images: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
 BLEND_WITH_ZERO, BLEND_WITH_MEAN_GRAY, BLEND_WITH_GRAY = 0, 1, 2  # brightness, contrast, saturation
 
 
-def blend_batch(images: torch.Tensor, kind: torch.Tensor, ratio: list[float]) -> torch.Tensor:
-    """Brightness, contrast or saturation per sample (kind), in one pass over the batch.
+def blend_batch(images: torch.Tensor, kind: list[int], ratio: list[float]) -> torch.Tensor:
+    """Brightness, contrast or saturation per sample (kind): images * ratio + other * (1 - ratio),
+    where other is 0, the mean grey or the grey image, clamped and truncated to uint8 as
+    torchvision's _blend does; one pass over the batch.
 
-    A ratio of 1 leaves a sample exactly as it is (x * 1 + y * 0 == x in float)."""
+    ratio and 1 - ratio are computed in double first, as torchvision's Python floats are; addcmul
+    rounds like torchvision's add_(other, alpha=...). A ratio of 1 leaves a sample exactly as it is
+    (x * 1 + y * 0 == x in float)."""
+    rows = [[r, 1.0 - r, k == BLEND_WITH_GRAY, k == BLEND_WITH_MEAN_GRAY] for k, r in zip(kind, ratio)]
+    weight, other_weight, is_gray, is_mean = torch.tensor(
+        rows, dtype=torch.float32, device=images.device).view(-1, 4, 1, 1, 1).unbind(1)
     gray = grayscale(images)
-    mean = gray.mean(dim=(1, 2, 3), keepdim=True)
-    kind = kind.view(-1, 1, 1, 1)
-    other = torch.where(kind == BLEND_WITH_GRAY, gray, torch.where(kind == BLEND_WITH_MEAN_GRAY, mean, 0.0))
-    return blend(images, other, ratio)
+    # 0/1 factors pick the other image exactly (a product by 1, plus a product by 0)
+    other = torch.addcmul(gray.mean(dim=(1, 2, 3), keepdim=True) * is_mean, gray, is_gray)
+    blended = torch.addcmul(images.float() * weight, other, other_weight).clamp_(0, 255)
+    return as_input_dtype(blended, images)
 
 
 def blend_steps(images: torch.Tensor, steps: list[list[tuple[int, float]]]) -> torch.Tensor:
@@ -273,7 +271,7 @@ def blend_steps(images: torch.Tensor, steps: list[list[tuple[int, float]]]) -> t
     for j in range(max(map(len, steps), default=0)):
         kind = [sample[j][0] if j < len(sample) else BLEND_WITH_ZERO for sample in steps]
         ratio = [sample[j][1] if j < len(sample) else 1.0 for sample in steps]
-        images = blend_batch(images, torch.tensor(kind, device=images.device), ratio)
+        images = blend_batch(images, kind, ratio)
     return images
 
 
@@ -362,7 +360,7 @@ def rand_augment_batch(op: v2.RandAugment, images: torch.Tensor, params: list) -
         blends = [k for k, (name, _) in enumerate(picks) if name in RAND_AUGMENT_BLENDS]
         if blends:
             index = torch.tensor(blends, device=device)
-            kind = torch.tensor([RAND_AUGMENT_BLENDS[picks[k][0]] for k in blends], device=device)
+            kind = [RAND_AUGMENT_BLENDS[picks[k][0]] for k in blends]
             ratio = [1.0 + picks[k][1] for k in blends]
             out[index] = blend_batch(images[index], kind, ratio)
         sharpened = [k for k, (name, _) in enumerate(picks) if name == "Sharpness"]
