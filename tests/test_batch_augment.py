@@ -82,6 +82,34 @@ def test_drawn_parameters_survive_the_pinned_loader_on_a_gpu(monkeypatch):
     assert torch.equal(augmenter.apply(pinned_batch, pinned_drawn), augmenter.apply(batch, drawn))
 
 
+def test_per_sample_values_reach_an_accelerator_from_pinned_memory(monkeypatch):
+    # torch.tensor(..., device="cuda") waits for the GPU to finish all queued work; to_device pins
+    # the values and copies them asynchronously instead. The "meta" device stands in for a GPU.
+    pinned = []
+    monkeypatch.setattr(torch.Tensor, "pin_memory", lambda self, *args, **kwargs: pinned.append(self) or self)
+    on_cpu = batch_augment.to_device([[1.0, 0.5]], torch.float32, torch.device("cpu"))
+    assert on_cpu.device.type == "cpu" and not pinned
+    on_meta = batch_augment.to_device([[1.0, 0.5]], torch.float32, torch.device("meta"))
+    assert on_meta.device.type == "meta" and on_meta.shape == (1, 2) and len(pinned) == 1
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_the_batched_chain_never_waits_for_the_gpu():
+    # as in training: the loader pins the batch and its drawn parameters (erasing's patches)
+    from torch.utils.data._utils.pin_memory import pin_memory
+
+    augmenter = batch_augment.BatchAugment(AUGMENT, 32)
+    samples = [(image, 0, seed) for seed, image in enumerate(smooth_images(32, 37))]
+    batch, _, drawn = pin_memory(augmenter.collate(samples))
+    images = batch.cuda(non_blocking=True)
+    augmenter.apply(images, drawn)  # first call: allocator and kernel set-up may synchronize
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        augmenter.apply(images, drawn)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+
+
 def test_ops_switched_off_leave_resize_and_normalize():
     augment = copy.deepcopy(AUGMENT)
     for key in [*C.PRE_RESIZE_OP_KEYS, "random_erasing"]:

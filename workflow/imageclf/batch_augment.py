@@ -119,10 +119,18 @@ def rand_augment_drawer(op: v2.RandAugment):
     return draw
 
 
+def to_device(values, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A small tensor of per-sample values (factors, matrices, indices) on the device. On a GPU the
+    copy is asynchronous, from pinned memory: torch.tensor(..., device="cuda") would wait for the
+    GPU to finish all the work queued so far, dozens of times a batch."""
+    tensor = torch.tensor(values, dtype=dtype)
+    return tensor if device.type == "cpu" else tensor.pin_memory().to(device, non_blocking=True)
+
+
 def apply_op(op, images: torch.Tensor, params: list) -> torch.Tensor:
     device = images.device
     if isinstance(op, tuple(FLIPS)):
-        mask = torch.tensor([p is not None for p in params], device=device).view(-1, 1, 1, 1)
+        mask = to_device([p is not None for p in params], torch.bool, device).view(-1, 1, 1, 1)
         return torch.where(mask, images.flip(FLIPS[type(op)]), images)
     if isinstance(op, v2.RandomRotation):
         # v2's rotate(angle) is affine(-angle) about the centre
@@ -140,7 +148,7 @@ def apply_op(op, images: torch.Tensor, params: list) -> torch.Tensor:
         for k, p in enumerate(params):
             if p is not None and p["v"] is not None:
                 i, j, h, w = p["i"], p["j"], p["h"], p["w"]
-                images[k, :, i : i + h, j : j + w] = p["v"].to(device, images.dtype)
+                images[k, :, i : i + h, j : j + w] = p["v"].to(device, images.dtype, non_blocking=True)
         return images
     if isinstance(op, v2.ToImage):
         return images  # already a tensor batch
@@ -169,12 +177,12 @@ def affine_batch(images: torch.Tensor, matrices: list, interpolation, fill_value
     `fill_values` (per channel), or zeros when None."""
     batch, channels, height, width = images.shape
     device = images.device
-    theta = torch.tensor(matrices, dtype=torch.float32, device=device).view(batch, 2, 3)
+    theta = to_device(matrices, torch.float32, device).view(batch, 2, 3)
     # pixel-centre coordinates with the origin at the image centre, as (x, y, 1)
     xs = torch.linspace((1.0 - width) * 0.5, (width - 1.0) * 0.5, width, device=device)
     ys = torch.linspace((1.0 - height) * 0.5, (height - 1.0) * 0.5, height, device=device)
     x, y = (c.reshape(1, -1) for c in torch.broadcast_tensors(xs.view(1, -1), ys.view(-1, 1)))
-    scale_to_unit = torch.tensor([0.5 * width, 0.5 * height], device=device)
+    scale_to_unit = to_device([0.5 * width, 0.5 * height], torch.float32, device)
     coeff = (theta.transpose(1, 2) / scale_to_unit).unsqueeze(-1)  # (batch, x|y|1, u|v, 1)
     # torchvision's grid is (x, y, 1) @ coeff per image (bmm); written out, in the same order of
     # float operations, it is bit-identical on CPU and 1.7x faster than a bmm with so small a K
@@ -189,7 +197,7 @@ def affine_batch(images: torch.Tensor, matrices: list, interpolation, fill_value
                              align_corners=False)
     if fill_values is not None:
         warped, inside = warped[:, :channels], warped[:, channels:]
-        fill_image = torch.tensor(fill_values, dtype=warped.dtype, device=device).view(1, -1, 1, 1)
+        fill_image = to_device(fill_values, warped.dtype, device).view(1, -1, 1, 1)
         warped = torch.where(inside < 0.5, fill_image.expand_as(warped), warped)
     return warped.round_().to(images.dtype)
 
@@ -256,8 +264,8 @@ def blend_batch(images: torch.Tensor, kind: list[int], ratio: list[float]) -> to
     rounds like torchvision's add_(other, alpha=...). A ratio of 1 leaves a sample exactly as it is
     (x * 1 + y * 0 == x in float)."""
     rows = [[r, 1.0 - r, k == BLEND_WITH_GRAY, k == BLEND_WITH_MEAN_GRAY] for k, r in zip(kind, ratio)]
-    weight, other_weight, is_gray, is_mean = torch.tensor(
-        rows, dtype=torch.float32, device=images.device).view(-1, 4, 1, 1, 1).unbind(1)
+    weight, other_weight, is_gray, is_mean = to_device(rows, torch.float32, images.device).view(
+        -1, 4, 1, 1, 1).unbind(1)
     gray = grayscale(images)
     # 0/1 factors pick the other image exactly (a product by 1, plus a product by 0)
     other = torch.addcmul(gray.mean(dim=(1, 2, 3), keepdim=True) * is_mean, gray, is_gray)
@@ -299,11 +307,11 @@ def color_jitter_batch(images: torch.Tensor, params: list) -> torch.Tensor:
     images_float = blend_steps(images.float(), before)
     hued = [k for k, shift in enumerate(shifts) if shift is not None]
     if hued:
-        shift = torch.tensor([shifts[k] for k in hued], dtype=torch.float64, device=images.device)
+        shift = to_device([shifts[k] for k in hued], torch.float64, images.device)
         if len(hued) == len(params):
             images_float = adjust_hue_batch(images_float, shift)
         else:
-            index = torch.tensor(hued, device=images.device)
+            index = to_device(hued, torch.int64, images.device)
             images_float = images_float.index_copy(0, index, adjust_hue_batch(images_float[index], shift))
     return blend_steps(images_float, after).to(images.dtype)
 
@@ -316,11 +324,11 @@ def sharpness_batch(images: torch.Tensor, factors: list[float]) -> torch.Tensor:
     if height <= 2 or width <= 2:
         return images
     a, b = 1.0 / 13.0, 5.0 / 13.0
-    kernel = torch.tensor([[a, a, a], [a, b, a], [a, a, a]], device=images.device).expand(channels, 1, 3, 3)
+    kernel = to_device([[a, a, a], [a, b, a], [a, a, a]], torch.float32, images.device).expand(channels, 1, 3, 3)
     output = images.to(torch.float32, copy=True)
     smoothed = nnf.conv2d(output, kernel, groups=channels).round_()
     inner = output[..., 1:-1, 1:-1]
-    weight = torch.tensor([1.0 - f for f in factors], dtype=torch.float32, device=images.device)
+    weight = to_device([1.0 - f for f in factors], torch.float32, images.device)
     inner.addcmul_(smoothed.sub_(inner), weight.view(-1, 1, 1, 1))
     return output.clamp_(0, 255).to(torch.uint8)
 
@@ -354,25 +362,25 @@ def rand_augment_batch(op: v2.RandAugment, images: torch.Tensor, params: list) -
         matrices = [rand_augment_matrix(name, magnitude, height, width) for name, magnitude in picks]
         warped = [k for k, matrix in enumerate(matrices) if matrix is not None]
         if warped:
-            index = torch.tensor(warped, device=device)
+            index = to_device(warped, torch.int64, device)
             out[index] = affine_batch(images[index], [matrices[k] for k in warped], op.interpolation,
                                       fill_for(op._fill))
         blends = [k for k, (name, _) in enumerate(picks) if name in RAND_AUGMENT_BLENDS]
         if blends:
-            index = torch.tensor(blends, device=device)
+            index = to_device(blends, torch.int64, device)
             kind = [RAND_AUGMENT_BLENDS[picks[k][0]] for k in blends]
             ratio = [1.0 + picks[k][1] for k in blends]
             out[index] = blend_batch(images[index], kind, ratio)
         sharpened = [k for k, (name, _) in enumerate(picks) if name == "Sharpness"]
         if sharpened:  # both signs in one convolution
-            index = torch.tensor(sharpened, device=device)
+            index = to_device(sharpened, torch.int64, device)
             out[index] = sharpness_batch(images[index], [1.0 + picks[k][1] for k in sharpened])
         groups: dict[tuple, list[int]] = {}
         for k, (name, magnitude) in enumerate(picks):
             if matrices[k] is None and name not in (*RAND_AUGMENT_BLENDS, "Sharpness", "Identity"):
                 groups.setdefault((name, magnitude), []).append(k)
         for (name, magnitude), members in groups.items():
-            index = torch.tensor(members, device=device)
+            index = to_device(members, torch.int64, device)
             out[index] = op._apply_image_or_video_transform(
                 images[index], name, magnitude, interpolation=op.interpolation, fill=op._fill)
         images = out

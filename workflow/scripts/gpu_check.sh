@@ -17,7 +17,8 @@
 #    EPOCHS epochs through the real workflow (index -> cache -> train), once with the augmentation
 #    in the DataLoader workers and once batched on the GPU (train.augment_on), and prints each
 #    epoch's training images/s from history.csv;
-# 3. runs the benchmark table (model alone vs. data paths), which says where the time goes.
+# 3. counts the host syncs of one batched augmentation on the GPU (expected: none);
+# 4. runs the benchmark table (model alone vs. data paths), which says where the time goes.
 # ImageNet weights are off (nothing can be downloaded on such hosts); they do not change speed.
 # Environment overrides for a quick trial on a CPU: TRAIN_IMAGES, EPOCHS, WORKERS, DEVICE, SIZE,
 # CORES, BENCH_IMAGES, BENCH_STEPS.
@@ -83,6 +84,32 @@ print(f"training images/s (after the first epoch): {best:.0f}; 100 epochs of 20,
       f"{100 * 20724 / best / 60:.1f} min (target <= 15 min, >= 2,300 images/s)")
 PY
 done
+
+echo "== host syncs in one batched augmentation of 64 images (expected: 0)"
+python - "$REPO/config.yaml" "$SIZE" "$DEVICE" <<'PY'
+import math, sys, warnings
+import torch, yaml
+from torch.utils.data._utils.pin_memory import pin_memory
+from imageclf import batch_augment
+config, size, device = yaml.safe_load(open(sys.argv[1])), int(sys.argv[2]), torch.device(sys.argv[3])
+side = math.ceil(1.15 * size)
+augmenter = batch_augment.BatchAugment(config["augment"], size)
+images = torch.randint(0, 256, (64, 3, side, side), dtype=torch.uint8)
+batch, _, drawn = augmenter.collate([(image, 0, seed) for seed, image in enumerate(images)])
+if device.type == "cuda":
+    batch, _, drawn = pin_memory((batch, _, drawn))
+batch = batch.to(device, non_blocking=True)
+augmenter.apply(batch, drawn)  # set-up (allocator, kernels) may synchronize once
+if device.type == "cuda":
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("warn")
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    augmenter.apply(batch, drawn)
+if device.type == "cuda":
+    torch.cuda.set_sync_debug_mode("default")
+print(f"host syncs: {len(caught)}", *{str(w.message).splitlines()[0] for w in caught}, sep="\n  ")
+PY
 
 echo "== benchmark table"
 python -m imageclf bench --sizes "$SIZE" --batch-size 64 --device "$DEVICE" --workers "$WORKERS" \
