@@ -56,6 +56,32 @@ def test_batched_chain_equals_the_reference_chain_image_by_image(count, side, si
     assert any(flips) and not all(flips) and len(chosen) >= 12 and any(erased)
 
 
+def test_kernels_written_here_repeat_torchvisions_arithmetic():
+    from torchvision.transforms.v2 import functional as F
+    from torchvision.transforms.v2.functional import _color
+
+    generator = torch.Generator().manual_seed(3)
+    images = torch.randint(0, 256, (64, 3, 12, 12), dtype=torch.uint8, generator=generator)
+    images[:8] = images[:8, :1]  # grey pixels (no hue), and ties between the largest channels
+    images[8:16, 1] = images[8:16, 0]
+    images[16:24, 2] = images[16:24, 1]
+    rgb = images.float() / 255
+    assert torch.equal(batch_augment.rgb_to_hsv(rgb), _color._rgb_to_hsv(rgb))
+    # RandAugment's factors (1 +- its magnitude at the recipe's bin), round decimals (whose float
+    # products round differently when fused or not) and random ones
+    magnitude = float(torch.linspace(0.0, 0.9, 31)[10])
+    factors = [1.0 + magnitude, 1.0 - magnitude, 1.3, 0.7] * 8
+    factors += (torch.rand(32, generator=generator) * 1.9 + 0.05).tolist()
+    sharpened = batch_augment.sharpness_batch(images, factors)
+    assert torch.equal(sharpened, torch.stack([F.adjust_sharpness(im, f) for im, f in zip(images, factors)]))
+    kinds, ratios = [k % 3 for k in range(64)], factors
+    blended = batch_augment.blend_batch(images, kinds, ratios)
+    adjust = (F.adjust_brightness, F.adjust_contrast, F.adjust_saturation)
+    assert torch.equal(blended, torch.stack([adjust[k](im, r) for im, k, r in zip(images, kinds, ratios)]))
+    # ColorJitter keeps the batch in float between its steps: the same values as uint8 round trips
+    assert torch.equal(batch_augment.blend_batch(images.float(), kinds, ratios), blended.float())
+
+
 def test_same_seeds_same_batch_and_the_callers_random_stream_is_untouched():
     images = smooth_images(8, 37)
     augmenter = batch_augment.BatchAugment(AUGMENT, 32)

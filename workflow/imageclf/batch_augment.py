@@ -8,14 +8,17 @@ Same ops, same parameters, same random draws: each sample's parameters are drawn
 objects of presets.train_transform themselves (their make_params), under that sample's seed and in
 chain order, exactly as the loader path draws them. Only the application is batched:
 - resize, float conversion and normalize are torchvision's, on the whole batch; RandAugment's
-  sharpness, posterize, solarize, autocontrast and equalize are torchvision's, on the group of
-  samples that drew the same op and magnitude; ColorJitter's hue uses torchvision's HSV-to-RGB
-  conversion, which takes batches, with a shift per sample, and every sample's hue runs in one
-  call (the blends before and after it keep each sample's own order);
+  posterize, solarize, autocontrast and equalize are torchvision's, on the group of samples that
+  drew the same op and magnitude; ColorJitter's hue uses torchvision's HSV-to-RGB conversion,
+  which takes batches, with a shift per sample, and every sample's hue runs in one call (the
+  blends before and after it keep each sample's own order);
 - everything else whose value differs per sample (flips, rotation, affine, brightness, contrast,
-  saturation, RGB-to-HSV, RandAugment's geometric and brightness/contrast/colour picks, erasing)
-  runs kernels written here, a few launches per batch rather than per image; tests/test_batch_augment.py
-  checks that every image is bit-identical to torchvision's per-image chain.
+  saturation, RGB-to-HSV, RandAugment's geometric, brightness/contrast/colour and sharpness picks,
+  erasing) runs kernels written here that repeat torchvision's float arithmetic operation for
+  operation, a few launches per batch rather than per image; tests/test_batch_augment.py checks
+  that every image is bit-identical to torchvision's per-image chain.
+Per-sample values reach a GPU from pinned memory, asynchronously (to_device): the chain never
+makes the CPU wait for the GPU.
 """
 
 from __future__ import annotations
