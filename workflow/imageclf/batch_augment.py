@@ -277,12 +277,19 @@ def blend_batch(images: torch.Tensor, kind: list[int], ratio: list[float]) -> to
 
 
 def blend_steps(images: torch.Tensor, steps: list[list[tuple[int, float]]]) -> torch.Tensor:
-    """Each sample's own list of (blend kind, ratio) applied in order; step j of every sample in
-    one pass, with ratio 1 (exactly no change) for samples that have fewer steps."""
+    """Each sample's own list of (blend kind, ratio) applied in order, step j of every sample in one
+    pass. Samples with fewer steps get ratio 1 (exactly no change) when at least half the batch has
+    a step j; smaller groups are blended on their own (less pixel work, one gather and scatter)."""
     for j in range(max(map(len, steps), default=0)):
-        kind = [sample[j][0] if j < len(sample) else BLEND_WITH_ZERO for sample in steps]
-        ratio = [sample[j][1] if j < len(sample) else 1.0 for sample in steps]
-        images = blend_batch(images, kind, ratio)
+        members = [k for k, sample in enumerate(steps) if j < len(sample)]
+        if 2 * len(members) > len(steps):
+            kind = [sample[j][0] if j < len(sample) else BLEND_WITH_ZERO for sample in steps]
+            ratio = [sample[j][1] if j < len(sample) else 1.0 for sample in steps]
+            images = blend_batch(images, kind, ratio)
+        else:
+            kind, ratio = zip(*(steps[k][j] for k in members))
+            index = to_device(members, torch.int64, images.device)
+            images = images.index_copy(0, index, blend_batch(images[index], kind, ratio))
     return images
 
 
