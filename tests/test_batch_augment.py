@@ -78,8 +78,13 @@ def test_kernels_written_here_repeat_torchvisions_arithmetic():
     blended = batch_augment.blend_batch(images, kinds, ratios)
     adjust = (F.adjust_brightness, F.adjust_contrast, F.adjust_saturation)
     assert torch.equal(blended, torch.stack([adjust[k](im, r) for im, k, r in zip(images, kinds, ratios)]))
-    # ColorJitter keeps the batch in float between its steps: the same values as uint8 round trips
+    # ColorJitter keeps the batch in float between its steps: the same values as uint8 round trips,
+    # and its input is left as it was
     assert torch.equal(batch_augment.blend_batch(images.float(), kinds, ratios), blended.float())
+    as_float, shift = images.float(), torch.full((64,), 0.05, dtype=torch.float64)
+    assert torch.equal(batch_augment.adjust_hue_batch(as_float, shift).to(torch.uint8),
+                       batch_augment.adjust_hue_batch(images, shift))
+    assert torch.equal(as_float, images.float())
 
 
 def test_same_seeds_same_batch_and_the_callers_random_stream_is_untouched():

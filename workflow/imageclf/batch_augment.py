@@ -249,7 +249,8 @@ def adjust_hue_batch(images: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
     """Hue + shift (mod 1) per image, with torchvision's uint8 <-> float scaling (to_dtype_image)
     and its conversion back to RGB; the shift is added in float32, as adjust_hue_image adds its
     Python float."""
-    hue, saturation, value = rgb_to_hsv(images.float().mul_(1.0 / 255)).unbind(dim=-3)
+    # not in place: .float() of a float batch is the batch itself
+    hue, saturation, value = rgb_to_hsv(images.float().mul(1.0 / 255)).unbind(dim=-3)
     hue = hue.add(shift.to(hue.dtype).view(-1, 1, 1)).remainder_(1.0)
     rgb = _color._hsv_to_rgb(torch.stack((hue, saturation, value), dim=-3))
     return as_input_dtype(rgb.mul_(255 + 1.0 - 1e-3), images)
