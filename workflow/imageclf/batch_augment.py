@@ -52,12 +52,11 @@ class BatchAugment:
 
         Cheap but not free (about 0.07 ms a sample), so the DataLoader workers do it (collate)."""
         # make_params reads only the shape of the image it is given: the op's input at its position
-        shape_of, shapes = torch.empty((3, height, width), dtype=torch.uint8), []
-        for op in self.ops:
+        shape_of, steps = torch.empty((3, height, width), dtype=torch.uint8), []
+        for op, drawer in zip(self.ops, self.drawers):
             if isinstance(op, v2.Resize):
                 shape_of = torch.empty((3, *op.size), dtype=torch.uint8)
-            shapes.append(shape_of)
-        steps = [(drawer, shape) for drawer, shape in zip(self.drawers, shapes)]
+            steps.append((drawer, shape_of))
         drawn = []
         with torch.random.fork_rng(devices=[]):  # leave the caller's random stream untouched
             for seed in seeds:

@@ -87,17 +87,16 @@ done
 
 echo "== host syncs in one batched augmentation of 64 images (expected: 0)"
 python - "$REPO/config.yaml" "$SIZE" "$DEVICE" <<'PY'
-import math, sys, warnings
+import sys, warnings
 import torch, yaml
 from torch.utils.data._utils.pin_memory import pin_memory
-from imageclf import batch_augment
+from imageclf import batch_augment, cache
 config, size, device = yaml.safe_load(open(sys.argv[1])), int(sys.argv[2]), torch.device(sys.argv[3])
-side = math.ceil(1.15 * size)
+side = cache.batch_input_size(config["augment"], size, config["train"]["cache_margin"])
 augmenter = batch_augment.BatchAugment(config["augment"], size)
 images = torch.randint(0, 256, (64, 3, side, side), dtype=torch.uint8)
-batch, _, drawn = augmenter.collate([(image, 0, seed) for seed, image in enumerate(images)])
-if device.type == "cuda":
-    batch, _, drawn = pin_memory((batch, _, drawn))
+collated = augmenter.collate([(image, 0, seed) for seed, image in enumerate(images)])
+batch, _, drawn = pin_memory(collated) if device.type == "cuda" else collated  # pinned, as the loader does
 batch = batch.to(device, non_blocking=True)
 augmenter.apply(batch, drawn)  # set-up (allocator, kernels) may synchronize once
 if device.type == "cuda":
