@@ -33,7 +33,7 @@ def test_rounds_interleave_columns_and_ratios_pair_each_round():
 def test_tiny_benchmark_writes_every_column(tmp_path):
     out = tmp_path / "bench"
     bench.main(["--sizes", "demo", "--batch-size", "4", "--steps", "1", "--warmup", "1", "--rounds", "2",
-                "--workers", "0", "--threads", "1", "--no-dry-run", "--out-dir", str(out)])
+                "--workers", "0", "--threads", "1", "--precisions", "bf16", "--no-dry-run", "--out-dir", str(out)])
     row = pd.read_csv(out / "throughput.csv").iloc[0]
     columns = ["a_model_img_s", "b_reference_path_img_s", "c_our_path_img_s", "d_device_aug_path_img_s",
                "aug_reference_img_s_per_core", "aug_ours_img_s_per_core", "aug_batched_on_device_img_s",
@@ -44,3 +44,6 @@ def test_tiny_benchmark_writes_every_column(tmp_path):
         assert row[f"{name}_spread"] >= 0, name
     assert row["arch"] == "resnet18" and row["image_size"] == 32  # the demo overlay's model and size
     assert 0 < row["c_over_a"] and 0 < row["d_over_a"]
+    # bf16's end-to-end speed-up over fp32 comes from the same rounds, against an fp32 run of (c)
+    assert row["precision"] == "bf16" and np.isfinite(row["c_fp32_img_s"]) and row["c_fp32_img_s"] > 0
+    assert row["c_over_fp32_c"] > 0 and row["c_fp32_img_s_spread"] >= 0

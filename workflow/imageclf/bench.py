@@ -7,10 +7,11 @@ For each configured size it measures, on whatever device is present:
   (c) this workflow's data path feeding the model: decoded-image cache, same ops, same loader,
   (d) the same with `train.augment_on: device`: workers read cached squares, the chain runs
       batched on the training device,
-and the ratios (c)/(a), (c)/(b) and (d)/(a); plus augmentation-only images/s on one core (both
-loader paths) and batched on the device, inference images/s, and the wall time of an up-to-date
-`snakemake -n`. (a)-(d) are measured --rounds times, interleaved; the table gives their medians,
-their spreads and the median of the per-round ratios.
+and the ratios (c)/(a), (c)/(b) and (d)/(a); with bf16 or fp16, also (c) with an fp32 model and
+the end-to-end speed-up over it; plus augmentation-only images/s on one core (both loader paths)
+and batched on the device, inference images/s, and the wall time of an up-to-date `snakemake -n`.
+(a)-(d) are measured --rounds times, interleaved; the table gives their medians, their spreads
+and the median of the per-round ratios.
 
 Not a test: numbers vary with the machine and its load. Run: python -m imageclf bench --help
 """
@@ -197,6 +198,13 @@ def bench_size(cfg, paths, workdir: Path, batch_size, steps, warmup, workers, th
     ratios = {"c_over_a": ("c_our_path_img_s", "a_model_img_s"),
               "c_over_b": ("c_our_path_img_s", "b_reference_path_img_s"),
               "d_over_a": ("d_device_aug_path_img_s", "a_model_img_s")}
+    if precision != "fp32":
+        # The speed-up over fp32 end to end: (c) once more with an fp32 model (its own layout), in
+        # the same rounds, so each round's ratio compares two runs a minute apart on this machine.
+        fp32_layout = engine.resolve_channels_last(tcfg["channels_last"], "fp32", device)
+        _, fp32_step = model_and_step(cfg, device, "fp32", fp32_layout)
+        columns["c_fp32_img_s"] = lambda: timed_steps(loader_for(ours), fp32_step, warmup)
+        ratios["c_over_fp32_c"] = ("c_our_path_img_s", "c_fp32_img_s")
     row.update(measure_rounds(columns, ratios, rounds, threads))
 
     count = min(len(frame), 200)
@@ -277,11 +285,6 @@ def main(argv=None) -> None:
                 rows.append(bench_size(cfg, paths, tmp, batch, args.steps, args.warmup, workers, args.threads,
                                        args.rounds))
     table = pd.DataFrame(rows)
-    fp32 = table[table["precision"] == "fp32"].set_index("image_size")["c_our_path_img_s"]
-    table["c_over_fp32_c"] = [
-        row.c_our_path_img_s / fp32[row.image_size] if row.image_size in fp32.index else np.nan
-        for row in table.itertuples()
-    ]
     out = Path(args.out_dir)
     write_csv(out / "throughput.csv", table)
     pd.set_option("display.width", 200)
