@@ -100,6 +100,7 @@ def test_bad_data_is_named_before_training(dataset, tmp_path, breakage, culprit)
         index.run(dataset, out)
     assert str(bad) in str(error.value)
     assert culprit in str(error.value)
+    assert str(error.value).count(culprit) == 1  # said once, not once per image of a folder
     assert not out.exists()  # nothing half-written
 
 

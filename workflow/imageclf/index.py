@@ -154,9 +154,12 @@ def build_index(root: str | Path, threads: int = 1) -> dict[str, pd.DataFrame]:
     raise_problems(problems, f"data set {root} is not in the expected layout")
 
     classes = sort_class_names({label for _, label in pairs["train"]})
+    unknown: dict[Path, list[str]] = {}  # one line per class folder, not one per image in it
     for path, label in pairs["val"]:
         if label not in classes:
-            problems.append(f"{path.parent}: class '{label}' is in val but not in train")
+            unknown.setdefault(path.parent, []).append(label)
+    for folder, labels in unknown.items():
+        problems.append(f"{folder}: class '{labels[0]}' is in val but not in train ({len(labels)} image(s))")
     stems: dict[str, Path] = {}
     for path, _ in pairs["test"]:
         if path.stem in stems:
