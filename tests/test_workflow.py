@@ -21,9 +21,10 @@ def finished(tmp_path_factory):
     """One complete run of `snakemake all` (submission, ablation table, plots) on tiny data,
     two seeds per variant."""
     base = tmp_path_factory.mktemp("workflow")
-    make_dataset(base / "data")
-    configfile = write_overlay(base / "tiny.yaml", tiny_overlay(base / "data", seeds=[0, 1]))
-    workdir = base / "work"
+    # spaces in the data set's path and in the working directory, as in many users' home folders
+    make_dataset(base / "my data")
+    configfile = write_overlay(base / "tiny.yaml", tiny_overlay(base / "my data", seeds=[0, 1]))
+    workdir = base / "work dir"
     result = snakemake(workdir, configfile, "all")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return workdir, configfile, base
@@ -115,8 +116,8 @@ def test_changing_one_variant_reruns_only_that_variant(finished):
 
 def test_changing_the_data_reruns_from_the_index(finished):
     workdir, configfile, base = finished
-    extra = base / "data" / "train" / "3" / "extra.png"
-    source = next((base / "data" / "train" / "3").glob("*.jpg"))
+    extra = base / "my data" / "train" / "3" / "extra.png"
+    source = next((base / "my data" / "train" / "3").glob("*.jpg"))
     extra.write_bytes(source.read_bytes())
     try:
         result = snakemake(workdir, configfile, "all", "-n")
@@ -199,7 +200,7 @@ def test_bad_image_stops_the_index_and_keeps_finished_results(finished):
     kept = {path: path.read_bytes() for path in [
         workdir / "results/submission.csv", workdir / "results/train/full/seed0/model.pt",
         workdir / "results/ablation/table.csv"]}
-    broken = base / "data" / "train" / "4" / "broken.jpg"
+    broken = base / "my data" / "train" / "4" / "broken.jpg"
     broken.write_bytes(b"\xff\xd8\xff\xe0 not a jpeg at all")
     try:
         result = snakemake(workdir, configfile, "all")

@@ -1,5 +1,6 @@
 import json
 import os
+import shlex
 import sys
 from pathlib import Path
 
@@ -74,6 +75,13 @@ def stage_resources(stage):
 def test_labels_input(wildcards=None):
     labels = CFG["data"]["test_labels"]
     return [labels] if labels else []
+
+
+def test_labels_flag(wildcards, input):
+    """A params function: --test-labels PATH, quoted (a user's path may hold spaces), or nothing."""
+    if not input.test_labels:
+        return ""
+    return f"--test-labels {shlex.quote(str(input.test_labels))}"
 
 
 def data_files(wildcards):

@@ -11,4 +11,4 @@ rule demo_data:
     params:
         root=output_dir("labels"),
     shell:
-        "python -m imageclf demo --out-dir {params.root} > {log} 2>&1"
+        "python -m imageclf demo --out-dir {params.root:q} > {log} 2>&1"

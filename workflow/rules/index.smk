@@ -32,11 +32,9 @@ rule index:
         runtime=stage_resources("index")["runtime"],
     params:
         root=CFG["data"]["root"],
-        test_labels=lambda wildcards, input: (
-            f"--test-labels {input.test_labels}" if input.test_labels else ""
-        ),
+        test_labels=test_labels_flag,
         on_leak=CFG["data"]["on_leak"],
         out_dir=output_dir("classes"),
     shell:
-        "python -m imageclf index --root {params.root} --out-dir {params.out_dir} "
+        "python -m imageclf index --root {params.root:q} --out-dir {params.out_dir} "
         "{params.test_labels} --on-leak {params.on_leak} --threads {threads} > {log} 2>&1"

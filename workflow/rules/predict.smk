@@ -25,9 +25,7 @@ rule predict:
         index_dir=input_dir("classes"),
         batch_size=CFG["predict"]["batch_size"],
         caches=cache_flags(["val", "test"]),
-        test_labels=lambda wildcards, input: (
-            f"--test-labels {input.test_labels}" if input.test_labels else ""
-        ),
+        test_labels=test_labels_flag,
     shell:
         "python -m imageclf predict --run-config {input.config} --model {input.model} "
         "--index-dir {params.index_dir} --out-val {output.val} --out-test {output.test} "
