@@ -114,3 +114,15 @@ def test_missing_weights_file_fails_at_config_time(tmp_path):
         C.effective_config(cfg)
     (tmp_path / "missing.pth").write_bytes(b"")
     C.effective_config(cfg)
+
+
+def test_home_folder_in_paths_is_expanded(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "weights.pth").write_bytes(b"")
+    cfg = user_config(root="~/course")
+    cfg["data"]["test_labels"] = "~/course/test_labels.csv"
+    cfg["model"]["weights"] = "~/weights.pth"  # checked for existence at config time: found
+    out = C.effective_config(cfg)
+    assert out["data"]["root"] == str(tmp_path / "course")
+    assert out["data"]["test_labels"] == str(tmp_path / "course" / "test_labels.csv")
+    assert C.effective_config(user_config())["data"]["test_labels"] is None  # no labels stays no labels

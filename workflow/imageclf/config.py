@@ -6,6 +6,7 @@ import copy
 import functools
 import hashlib
 import json
+import os
 from pathlib import Path
 
 import jsonschema
@@ -76,6 +77,10 @@ def is_demo(config: dict) -> bool:
 def effective_config(config: dict) -> dict:
     """Validate the user's config and apply the demo overlay when data.root is the demo."""
     validate(config)
+    # `~/course_data` as a shell would read it (Snakemake hands config values over as they are)
+    data = config["data"]
+    config = {**config, "data": {**data, "root": os.path.expanduser(data["root"]),
+                                 "test_labels": data["test_labels"] and os.path.expanduser(data["test_labels"])}}
     if is_demo(config):
         config = deep_merge(config, config["demo"].get("overlay") or {})
         validate(config, where="config after the demo overlay")
@@ -108,7 +113,7 @@ def looks_like_path(weights: str) -> bool:
 
 def check_weights_file(weights: str, variant: str) -> None:
     """A weights file that is not there fails now, not after the index and the other runs."""
-    if looks_like_path(weights) and not Path(weights).is_file():
+    if looks_like_path(weights) and not Path(weights).expanduser().is_file():
         raise ConfigError(
             f"model.weights (variant '{variant}'): file '{weights}' does not exist; give a path to a "
             "state dict, a torchvision weights name such as IMAGENET1K_V2, or none"

@@ -40,7 +40,7 @@ def build_head(in_features: int, num_classes: int, head: str, hidden: int, dropo
 
 def load_checkpoint_file(path: str | Path) -> dict:
     """torch.load with weights_only=True: a pickle that would run code is refused."""
-    path = Path(path)
+    path = Path(path).expanduser()
     if not path.is_file():
         raise WeightsError(f"{path}: file does not exist")
     try:
