@@ -78,7 +78,10 @@ def test_labels_input(wildcards=None):
 
 
 def test_labels_flag(wildcards, input):
-    """A params function: --test-labels PATH, quoted (a user's path may hold spaces), or nothing."""
+    """A params function: --test-labels PATH, quoted (a user's path may hold spaces), or nothing.
+    Paths go into commands quoted by params, never by {x:q} in the command: Snakemake reruns a job
+    whose command text changed, and everything after it, while a path without spaces quotes to
+    itself."""
     if not input.test_labels:
         return ""
     return f"--test-labels {shlex.quote(str(input.test_labels))}"

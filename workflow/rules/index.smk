@@ -31,10 +31,11 @@ rule index:
         mem_mb=stage_resources("index")["mem_mb"],
         runtime=stage_resources("index")["runtime"],
     params:
-        root=CFG["data"]["root"],
+        # quoted here rather than with {params.root:q}: a changed command would rerun every finished stage
+        root=shlex.quote(CFG["data"]["root"]),
         test_labels=test_labels_flag,
         on_leak=CFG["data"]["on_leak"],
         out_dir=output_dir("classes"),
     shell:
-        "python -m imageclf index --root {params.root:q} --out-dir {params.out_dir} "
+        "python -m imageclf index --root {params.root} --out-dir {params.out_dir} "
         "{params.test_labels} --on-leak {params.on_leak} --threads {threads} > {log} 2>&1"
