@@ -77,11 +77,13 @@ def test_labels_input(wildcards=None):
     return [labels] if labels else []
 
 
+# Paths go into shell commands quoted by the params that hold them (a user's data folder may hold
+# spaces), never by {x:q} in the command: Snakemake reruns a job whose command text changed, and
+# everything after it, while a path without spaces quotes to itself.
+
+
 def test_labels_flag(wildcards, input):
-    """A params function: --test-labels PATH, quoted (a user's path may hold spaces), or nothing.
-    Paths go into commands quoted by params, never by {x:q} in the command: Snakemake reruns a job
-    whose command text changed, and everything after it, while a path without spaces quotes to
-    itself."""
+    """A params function: --test-labels PATH, quoted, or nothing."""
     if not input.test_labels:
         return ""
     return f"--test-labels {shlex.quote(str(input.test_labels))}"
@@ -138,12 +140,13 @@ def cache_flags(splits):
 
 
 def input_dir(name):
-    """A params function: the folder of input `name` (derived, so never hard-coded twice)."""
-    return lambda wildcards, input: os.path.dirname(input[name])
+    """A params function: the folder of input `name` (derived, so never hard-coded twice), quoted."""
+    return lambda wildcards, input: shlex.quote(os.path.dirname(input[name]))
 
 
 def output_dir(name):
-    return lambda wildcards, output: os.path.dirname(output[name])
+    """A params function: the folder of output `name`, quoted."""
+    return lambda wildcards, output: shlex.quote(os.path.dirname(output[name]))
 
 
 def run_paths(pattern, variants=None, seeds=None):

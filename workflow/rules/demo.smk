@@ -9,6 +9,6 @@ rule demo_data:
     conda:
         CONDA_ENV
     params:
-        root=lambda wildcards, output: shlex.quote(os.path.dirname(output.labels)),
+        root=output_dir("labels"),
     shell:
         "python -m imageclf demo --out-dir {params.root} > {log} 2>&1"

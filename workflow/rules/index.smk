@@ -31,7 +31,6 @@ rule index:
         mem_mb=stage_resources("index")["mem_mb"],
         runtime=stage_resources("index")["runtime"],
     params:
-        # quoted here rather than with {params.root:q}: a changed command would rerun every finished stage
         root=shlex.quote(CFG["data"]["root"]),
         test_labels=test_labels_flag,
         on_leak=CFG["data"]["on_leak"],
