@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 from pathlib import Path
 
@@ -11,39 +10,33 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import classification_report
 
-from . import stats
-from .io_utils import setup_logging, write_csv, write_text
+from . import stats, tables
+from .io_utils import write_text
+from .logs import add_log_argument, setup_logging
 
 log = logging.getLogger("imageclf.ablation")
 
 
-def read_predictions(path) -> pd.DataFrame:
-    return pd.read_csv(path, dtype={"image_name": str, "label": str, "pred_label": str}, keep_default_na=False)
-
-
-def load_runs(results_dir, variants, seeds) -> tuple[pd.DataFrame, dict]:
-    """One row per (variant, seed) and the prediction tables, read from results/ alone."""
-    results_dir = Path(results_dir)
+def load_runs(runs: list[dict]) -> tuple[pd.DataFrame, dict]:
+    """runs: one dict per (variant, seed) with the paths of its run.json ("run"), selection.json
+    ("selection") and predictions ("val", "test"). One row per run, and the prediction tables."""
     rows, predictions = [], {}
-    for variant in variants:
-        for seed in seeds:
-            run_dir = results_dir / "train" / variant / f"seed{seed}"
-            run = json.loads((run_dir / "run.json").read_text())
-            selection = json.loads((run_dir / "selection.json").read_text())
-            pred_dir = results_dir / "predict" / variant / f"seed{seed}"
-            preds = {split: read_predictions(pred_dir / f"{split}.csv") for split in ("val", "test")}
-            predictions[variant, seed] = preds
-            test_known = preds["test"]["label"] != ""
-            rows.append({
-                "variant": variant, "seed": seed, "parameters": run["parameters"],
-                "selected_epoch": selection["epoch"], "select_metric": selection["metric"],
-                "val_acc": float((preds["val"]["label"] == preds["val"]["pred_label"]).mean()),
-                "val_loss": selection["val_loss"],
-                "test_acc": float((preds["test"]["label"] == preds["test"]["pred_label"])[test_known].mean())
-                if test_known.all() and len(test_known) else np.nan,
-                "train_minutes": run["train_minutes"], "config_hash": run["config_hash"],
-                "index_hash": run["index_hash"],
-            })
+    for paths in runs:
+        variant, seed = paths["variant"], int(paths["seed"])
+        run, selection = tables.read_run(paths["run"]), tables.read_selection(paths["selection"])
+        preds = {split: tables.read_predictions(paths[split]) for split in ("val", "test")}
+        predictions[variant, seed] = preds
+        test_known = preds["test"]["label"] != ""
+        rows.append({
+            "variant": variant, "seed": seed, "parameters": run["parameters"],
+            "selected_epoch": selection["epoch"], "select_metric": selection["metric"],
+            "val_acc": float((preds["val"]["label"] == preds["val"]["pred_label"]).mean()),
+            "val_loss": selection["val_loss"],
+            "test_acc": float((preds["test"]["label"] == preds["test"]["pred_label"])[test_known].mean())
+            if test_known.all() and len(test_known) else np.nan,
+            "train_minutes": run["train_minutes"], "config_hash": run["config_hash"],
+            "index_hash": run["index_hash"],
+        })
     return pd.DataFrame(rows), predictions
 
 
@@ -55,7 +48,7 @@ def correctness(predictions, variant, seeds, split) -> np.ndarray:
     ]).astype(float)
 
 
-def summarize(runs: pd.DataFrame, predictions, reference: str, seeds, samples: int = 10_000) -> pd.DataFrame:
+def summarize(runs: pd.DataFrame, predictions, reference: str, seeds, samples: int) -> pd.DataFrame:
     splits = ["val"] + (["test"] if runs["test_acc"].notna().all() else [])
     rows = []
     for variant, group in runs.groupby("variant", sort=False):
@@ -133,32 +126,45 @@ def class_reports(predictions, variants, seeds, classes, out_dir) -> None:
             for name, values in report.items():
                 if isinstance(values, dict):
                     rows.append({"split": split, "class": name, **values})
-        write_csv(Path(out_dir) / f"classification_report_{variant}.csv", pd.DataFrame(rows))
+        tables.write_table(Path(out_dir) / f"classification_report_{variant}.csv", pd.DataFrame(rows))
 
 
-def run(results_dir, variants, seeds, reference, classes_csv, out_dir, samples=10_000) -> pd.DataFrame:
-    runs, predictions = load_runs(results_dir, variants, seeds)
-    table = summarize(runs, predictions, reference, seeds, samples)
+def run(runs: list[dict], reference, classes_csv, out_dir, samples: int) -> pd.DataFrame:
+    """runs: see load_runs. Writes runs.csv, table.csv, table.md and a classification report per
+    variant into out_dir."""
+    runs_frame, predictions = load_runs(runs)
+    variants = list(dict.fromkeys(r["variant"] for r in runs))
+    seeds = list(dict.fromkeys(int(r["seed"]) for r in runs))
+    table = summarize(runs_frame, predictions, reference, seeds, samples)
     out_dir = Path(out_dir)
-    write_csv(out_dir / "runs.csv", runs)
-    write_csv(out_dir / "table.csv", table)
+    tables.write_table(out_dir / "runs.csv", runs_frame)
+    tables.write_table(out_dir / "table.csv", table)
     write_text(out_dir / "table.md", markdown(table, reference))
-    classes = pd.read_csv(classes_csv, dtype={"name": str}).sort_values("index")["name"].tolist()
-    class_reports(predictions, variants, seeds, classes, out_dir)
+    class_reports(predictions, variants, seeds, tables.read_classes(classes_csv), out_dir)
     log.info("ablation table:\n%s", markdown(table, reference))
     return table
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--results-dir", required=True)
-    parser.add_argument("--variants", nargs="+", required=True)
-    parser.add_argument("--seeds", nargs="+", type=int, required=True)
+    parser = argparse.ArgumentParser(prog="imageclf ablation", description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", nargs="+", required=True, metavar="VARIANT:SEED",
+                        help="the runs; the path lists below follow this order")
+    for name, what in (("run-records", "run.json"), ("selections", "selection.json"),
+                       ("val-predictions", "val predictions"), ("test-predictions", "test predictions")):
+        parser.add_argument(f"--{name}", nargs="+", required=True, help=f"{what} of each run")
     parser.add_argument("--reference", required=True)
     parser.add_argument("--classes", required=True, help="classes.csv of the index")
     parser.add_argument("--out-dir", required=True)
-    parser.add_argument("--bootstrap-samples", type=int, default=10_000)
+    parser.add_argument("--bootstrap-samples", type=int, required=True)
+    add_log_argument(parser)
     args = parser.parse_args(argv)
-    setup_logging()
-    run(args.results_dir, args.variants, args.seeds, args.reference, args.classes, args.out_dir,
-        args.bootstrap_samples)
+    setup_logging(args.log)
+    lists = (args.run_records, args.selections, args.val_predictions, args.test_predictions)
+    if any(len(paths) != len(args.runs) for paths in lists):
+        parser.error("give one path per run in each list")
+    runs = []
+    for spec, run, selection, val, test in zip(args.runs, *lists):
+        variant, seed = spec.rsplit(":", 1)
+        runs.append({"variant": variant, "seed": int(seed), "run": run, "selection": selection,
+                     "val": val, "test": test})
+    run(runs, args.reference, args.classes, args.out_dir, args.bootstrap_samples)

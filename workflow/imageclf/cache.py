@@ -27,9 +27,12 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from . import tables
 from .config import PRE_RESIZE_OP_KEYS, op_enabled
-from .index import DataError
-from .io_utils import atomic_path, file_sha256, setup_logging, write_csv
+from .errors import DataError
+from .images import open_image
+from .io_utils import atomic_path, file_sha256
+from .logs import add_log_argument, setup_logging
 
 log = logging.getLogger("imageclf.cache")
 
@@ -73,9 +76,7 @@ def resize_for_cache(image: Image.Image, mode: str, image_size: int) -> np.ndarr
 
 def build_cache(index_csv, pixels_out, meta_out, mode: str, image_size: int, threads: int = 1) -> pd.DataFrame:
     """Two passes: shapes from the index's width/height, then the pixels into one memory map."""
-    from .data import load_rgb
-
-    frame = pd.read_csv(index_csv, dtype={"label": str, "image_name": str}, keep_default_na=False)
+    frame = tables.read_index(index_csv)
     shapes = [cached_size(w, h, mode, image_size) for w, h in zip(frame["width"], frame["height"])]
     sizes = np.array([h * w * 3 for h, w in shapes], dtype=np.int64)
     offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
@@ -86,7 +87,7 @@ def build_cache(index_csv, pixels_out, meta_out, mode: str, image_size: int, thr
         pixels = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(max(total, 1),))
 
         def fill(out, i):
-            array = resize_for_cache(load_rgb(frame["path"].iloc[i]), mode, image_size)
+            array = resize_for_cache(open_image(frame["path"].iloc[i]), mode, image_size)
             if array.shape != (*shapes[i], 3):
                 raise DataError(f"{frame['path'].iloc[i]}: size differs from the index; re-run the index")
             out[offsets[i] : offsets[i] + sizes[i]] = array.reshape(-1)
@@ -99,7 +100,7 @@ def build_cache(index_csv, pixels_out, meta_out, mode: str, image_size: int, thr
         "path": frame["path"], "offset": offsets, "height": [h for h, _ in shapes],
         "width": [w for _, w in shapes],
     }).assign(mode=mode, image_size=image_size, index_sha256=file_sha256(index_csv))
-    write_csv(meta_out, meta)
+    tables.write_cache_meta(meta_out, meta)
     return meta
 
 
@@ -108,8 +109,8 @@ class CachedImages:
 
     def __init__(self, pixels_path, meta_path, index_csv):
         self.pixels_path = str(pixels_path)
-        meta = pd.read_csv(meta_path)
-        index = pd.read_csv(index_csv, dtype=str, keep_default_na=False)
+        meta = tables.read_cache_meta(meta_path)
+        index = tables.read_index(index_csv)
         if len(meta) and meta["index_sha256"].iloc[0] != file_sha256(index_csv):
             raise DataError(f"{meta_path}: made from another version of {index_csv}; re-run the cache rule")
         if meta["path"].tolist() != index["path"].tolist():
@@ -135,21 +136,23 @@ class CachedImages:
         return Image.fromarray(self.array(i), "RGB")
 
 
-def open_cache(paths, index_dir, split: str) -> CachedImages | None:
-    """paths: (pixels.npy, meta.csv) of a split's cache, or None to decode from disk."""
+def open_cache(paths, index_csv) -> CachedImages | None:
+    """paths: (pixels.npy, meta.csv) of the cache of the split indexed in `index_csv`, or None to
+    decode from disk."""
     if not paths:
         return None
-    return CachedImages(paths[0], paths[1], Path(index_dir) / f"{split}.csv")
+    return CachedImages(paths[0], paths[1], index_csv)
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--index", required=True, help="results/index/<split>.csv")
+    parser = argparse.ArgumentParser(prog="imageclf cache", description=__doc__.splitlines()[0])
+    parser.add_argument("--index", required=True, help="the split's index CSV")
     parser.add_argument("--pixels-out", required=True)
     parser.add_argument("--meta-out", required=True)
     parser.add_argument("--mode", required=True, help="exact, m<margin> or s<margin>, e.g. m1.15")
     parser.add_argument("--image-size", type=int, required=True)
     parser.add_argument("--threads", type=int, default=1)
+    add_log_argument(parser)
     args = parser.parse_args(argv)
-    setup_logging()
+    setup_logging(args.log)
     build_cache(args.index, args.pixels_out, args.meta_out, args.mode, args.image_size, args.threads)

@@ -12,7 +12,9 @@ from pathlib import Path
 import jsonschema
 import yaml
 
-SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schemas" / "config.schema.yaml"
+from .errors import ConfigError
+
+SCHEMA_PATH = Path(__file__).resolve().parent / "schemas" / "config.schema.yaml"
 
 # The parts of the configuration that decide what a training run does (and nothing else),
 # so a change elsewhere (say, the submission choice) does not retrain anything.
@@ -31,10 +33,6 @@ def op_enabled(augment: dict, key: str) -> bool:
     return bool(augment.get(key, {}).get("enabled", False))
 
 
-class ConfigError(ValueError):
-    """A configuration value is missing, misspelt or of the wrong type."""
-
-
 def deep_merge(base: dict, overlay: dict) -> dict:
     """Return `base` with `overlay` merged in: nested dicts merge, everything else replaces."""
     merged = copy.deepcopy(base)
@@ -47,18 +45,45 @@ def deep_merge(base: dict, overlay: dict) -> dict:
 
 
 @functools.lru_cache(maxsize=1)
-def schema_validator() -> jsonschema.Draft202012Validator:
+def schema() -> dict:
     with open(SCHEMA_PATH) as handle:
-        return jsonschema.Draft202012Validator(yaml.safe_load(handle))
+        return yaml.safe_load(handle)
 
 
-def validate(config: dict, where: str = "config") -> None:
-    """Raise ConfigError naming the offending key (as a dotted path) and what is wrong."""
-    errors = sorted(schema_validator().iter_errors(config), key=lambda e: list(e.absolute_path))
+def without_required(node):
+    """The schema with every `required` list dropped: what an overlay (a variant, the demo's) is
+    checked against, since it names only the keys it changes."""
+    if isinstance(node, dict):
+        return {key: without_required(value) for key, value in node.items() if key != "required"}
+    if isinstance(node, list):
+        return [without_required(value) for value in node]
+    return node
+
+
+@functools.lru_cache(maxsize=2)
+def schema_validator(partial: bool = False) -> jsonschema.Draft202012Validator:
+    return jsonschema.Draft202012Validator(without_required(schema()) if partial else schema())
+
+
+def dotted(path, prefix: str = "") -> str:
+    return ".".join([prefix, *map(str, path)] if prefix else map(str, path))
+
+
+def validate(config: dict, where: str = "config", partial: bool = False, prefix: str = "") -> None:
+    """Raise ConfigError naming the offending key (as a dotted path) and what is wrong.
+
+    partial: an overlay, which may leave keys out. prefix: where the overlay sits (variants.no_mlp)."""
+    errors = sorted(schema_validator(partial).iter_errors(config), key=lambda e: list(e.absolute_path))
     if errors:
         lines = []
         for error in errors:
-            key = ".".join(str(part) for part in error.absolute_path) or "(top level)"
+            if error.validator == "required":
+                missing = [name for name in error.validator_value if name not in error.instance]
+                for name in missing:
+                    lines.append(f"  {dotted([*error.absolute_path, name], prefix)}: missing (a required key; "
+                                 "config.yaml in the repository has every key with its default)")
+                continue
+            key = dotted(error.absolute_path, prefix) or "(top level)"
             lines.append(f"  {key}: {error.message}")
         if any(error.validator == "type" and isinstance(error.instance, str) and len(error.absolute_path) > 1
                for error in errors):
@@ -75,17 +100,23 @@ def is_demo(config: dict) -> bool:
 
 
 def effective_config(config: dict) -> dict:
-    """Validate the user's config and apply the demo overlay when data.root is the demo."""
+    """Validate the user's config, apply the demo overlay when data.root is the demo, and check
+    what can be checked before any job runs (variants, weights, files named in the config)."""
     validate(config)
     # `~/course_data` as a shell would read it (Snakemake hands config values over as they are)
     data = config["data"]
     config = {**config, "data": {**data, "root": os.path.expanduser(data["root"]),
                                  "test_labels": data["test_labels"] and os.path.expanduser(data["test_labels"])}}
     if is_demo(config):
-        config = deep_merge(config, config["demo"].get("overlay") or {})
+        overlay = config["demo"].get("overlay") or {}
+        validate(overlay, partial=True, prefix="demo.overlay")
+        config = deep_merge(config, overlay)
         validate(config, where="config after the demo overlay")
     # `variants: {name: null}` in an overlay drops that variant (overlays can only add keys).
     config = {**config, "variants": {k: v for k, v in config["variants"].items() if v is not None}}
+    for name, overlay in config["variants"].items():
+        validate(overlay, where=f"variant '{name}'", partial=True, prefix=f"variants.{name}")
+    config = canonical_numbers(config, schema())
     if not config["variants"]:
         raise ConfigError("variants: every variant was removed; keep at least one")
     if config["submission"]["variant"] not in config["variants"]:
@@ -102,22 +133,111 @@ def effective_config(config: dict) -> dict:
             f"ablation.reference '{config['ablation']['reference']}' is not one of the "
             f"variants {sorted(config['variants'])}"
         )
+    labels = config["data"]["test_labels"]
+    if labels and not is_demo(config) and not Path(labels).is_file():  # the demo's is made by a rule
+        raise ConfigError(f"data.test_labels: file {described(labels)} does not exist")
+    checked = set()
     for variant in config["variants"]:
-        check_weights_file(run_config(config, variant, config["seeds"][0])["model"]["weights"], variant)
+        run = run_config(config, variant, config["seeds"][0])
+        if run["train"]["batch_size"] // run["train"]["devices"] < 2:
+            raise ConfigError(
+                f"train.batch_size (variant '{variant}'): {run['train']['batch_size']} images over "
+                f"{run['train']['devices']} devices leaves fewer than 2 per device; BatchNorm needs 2")
+        model = (run["model"]["arch"], run["model"]["weights"])
+        if model not in checked:
+            checked.add(model)
+            check_weights(*model, variant)
     return config
+
+
+def described(path) -> str:
+    """A path as the user wrote it, with the folder a relative one was resolved against."""
+    return f"'{path}'" if Path(path).is_absolute() else f"'{path}' (relative to {Path.cwd()})"
+
+
+def canonical_numbers(value, node: dict):
+    """`value` with every integer that the schema types as a number written as a float.
+
+    So `mixup_alpha: 0` and `mixup_alpha: 0.0` give the same run config, the same params of its
+    run_config job and the same config hash: an edit that keeps the meaning retrains nothing."""
+    while isinstance(node, dict) and "$ref" in node:
+        node = resolve(node["$ref"])
+    if not isinstance(node, dict):
+        return value
+    if isinstance(value, dict):
+        properties, extra = node.get("properties", {}), node.get("additionalProperties")
+        return {key: canonical_numbers(item, properties.get(key, extra if isinstance(extra, dict) else {}))
+                for key, item in value.items()}
+    if isinstance(value, list):
+        items = node.get("items", {})
+        return [canonical_numbers(item, items) for item in value]
+    if isinstance(value, int) and not isinstance(value, bool) and is_number_type(node):
+        return float(value)
+    return value
+
+
+def is_number_type(node: dict) -> bool:
+    types = node.get("type")
+    types = [types] if isinstance(types, str) else (types or [])
+    if "number" in types:
+        return True
+    return any(is_number_type(resolve(sub["$ref"]) if "$ref" in sub else sub)
+               for sub in node.get("oneOf", []) + node.get("anyOf", []))
+
+
+def resolve(ref: str) -> dict:
+    node = schema()
+    for part in ref.lstrip("#/").split("/"):
+        node = node[part]
+    return node
 
 
 def looks_like_path(weights: str) -> bool:
     return weights.endswith((".pth", ".pt")) or "/" in weights
 
 
-def check_weights_file(weights: str, variant: str) -> None:
-    """A weights file that is not there fails now, not after the index and the other runs."""
-    if looks_like_path(weights) and not Path(weights).expanduser().is_file():
-        raise ConfigError(
-            f"model.weights (variant '{variant}'): file '{weights}' does not exist; give a path to a "
-            "state dict, a torchvision weights name such as IMAGENET1K_V2, or none"
-        )
+def check_weights(arch: str, weights: str, variant: str) -> None:
+    """Fail now, not after the index and other runs, on weights that cannot be had:
+    a file that is not there, a name the architecture lacks, a download this machine cannot make."""
+    if weights.lower() == "none":
+        return
+    if looks_like_path(weights):
+        if not Path(weights).expanduser().is_file():
+            raise ConfigError(
+                f"model.weights (variant '{variant}'): file {described(weights)} does not exist; give a path "
+                "to a state dict, a torchvision weights name such as IMAGENET1K_V2, or none")
+        return
+    import torch
+    import torchvision
+
+    enum = torchvision.models.get_model_weights(arch)
+    names = [w.name for w in enum] + ["DEFAULT"]
+    if weights not in names:
+        raise ConfigError(f"model.weights (variant '{variant}'): {arch} has no weights '{weights}'; "
+                          f"its weights are {names}, or give a .pth file, or none")
+    url = enum[weights].url
+    folder = Path(torch.hub.get_dir()) / "checkpoints"
+    filename = os.path.basename(url)
+    if (folder / filename).is_file() or can_reach(url):
+        return
+    raise ConfigError(
+        f"model.weights (variant '{variant}'): {arch} weights {weights} are not downloaded yet "
+        f"({folder / filename} is absent) and {url} cannot be reached from this machine. Download "
+        f"{filename} where there is internet and put it in {folder}/ (or set TORCH_HOME), or give a "
+        "local .pth file, or none")
+
+
+def can_reach(url: str, timeout: float = 3.0) -> bool:
+    """Whether a TCP connection to the URL's host opens (no data is fetched)."""
+    import socket
+    from urllib.parse import urlparse
+
+    parsed = urlparse(url)
+    try:
+        with socket.create_connection((parsed.hostname, parsed.port or 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
 
 
 def run_config(config: dict, variant: str, seed: int) -> dict:
@@ -126,6 +246,7 @@ def run_config(config: dict, variant: str, seed: int) -> dict:
         raise ConfigError(f"unknown variant '{variant}'; known: {sorted(config['variants'])}")
     merged = variant_sections(config, variant)
     validate(deep_merge(config, merged), where=f"config of variant '{variant}'")
+    merged = canonical_numbers(merged, schema())
     for section, keys in EXECUTION_ONLY.items():
         merged[section] = {key: value for key, value in merged[section].items() if key not in keys}
     return {"variant": variant, "seed": int(seed), **merged}
@@ -155,3 +276,9 @@ def load_run_config(path: str | Path) -> dict:
             return json.load(handle)
     except (OSError, json.JSONDecodeError) as error:
         raise ConfigError(f"cannot read run config {path}: {error}") from error
+
+
+def write_run_config(path: str | Path, run: dict) -> None:
+    from .io_utils import write_json
+
+    write_json(path, run)

@@ -8,36 +8,14 @@ number of training processes, and a resumed run sees exactly the data an uninter
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import pandas as pd
 import torch
-from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from .index import DataError
+from .images import open_image
 
 UNLABELLED = -1
-
-
-def read_index(index_dir: str | Path, split: str) -> pd.DataFrame:
-    path = Path(index_dir) / f"{split}.csv"
-    if not path.is_file():
-        raise DataError(f"{path}: index file missing; run the index stage first")
-    return pd.read_csv(path, dtype={"label": str, "image_name": str}, keep_default_na=False)
-
-
-def read_classes(index_dir: str | Path) -> list[str]:
-    frame = pd.read_csv(Path(index_dir) / "classes.csv", dtype={"name": str})
-    return frame.sort_values("index")["name"].tolist()
-
-
-def load_rgb(path: str) -> Image.Image:
-    try:
-        with Image.open(path) as image:
-            return image.convert("RGB")
-    except OSError as error:
-        raise DataError(f"{path}: cannot read image during training ({error})") from error
 
 
 class ImageDataset(Dataset):
@@ -68,7 +46,7 @@ class ImageDataset(Dataset):
         if self.square_size and self.cache is not None and self.cache.shapes[index] == (self.square_size,) * 2:
             tensor = torch.from_numpy(self.cache.array(index)).permute(2, 0, 1)  # what the transform would make
         else:
-            image = self.cache.image(index) if self.cache is not None else load_rgb(self.paths[index])
+            image = self.cache.image(index) if self.cache is not None else open_image(self.paths[index])
             if self.pass_seed or seed is None:
                 tensor = self.transform(image)
             else:

@@ -14,7 +14,8 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from .io_utils import setup_logging, write_csv
+from . import tables
+from .logs import add_log_argument, setup_logging
 
 log = logging.getLogger("imageclf.demo")
 
@@ -65,17 +66,18 @@ def make_demo(out_dir, size=32, val_per_class=10, test_fraction=0.2, seed=0) -> 
         path.parent.mkdir(parents=True, exist_ok=True)
         image.save(path)
     labels_frame = pd.DataFrame(test_rows).sort_values("image_name")
-    write_csv(out_dir / "test_labels.csv", labels_frame)
+    tables.write_table(out_dir / "test_labels.csv", labels_frame)
     counts = pd.Series(split).value_counts().to_dict()
     log.info("demo data set in %s: %s images of %d px, 10 classes", out_dir, counts, size)
     return labels_frame
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="imageclf demo", description=__doc__.splitlines()[0])
     parser.add_argument("--out-dir", required=True)
     parser.add_argument("--size", type=int, default=32)
     parser.add_argument("--seed", type=int, default=0)
+    add_log_argument(parser)
     args = parser.parse_args(argv)
-    setup_logging()
+    setup_logging(args.log)
     make_demo(args.out_dir, size=args.size, seed=args.seed)

@@ -49,6 +49,33 @@ def use_fastest_kernels(device: torch.device) -> None:
         torch.backends.cudnn.benchmark = True
 
 
+def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":
+        if not torch.cuda.is_available():
+            raise RuntimeError("train.device is 'cuda' but no CUDA device is visible")
+        return torch.device("cuda", local_rank)
+    return torch.device("cpu")
+
+
+def setup_device(train_cfg: dict, local_rank: int = 0, inference: bool = False):
+    """(device, precision, channels_last) from a run's `train` settings, for training, prediction
+    and the benchmarks alike. inference: a model trained in fp16 on a GPU still predicts on a CPU
+    (`auto` then picks what this device has)."""
+    device = resolve_device(train_cfg["device"], local_rank)
+    use_fastest_kernels(device)
+    requested = train_cfg["precision"]
+    if inference and requested == "fp16" and device.type != "cuda":
+        requested = "auto"
+    precision = resolve_precision(requested, device)
+    return device, precision, resolve_channels_last(train_cfg["channels_last"], precision, device)
+
+
+def memory_format(channels_last: bool):
+    return torch.channels_last if channels_last else torch.contiguous_format
+
+
 def autocast(device: torch.device, precision: str):
     if precision == "fp32":
         return contextlib.nullcontext()
@@ -57,8 +84,7 @@ def autocast(device: torch.device, precision: str):
 
 
 def to_device(images, device, channels_last: bool):
-    memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    return images.to(device, non_blocking=True, memory_format=memory_format)
+    return images.to(device, non_blocking=True, memory_format=memory_format(channels_last))
 
 
 def mixup_batch(images, targets, alpha: float, rng: np.random.Generator, generator: torch.Generator):

@@ -1,9 +1,16 @@
 """Index a folder-per-class data set: one CSV row per image, checked before any training.
 
 Layout: <root>/train/<label>/*, <root>/val/<label>/*, <root>/test/* (flat, unlabelled).
-The folder name is the label. Classes are ordered numerically when every name is an integer
-("2" before "10"), so class index and folder name never disagree the way ImageFolder's string
-sort makes them disagree.
+The folder name is the label, whatever it is (`None`, `NA`, `01`, `chat noir`).
+
+Two stages, so that a change to the test images never retrains anything:
+- `index` reads train/ and val/ and writes train.csv, val.csv and classes.csv (what training reads);
+- `index_test` reads test/ and writes test.csv, summary.csv and leaks.csv.
+
+Class order (class index 0, 1, ...): when every name is a run of digits, by their integer value
+("2" before "10"), names of the same value ("1" and "01") by their text; otherwise by the text,
+in Unicode code-point order ("B" before "a"). It depends on the names alone, never on the order
+in which the file system lists the folders.
 """
 
 from __future__ import annotations
@@ -15,79 +22,91 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pandas as pd
-from PIL import Image, UnidentifiedImageError
 
-from .io_utils import setup_logging, write_csv
+from . import tables
+from .errors import DataError
+from .images import DEFAULT_MAX_PIXELS, image_extensions, is_image_name, is_junk, open_image
+from .io_utils import file_sha256
+from .logs import add_log_argument, setup_logging
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png"}
+LABELLED = ("train", "val")
 SPLITS = ("train", "val", "test")
-INDEX_COLUMNS = ["path", "label", "image_name", "width", "height", "sha256"]
 MAX_LISTED_PROBLEMS = 25
+SNAKEMAKE_TIMESTAMP = ".snakemake_timestamp"
 
 log = logging.getLogger("imageclf.index")
 
-
-class DataError(ValueError):
-    """The data set on disk is not usable; the message names the files and the fix."""
+__all__ = ["DataError", "build_index", "build_test", "run", "run_test", "sort_class_names"]
 
 
 def sort_class_names(names) -> list[str]:
-    """Integers in numeric order, otherwise plain string order."""
-    names = list(names)
+    """The documented class order (module docstring)."""
+    names = sorted(set(names))
     if names and all(name.isdigit() for name in names):
-        return sorted(names, key=int)
-    return sorted(names)
+        return sorted(names, key=lambda name: (int(name), name))
+    return names
 
 
-def is_hidden(path: Path) -> bool:
-    return path.name.startswith(".")
+def inspect_image(path: Path, max_pixels: int | None) -> dict:
+    """Decode the whole image as the stages will (catches truncated files), hash its bytes."""
+    image = open_image(path, max_pixels)
+    return {"width": image.width, "height": image.height, "sha256": file_sha256(path)}
 
 
-def inspect_image(path: Path) -> dict:
-    """Decode the whole image (catches truncated files) and hash its bytes."""
-    data = path.read_bytes()
-    try:
-        with Image.open(path) as image:
-            image.load()
-            width, height = image.size
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
-        raise DataError(f"{path}: not a readable image ({error})") from error
-    return {"width": width, "height": height, "sha256": hashlib.sha256(data).hexdigest()}
+class Listing:
+    """Files found under one split, with what is wrong and what was skipped."""
+
+    def __init__(self):
+        self.pairs: list[tuple[Path, str]] = []  # every split's, in split order
+        self.by_split: dict[str, list[tuple[Path, str]]] = {}
+        self.problems: list[str] = []
+        self.skipped: list[Path] = []
+
+    def entries(self, folder: Path) -> list[Path]:
+        found = []
+        for path in sorted(folder.iterdir()):
+            if path.name == SNAKEMAKE_TIMESTAMP:  # Snakemake's own mark in a folder it made (the demo's)
+                continue
+            (self.skipped if is_junk(path.name) else found).append(path)
+        return found
+
+    def add_file(self, split: str, path: Path, label: str) -> None:
+        if is_image_name(path.name):
+            self.pairs.append((path, label))
+            self.by_split.setdefault(split, []).append((path, label))
+        else:
+            self.problems.append(f"{path}: not an image file (an extension Pillow reads, such as .jpg, "
+                                 ".png, .webp, .tif; hidden files, Thumbs.db and desktop.ini are skipped)")
 
 
-def list_split(root: Path, split: str, problems: list[str]) -> list[tuple[Path, str]]:
-    """(path, label) pairs of one split; label is '' for the flat test split."""
+def list_split(root: Path, split: str, listing: Listing) -> None:
+    """(path, label) pairs of one split into `listing`; label is '' for the flat test split."""
     split_dir = root / split
     if not split_dir.is_dir():
-        problems.append(f"{split_dir}: missing split folder (expected {root}/{split}/)")
-        return []
-    entries = sorted(p for p in split_dir.iterdir() if not is_hidden(p))
+        listing.problems.append(f"{split_dir}: missing split folder (expected {root}/{split}/)")
+        return
     if split == "test":
-        pairs = []
-        for path in entries:
+        for path in listing.entries(split_dir):
             if path.is_dir():
-                problems.append(f"{path}: test/ must be flat (image files only), found a folder")
-            elif path.suffix.lower() not in IMAGE_SUFFIXES:
-                problems.append(f"{path}: not an image file (expected {sorted(IMAGE_SUFFIXES)})")
+                listing.problems.append(f"{path}: test/ must be flat (image files only), found a folder")
             else:
-                pairs.append((path, ""))
-        return pairs
-    pairs = []
-    for class_dir in entries:
+                listing.add_file(split, path, "")
+        return
+    before = len(listing.pairs)
+    for class_dir in listing.entries(split_dir):
         if not class_dir.is_dir():
-            problems.append(f"{class_dir}: a file directly in {split}/; images belong in {split}/<label>/")
+            listing.problems.append(f"{class_dir}: a file directly in {split}/; images belong in {split}/<label>/")
             continue
-        files = sorted(p for p in class_dir.iterdir() if not is_hidden(p))
+        files = listing.entries(class_dir)
         if not files:
-            problems.append(f"{class_dir}: empty class folder")
+            listing.problems.append(f"{class_dir}: empty class folder")
         for path in files:
-            if path.is_dir() or path.suffix.lower() not in IMAGE_SUFFIXES:
-                problems.append(f"{path}: not an image file (expected {sorted(IMAGE_SUFFIXES)})")
+            if path.is_dir():
+                listing.problems.append(f"{path}: a folder inside a class folder; images belong in {split}/<label>/")
             else:
-                pairs.append((path, class_dir.name))
-    if not pairs and not any("empty class folder" in p for p in problems):
-        problems.append(f"{split_dir}: no class folders with images")
-    return pairs
+                listing.add_file(split, path, class_dir.name)
+    if len(listing.pairs) == before and not listing.problems:
+        listing.problems.append(f"{split_dir}: no class folders with images")
 
 
 def raise_problems(problems: list[str], what: str) -> None:
@@ -99,6 +118,89 @@ def raise_problems(problems: list[str], what: str) -> None:
     if more > 0:
         text += f"\n  ... and {more} more"
     raise DataError(f"{what} ({len(problems)} problem(s)):\n{text}")
+
+
+def report_skipped(skipped: list[Path]) -> None:
+    if skipped:
+        log.warning("skipped %d file(s) that are not data (hidden files, Thumbs.db, desktop.ini, ...), "
+                    "for example %s", len(skipped), skipped[0])
+
+
+def scan(root: Path, splits, what: str) -> Listing:
+    if not root.is_dir():
+        raise DataError(f"data.root: folder {root} does not exist (resolved against {Path.cwd()}; "
+                        "set data.root in your config)" if not root.is_absolute() else
+                        f"data.root: folder {root} does not exist (set data.root in your config)")
+    listing = Listing()
+    for split in splits:
+        list_split(root, split, listing)
+    raise_problems(listing.problems, f"{what} {root} is not in the expected layout")
+    report_skipped(listing.skipped)
+    return listing
+
+
+def inspect_all(pairs: list[tuple[Path, str]], root: Path, threads: int, max_pixels: int | None) -> dict:
+    log.info("checking %d images under %s with %d thread(s); formats read: %s", len(pairs), root, threads,
+             " ".join(sorted(image_extensions())))
+
+    def inspect(path):
+        try:
+            return inspect_image(path, max_pixels)
+        except DataError as error:
+            return error
+        except OSError as error:
+            return DataError(f"{path}: cannot read ({error})")
+
+    paths = [path for path, _ in pairs]
+    with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
+        results = dict(zip(paths, pool.map(inspect, paths)))
+    raise_problems([str(r) for r in results.values() if isinstance(r, DataError)],
+                   f"data set {root} has unreadable images")
+    return results
+
+
+def frame_of(pairs, results) -> pd.DataFrame:
+    rows = [{"path": str(path), "label": label, "image_name": path.stem, **results[path]} for path, label in pairs]
+    return pd.DataFrame(rows, columns=list(tables.INDEX))
+
+
+def build_index(root, threads: int = 1, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> dict[str, pd.DataFrame]:
+    """train and val: one DataFrame each, and the class names (the `index` stage)."""
+    root = Path(root)
+    listing = scan(root, LABELLED, "data set")
+    by_split = {split: listing.by_split.get(split, []) for split in LABELLED}
+    classes = sort_class_names(label for _, label in by_split["train"])
+    problems = []
+    if len(classes) < 2:
+        problems.append(f"{root / 'train'}: {len(classes)} class folder(s) ({classes}); "
+                        "a classifier needs at least two")
+    unknown: dict[Path, list[str]] = {}  # one line per class folder, not one per image in it
+    for path, label in by_split["val"]:
+        if label not in classes:
+            unknown.setdefault(path.parent, []).append(label)
+    for folder, labels in unknown.items():
+        problems.append(f"{folder}: class '{labels[0]}' is in val but not in train ({len(labels)} image(s))")
+    raise_problems(problems, f"data set {root} has inconsistent splits")
+    without_val = [name for name in classes if name not in {label for _, label in by_split["val"]}]
+    if without_val:
+        log.warning("%d train class(es) have no val images, so validation never checks them: %s",
+                    len(without_val), ", ".join(repr(name) for name in without_val[:10]))
+    results = inspect_all(listing.pairs, root, threads, max_pixels)
+    return {**{split: frame_of(by_split[split], results) for split in LABELLED}, "classes": classes}
+
+
+def build_test(root, threads: int = 1, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> pd.DataFrame:
+    """test: one row per image (the `index_test` stage)."""
+    root = Path(root)
+    listing = scan(root, ("test",), "test split of")
+    problems, stems = [], {}
+    for path, _ in listing.pairs:
+        if path.stem in stems:
+            problems.append(f"{path}: same image_name '{path.stem}' as {stems[path.stem]}; "
+                            "test image names (file name without extension) must be unique")
+        stems.setdefault(path.stem, path)
+    raise_problems(problems, f"data set {root} has inconsistent splits")
+    return frame_of(listing.pairs, inspect_all(listing.pairs, root, threads, max_pixels))
 
 
 def find_leaks(frames: dict[str, pd.DataFrame]) -> pd.DataFrame:
@@ -121,15 +223,20 @@ def find_leaks(frames: dict[str, pd.DataFrame]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["sha256", "split_a", "path_a", "split_b", "path_b"])
 
 
-def read_test_labels(path: str | Path, test: pd.DataFrame, classes: list[str]) -> pd.DataFrame:
+def check_leaks(leaks: pd.DataFrame, on_leak: str, where: str) -> None:
+    if not len(leaks):
+        log.info("no identical images across splits")
+        return
+    message = (f"{len(leaks)} image pair(s) with identical content across splits ({where}); first: "
+               f"{leaks.iloc[0]['path_a']} == {leaks.iloc[0]['path_b']}")
+    if on_leak == "error":
+        raise DataError(message + " (data.on_leak is 'error'; set it to 'warn' to continue)")
+    log.warning(message)
+
+
+def read_test_labels(path, test: pd.DataFrame, classes: list[str]) -> pd.DataFrame:
     """Load and check data.test_labels: every test image exactly once, every label a class."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"data.test_labels: file {path} does not exist")
-    labels = pd.read_csv(path, dtype=str)
-    missing_cols = {"image_name", "label"} - set(labels.columns)
-    if missing_cols:
-        raise DataError(f"{path}: missing column(s) {sorted(missing_cols)}; expected image_name,label")
+    labels = tables.read_test_labels_file(path)
     problems = []
     dupes = labels["image_name"][labels["image_name"].duplicated()].tolist()
     if dupes:
@@ -144,63 +251,10 @@ def read_test_labels(path: str | Path, test: pd.DataFrame, classes: list[str]) -
     return labels
 
 
-def build_index(root: str | Path, threads: int = 1) -> dict[str, pd.DataFrame]:
-    """Scan and check every image; return one DataFrame per split plus the class table."""
-    root = Path(root)
-    if not root.is_dir():
-        raise DataError(f"data.root: folder {root} does not exist (set data.root in config.yaml)")
-    problems: list[str] = []
-    pairs = {split: list_split(root, split, problems) for split in SPLITS}
-    raise_problems(problems, f"data set {root} is not in the expected layout")
-
-    classes = sort_class_names({label for _, label in pairs["train"]})
-    unknown: dict[Path, list[str]] = {}  # one line per class folder, not one per image in it
-    for path, label in pairs["val"]:
-        if label not in classes:
-            unknown.setdefault(path.parent, []).append(label)
-    for folder, labels in unknown.items():
-        problems.append(f"{folder}: class '{labels[0]}' is in val but not in train ({len(labels)} image(s))")
-    stems: dict[str, Path] = {}
-    for path, _ in pairs["test"]:
-        if path.stem in stems:
-            problems.append(
-                f"{path}: same image_name '{path.stem}' as {stems[path.stem]}; "
-                "test image names (file name without extension) must be unique"
-            )
-        stems.setdefault(path.stem, path)
-    raise_problems(problems, f"data set {root} has inconsistent splits")
-
-    all_paths = [path for split in SPLITS for path, _ in pairs[split]]
-    log.info("checking %d images under %s with %d thread(s)", len(all_paths), root, threads)
-
-    def inspect(path):
-        try:
-            return inspect_image(path)
-        except DataError as error:
-            return error
-        except OSError as error:
-            return DataError(f"{path}: cannot read ({error})")
-
-    with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
-        results = dict(zip(all_paths, pool.map(inspect, all_paths)))
-    problems = [str(r) for r in results.values() if isinstance(r, DataError)]
-    raise_problems(problems, f"data set {root} has unreadable images")
-
-    frames = {}
-    for split in SPLITS:
-        rows = [
-            {"path": str(path), "label": label, "image_name": path.stem, **results[path]}
-            for path, label in pairs[split]
-        ]
-        frames[split] = pd.DataFrame(rows, columns=INDEX_COLUMNS)
-    frames["classes"] = pd.DataFrame({"index": range(len(classes)), "name": classes})
-    return frames
-
-
-def summarize(frames: dict[str, pd.DataFrame], test_labels: pd.DataFrame | None) -> pd.DataFrame:
+def summarize(frames: dict[str, pd.DataFrame], classes: list[str], test_labels: pd.DataFrame | None) -> pd.DataFrame:
     """Images per class per split."""
-    summary = pd.DataFrame({"label": frames["classes"]["name"]})
-    for split in ("train", "val"):
+    summary = pd.DataFrame({"label": classes})
+    for split in LABELLED:
         counts = frames[split]["label"].value_counts()
         summary[split] = summary["label"].map(counts).fillna(0).astype(int)
     if test_labels is not None:
@@ -209,43 +263,66 @@ def summarize(frames: dict[str, pd.DataFrame], test_labels: pd.DataFrame | None)
     return summary
 
 
-def run(root, out_dir, test_labels=None, on_leak="warn", threads=1) -> dict[str, pd.DataFrame]:
-    """Index `root` and write train/val/test/classes/summary/leaks CSVs into `out_dir`."""
-    frames = build_index(root, threads=threads)
-    classes = frames["classes"]["name"].tolist()
-    labels = read_test_labels(test_labels, frames["test"], classes) if test_labels else None
-    leaks = find_leaks({s: frames[s] for s in SPLITS})
-    if len(leaks):
-        message = (
-            f"{len(leaks)} image pair(s) with identical content across splits "
-            f"(see {Path(out_dir) / 'leaks.csv'}); first: {leaks.iloc[0]['path_a']} == "
-            f"{leaks.iloc[0]['path_b']}"
-        )
-        if on_leak == "error":
-            raise DataError(message + " (data.on_leak is 'error'; set it to 'warn' to continue)")
-        log.warning(message)
-    else:
-        log.info("no identical images across splits")
-    out_dir = Path(out_dir)
-    for split in SPLITS:
-        write_csv(out_dir / f"{split}.csv", frames[split])
-    write_csv(out_dir / "classes.csv", frames["classes"])
-    write_csv(out_dir / "summary.csv", summarize(frames, labels))
-    write_csv(out_dir / "leaks.csv", leaks)
-    log.info(
-        "indexed %d classes: %d train, %d val, %d test images",
-        len(classes), len(frames["train"]), len(frames["val"]), len(frames["test"]),
-    )
+def run(root, train_out, val_out, classes_out, on_leak="warn", threads=1,
+        max_pixels: int | None = DEFAULT_MAX_PIXELS) -> dict:
+    """The `index` stage: train/ and val/ into train.csv, val.csv and classes.csv."""
+    frames = build_index(root, threads=threads, max_pixels=max_pixels)
+    check_leaks(find_leaks({split: frames[split] for split in LABELLED}), on_leak, "train and val")
+    tables.write_index(train_out, frames["train"])
+    tables.write_index(val_out, frames["val"])
+    tables.write_classes(classes_out, frames["classes"])
+    log.info("indexed %d classes: %d train, %d val images", len(frames["classes"]), len(frames["train"]),
+             len(frames["val"]))
     return frames
 
 
-def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def run_test(root, train_index, val_index, classes_csv, test_out, summary_out, leaks_out, test_labels=None,
+             on_leak="warn", threads=1, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> pd.DataFrame:
+    """The `index_test` stage: test/ into test.csv; the per-class summary and every cross-split leak."""
+    test = build_test(root, threads=threads, max_pixels=max_pixels)
+    classes = tables.read_classes(classes_csv)
+    frames = {"train": tables.read_index(train_index), "val": tables.read_index(val_index), "test": test}
+    labels = read_test_labels(test_labels, test, classes) if test_labels else None
+    leaks = find_leaks(frames)
+    check_leaks(leaks, on_leak, f"see {leaks_out}")
+    tables.write_index(test_out, test)
+    tables.write_table(summary_out, summarize(frames, classes, labels))
+    tables.write_table(leaks_out, leaks)
+    log.info("indexed %d test images", len(test))
+    return test
+
+
+def common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--root", required=True, help="data set folder (data.root)")
-    parser.add_argument("--out-dir", required=True, help="where the index CSVs go")
-    parser.add_argument("--test-labels", default=None, help="CSV image_name,label for test")
     parser.add_argument("--on-leak", choices=["warn", "error"], default="warn")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--max-image-pixels", type=int, default=DEFAULT_MAX_PIXELS,
+                        help="refuse larger images (data.max_image_pixels)")
+    add_log_argument(parser)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(prog="imageclf index", description=run.__doc__)
+    common_arguments(parser)
+    parser.add_argument("--train-out", required=True)
+    parser.add_argument("--val-out", required=True)
+    parser.add_argument("--classes-out", required=True)
     args = parser.parse_args(argv)
-    setup_logging()
-    run(args.root, args.out_dir, args.test_labels or None, args.on_leak, args.threads)
+    setup_logging(args.log)
+    run(args.root, args.train_out, args.val_out, args.classes_out, args.on_leak, args.threads, args.max_image_pixels)
+
+
+def main_test(argv=None) -> None:
+    parser = argparse.ArgumentParser(prog="imageclf index_test", description=run_test.__doc__)
+    common_arguments(parser)
+    parser.add_argument("--train-index", required=True)
+    parser.add_argument("--val-index", required=True)
+    parser.add_argument("--classes", required=True)
+    parser.add_argument("--test-labels", default=None, help="CSV image_name,label for test (data.test_labels)")
+    parser.add_argument("--test-out", required=True)
+    parser.add_argument("--summary-out", required=True)
+    parser.add_argument("--leaks-out", required=True)
+    args = parser.parse_args(argv)
+    setup_logging(args.log)
+    run_test(args.root, args.train_index, args.val_index, args.classes, args.test_out, args.summary_out,
+             args.leaks_out, args.test_labels or None, args.on_leak, args.threads, args.max_image_pixels)

@@ -1,27 +1,28 @@
-"""Small I/O helpers: atomic writes (a file appears whole or not at all) and logging."""
+"""Atomic writes: a file appears whole or not at all, with the permissions the umask gives."""
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
 import json
-import logging
 import os
+import secrets
 import shutil
-import sys
-import tempfile
 from pathlib import Path
 
 
 @contextlib.contextmanager
 def atomic_path(path: str | Path):
-    """Yield a temporary path next to `path`; rename it over `path` only on success."""
+    """Yield a temporary path next to `path`; rename it over `path` only on success.
+
+    The temporary file is created with mode 0666 minus the umask, as open() creates any new file
+    (tempfile.mkstemp would give 0600, and a teammate could not read the result)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(handle)
+    tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
+    os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
     try:
-        yield Path(tmp)
+        yield tmp
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -38,10 +39,13 @@ def write_json(path: str | Path, data) -> None:
     write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
-def write_csv(path: str | Path, frame) -> None:
-    """Write a pandas DataFrame atomically, without its index."""
-    with atomic_path(path) as tmp:
-        frame.to_csv(tmp, index=False)
+def read_json(path: str | Path, what: str = "file"):
+    from .errors import DataError
+
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise DataError(f"{path}: cannot read this {what} ({error})") from error
 
 
 def copy_file(source: str | Path, path: str | Path) -> None:
@@ -62,15 +66,3 @@ def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
         while block := handle.read(chunk):
             digest.update(block)
     return digest.hexdigest()
-
-
-def setup_logging(level: int = logging.INFO) -> logging.Logger:
-    """Log to stderr with timestamps: the rules send stderr to their log file."""
-    logging.basicConfig(
-        level=level,
-        format="%(asctime)s %(levelname)s %(message)s",
-        datefmt="%H:%M:%S",
-        stream=sys.stderr,
-        force=True,
-    )
-    return logging.getLogger("imageclf")

@@ -10,12 +10,11 @@ import torchvision
 from torch import nn
 
 from .config import looks_like_path
+from .errors import WeightsError
 
 log = logging.getLogger("imageclf.models")
 
-
-class WeightsError(ValueError):
-    """Pretrained weights or a checkpoint cannot be used; the message says which and why."""
+__all__ = ["WeightsError", "build_model", "model_from_config", "load_trained_model", "count_parameters"]
 
 
 def first_detail(error: Exception) -> str:
@@ -82,7 +81,13 @@ def build_model(arch: str, num_classes: int, head: str = "mlp", weights: str = "
                     f"for {arch} ({[w.name for w in torchvision.models.get_model_weights(arch)]})"
                 ) from error
             log.info("loading %s weights %s (torch hub cache: %s)", arch, weights, torch.hub.get_dir())
-            local = enum.get_state_dict(progress=False, check_hash=True, weights_only=True)
+            try:
+                local = enum.get_state_dict(progress=False, check_hash=True, weights_only=True)
+            except OSError as error:  # URLError included: no internet on this node
+                folder = Path(torch.hub.get_dir()) / "checkpoints"
+                raise WeightsError(
+                    f"model.weights {weights}: cannot download {enum.url} ({error}); download "
+                    f"{Path(enum.url).name} where there is internet and put it in {folder}/") from error
         backbone = {k: v for k, v in local.items() if not k.startswith("fc.")}
         try:
             missing, unexpected = model.load_state_dict(backbone, strict=False)

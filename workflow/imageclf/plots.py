@@ -12,11 +12,12 @@ matplotlib.use("Agg")  # files only; works on a headless node
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
-from PIL import Image  # noqa: E402
 from sklearn.metrics import confusion_matrix  # noqa: E402
 
-from .ablation import read_predictions  # noqa: E402
-from .io_utils import atomic_path, setup_logging, write_csv  # noqa: E402
+from . import tables  # noqa: E402
+from .images import open_image  # noqa: E402
+from .io_utils import atomic_path  # noqa: E402
+from .logs import add_log_argument, setup_logging  # noqa: E402
 
 log = logging.getLogger("imageclf.plots")
 
@@ -113,8 +114,7 @@ def plot_gallery(pred: pd.DataFrame, index: pd.DataFrame, worst: list[str], out_
             ax.axis("off")
             if col < len(wrong):
                 item = wrong.iloc[col]
-                with Image.open(paths[item["image_name"]]) as image:
-                    ax.imshow(image.convert("RGB"))
+                ax.imshow(open_image(paths[item["image_name"]]))
                 ax.set_title(f"true {name} → {item['pred_label']}", fontsize=7)
             elif col == 0:
                 ax.text(0.5, 0.5, f"class {name}: no val errors", ha="center", va="center", fontsize=7)
@@ -123,35 +123,40 @@ def plot_gallery(pred: pd.DataFrame, index: pd.DataFrame, worst: list[str], out_
     save(fig, out_path)
 
 
-def run(histories: dict, predictions_dir, index_dir, classes_csv, out_dir) -> None:
+def run(histories: dict, val_predictions, test_predictions, val_index, classes_csv, out_dir) -> None:
+    """histories: {(variant, seed): history.csv path}; predictions of the submitted run."""
     out_dir = Path(out_dir)
-    classes = pd.read_csv(classes_csv, dtype={"name": str}).sort_values("index")["name"].tolist()
-    plot_curves(histories, out_dir / "curves.png")
-    test = read_predictions(Path(predictions_dir) / "test.csv")
+    classes = tables.read_classes(classes_csv)
+    plot_curves({key: tables.read_history(path) for key, path in histories.items()}, out_dir / "curves.png")
+    test, val = tables.read_predictions(test_predictions), tables.read_predictions(val_predictions)
     split = "test" if (test["label"] != "").all() and len(test) else "val"
-    pred = test if split == "test" else read_predictions(Path(predictions_dir) / "val.csv")
+    pred = test if split == "test" else val
     errors = per_class_errors(pred, classes)
-    write_csv(out_dir / "worst_classes.csv", errors.head(10))
+    tables.write_table(out_dir / "worst_classes.csv", errors.head(10))
     acc = (pred["label"] == pred["pred_label"]).mean()
     plot_confusion(pred, classes, errors, f"Confusion matrix, submitted model, {split} ({100 * acc:.1f} % right)",
                    out_dir / "confusion_matrix.png")
     plot_worst(errors, f"Ten worst classes by {split} error rate", out_dir / "worst_classes.png")
-    val = read_predictions(Path(predictions_dir) / "val.csv")
-    val_index = pd.read_csv(Path(index_dir) / "val.csv", dtype={"image_name": str, "label": str})
-    plot_gallery(val, val_index, errors["class"].head(10).tolist(), out_dir / "error_gallery.png")
+    plot_gallery(val, tables.read_index(val_index), errors["class"].head(10).tolist(), out_dir / "error_gallery.png")
     log.info("plots written to %s (confusion and worst classes on %s)", out_dir, split)
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--histories", nargs="+", required=True, help="VARIANT:SEED:PATH to history.csv")
-    parser.add_argument("--predictions-dir", required=True, help="predict/<variant>/seed<seed> of the submitted run")
-    parser.add_argument("--index-dir", required=True)
+    parser = argparse.ArgumentParser(prog="imageclf plots", description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", nargs="+", required=True, metavar="VARIANT:SEED")
+    parser.add_argument("--histories", nargs="+", required=True, help="history.csv of each run, in --runs order")
+    parser.add_argument("--val-predictions", required=True, help="the submitted run's val predictions")
+    parser.add_argument("--test-predictions", required=True, help="the submitted run's test predictions")
+    parser.add_argument("--val-index", required=True)
+    parser.add_argument("--classes", required=True)
     parser.add_argument("--out-dir", required=True)
+    add_log_argument(parser)
     args = parser.parse_args(argv)
-    setup_logging()
+    setup_logging(args.log)
+    if len(args.runs) != len(args.histories):
+        parser.error("give one history per run")
     histories = {}
-    for spec in args.histories:
-        variant, seed, path = spec.split(":", 2)
-        histories[variant, int(seed)] = pd.read_csv(path)
-    run(histories, args.predictions_dir, args.index_dir, Path(args.index_dir) / "classes.csv", args.out_dir)
+    for spec, path in zip(args.runs, args.histories):
+        variant, seed = spec.rsplit(":", 1)
+        histories[variant, int(seed)] = path
+    run(histories, args.val_predictions, args.test_predictions, args.val_index, args.classes, args.out_dir)

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import argparse
 import logging
-from pathlib import Path
 
 import pandas as pd
 
-from .io_utils import copy_file, setup_logging, write_json
-from .models import WeightsError, load_checkpoint_file
+from . import tables
+from .errors import WeightsError
+from .io_utils import copy_file
+from .logs import add_log_argument, setup_logging
+from .models import load_checkpoint_file
 
 log = logging.getLogger("imageclf.select")
 
@@ -25,10 +27,11 @@ def best_epoch(history: pd.DataFrame, metric: str) -> int:
     return int(history.loc[values == best, "epoch"].iloc[0])
 
 
-def select(history_path, checkpoint_dir, metric: str, model_out, selection_out) -> dict:
-    history = pd.read_csv(history_path)
+def select(history_path, checkpoints: dict, metric: str, model_out, selection_out) -> dict:
+    """checkpoints: {metric: path of the checkpoint training kept for it}."""
+    history = tables.read_history(history_path)
     epoch = best_epoch(history, metric)
-    source = Path(checkpoint_dir) / f"best_{metric}.pt"
+    source = checkpoints[metric]
     checkpoint = load_checkpoint_file(source)
     saved_epoch = checkpoint.get("meta", {}).get("epoch") if isinstance(checkpoint, dict) else None
     if saved_epoch != epoch:
@@ -46,18 +49,21 @@ def select(history_path, checkpoint_dir, metric: str, model_out, selection_out) 
                   f"{len(history)} epochs; its {other} is {row[other]:.4f}",
         "source": str(source),
     }
-    write_json(selection_out, selection)
+    tables.write_selection(selection_out, selection)
     log.info("selected %s", selection["reason"])
     return selection
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="imageclf select", description=__doc__.splitlines()[0])
     parser.add_argument("--history", required=True)
-    parser.add_argument("--checkpoint-dir", required=True)
+    parser.add_argument("--best-val-acc", required=True, help="checkpoint of the best val_acc epoch")
+    parser.add_argument("--best-val-loss", required=True, help="checkpoint of the best val_loss epoch")
     parser.add_argument("--metric", required=True, choices=sorted(GOAL))
     parser.add_argument("--model-out", required=True)
     parser.add_argument("--selection-out", required=True)
+    add_log_argument(parser)
     args = parser.parse_args(argv)
-    setup_logging()
-    select(args.history, args.checkpoint_dir, args.metric, args.model_out, args.selection_out)
+    setup_logging(args.log)
+    select(args.history, {"val_acc": args.best_val_acc, "val_loss": args.best_val_loss}, args.metric,
+           args.model_out, args.selection_out)

@@ -5,18 +5,17 @@ from __future__ import annotations
 import argparse
 import logging
 import zipfile
-from pathlib import Path
 
 import pandas as pd
 
-from .data import read_classes, read_index
-from .io_utils import atomic_path, setup_logging, write_csv
+from . import tables
+from .errors import SubmissionError
+from .io_utils import atomic_path
+from .logs import add_log_argument, setup_logging
 
 log = logging.getLogger("imageclf.submission")
 
-
-class SubmissionError(ValueError):
-    """The predictions do not cover the test split exactly; nothing was written."""
+__all__ = ["SubmissionError", "build_submission", "write_submission"]
 
 
 def build_submission(predictions: pd.DataFrame, test_index: pd.DataFrame, classes: list[str]) -> pd.DataFrame:
@@ -45,10 +44,10 @@ def build_submission(predictions: pd.DataFrame, test_index: pd.DataFrame, classe
     return table.sort_values("image_name", kind="stable").reset_index(drop=True)
 
 
-def write_submission(predictions_path, index_dir, out_csv, out_zip) -> pd.DataFrame:
-    predictions = pd.read_csv(predictions_path, dtype={"image_name": str, "pred_label": str}, keep_default_na=False)
-    table = build_submission(predictions, read_index(index_dir, "test"), read_classes(index_dir))
-    write_csv(out_csv, table)
+def write_submission(predictions_path, test_index, classes_csv, out_csv, out_zip) -> pd.DataFrame:
+    table = build_submission(tables.read_predictions(predictions_path), tables.read_index(test_index),
+                             tables.read_classes(classes_csv))
+    tables.write_submission(out_csv, table)
     with atomic_path(out_zip) as tmp:
         with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as archive:
             archive.writestr("prediction.csv", table.to_csv(index=False))
@@ -57,11 +56,13 @@ def write_submission(predictions_path, index_dir, out_csv, out_zip) -> pd.DataFr
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--predictions", required=True, help="test.csv written by the predict stage")
-    parser.add_argument("--index-dir", required=True)
+    parser = argparse.ArgumentParser(prog="imageclf submission", description=__doc__.splitlines()[0])
+    parser.add_argument("--predictions", required=True, help="test predictions written by the predict stage")
+    parser.add_argument("--test-index", required=True)
+    parser.add_argument("--classes", required=True)
     parser.add_argument("--out-csv", required=True)
     parser.add_argument("--out-zip", required=True)
+    add_log_argument(parser)
     args = parser.parse_args(argv)
-    setup_logging()
-    write_submission(args.predictions, args.index_dir, args.out_csv, Path(args.out_zip))
+    setup_logging(args.log)
+    write_submission(args.predictions, args.test_index, args.classes, args.out_csv, args.out_zip)

@@ -25,16 +25,17 @@ import pandas as pd
 import torch
 from torch import nn
 
-from . import batch_augment, data, engine, models, presets
-from .config import config_hash, load_run_config
-from .select import GOAL
-from .cache import batch_input_size, open_cache
+from . import batch_augment, data, engine, models, presets, tables
 from .allocator import keep_freed_memory
-from .io_utils import copy_file, file_sha256, setup_logging, torch_save, write_csv, write_json
+from .cache import batch_input_size, open_cache
+from .config import config_hash, load_run_config
+from .io_utils import copy_file, file_sha256, torch_save
+from .logs import add_log_argument, setup_logging
+from .select import GOAL
 
 log = logging.getLogger("imageclf.train")
 
-HISTORY_COLUMNS = ["epoch", "train_loss", "val_loss", "val_acc", "lr", "seconds", "images_per_s"]
+HISTORY_COLUMNS = list(tables.HISTORY)
 # Checkpoints kept while training: the best epoch by each selection metric (select.py's goals).
 KEPT = GOAL
 
@@ -43,16 +44,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-def resolve_device(name: str, local_rank: int = 0) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda":
-        if not torch.cuda.is_available():
-            raise RuntimeError("train.device is 'cuda' but no CUDA device is visible")
-        return torch.device("cuda", local_rank)
-    return torch.device("cpu")
 
 
 def package_versions() -> dict:
@@ -79,9 +70,9 @@ def training_dataset(cfg: dict, frame: pd.DataFrame, classes: list[str], cached_
     return dataset, batch_augment.BatchAugment(cfg["augment"], size)
 
 
-def index_hash(index_dir: Path) -> str:
+def index_hash(*index_files) -> str:
     """Content hash of the index files a run reads: a changed data set never resumes."""
-    parts = "".join(file_sha256(index_dir / f"{name}.csv") for name in ("train", "val", "classes"))
+    parts = "".join(file_sha256(path) for path in index_files)
     return hashlib.sha256(parts.encode()).hexdigest()[:16]
 
 
@@ -120,11 +111,11 @@ def improved(metric: str, value: float, best: float | None) -> bool:
 class Distributed:
     """Rank and world size from torchrun's environment; a no-op for a single process."""
 
-    def __init__(self, device_name: str):
+    def __init__(self, train_cfg: dict):
         self.world_size = int(os.environ.get("WORLD_SIZE", "1"))
         self.rank = int(os.environ.get("RANK", "0"))
         self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-        self.device = resolve_device(device_name, self.local_rank)
+        self.device, self.precision, self.channels_last = engine.setup_device(train_cfg, self.local_rank)
         if self.world_size > 1:
             backend = "nccl" if self.device.type == "cuda" else "gloo"
             if self.device.type == "cuda":
@@ -151,7 +142,8 @@ def load_resume_state(path: Path, expected: dict) -> dict | None:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # a torn or foreign file: start over rather than crash
-        log.warning("ignoring unreadable resume state %s (%s); starting from epoch 1", path, error)
+        log.warning("discarding resume state %s: it cannot be read (%s); starting from epoch 1", path,
+                    str(error).splitlines()[0] if str(error) else type(error).__name__)
         return None
     for key, value in expected.items():
         if state.get(key) != value:
@@ -163,36 +155,40 @@ def load_resume_state(path: Path, expected: dict) -> dict | None:
     return state
 
 
-def train(run_config_path, index_dir, out_dir, state_dir=None, threads: int = 1,
+def train(run_config_path, index: dict, out_dir, state_dir=None, threads: int = 1,
           train_cache=None, val_cache=None, num_workers: int = 0) -> pd.DataFrame:
     """Train one run; write history.csv, checkpoints/best_{val_acc,val_loss}.pt and run.json.
 
+    index: {"train": train.csv, "val": val.csv, "classes": classes.csv} of the index stage.
     num_workers: DataLoader worker processes (train.num_workers, which is not part of the run
     config: it changes the speed, never the results)."""
     cfg = load_run_config(run_config_path)
-    tcfg, index_dir, out_dir = cfg["train"], Path(index_dir), Path(out_dir)
+    tcfg, out_dir = cfg["train"], Path(out_dir)
     state_dir = Path(state_dir) if state_dir else out_dir / "resume"
-    dist = Distributed(tcfg["device"])
+    dist = Distributed(tcfg)
     if not dist.is_main:  # one progress log, not one per process
         logging.getLogger("imageclf").setLevel(logging.WARNING)
     torch.set_num_threads(max(1, threads // dist.world_size))
     device, seed = dist.device, int(cfg["seed"])
-    engine.use_fastest_kernels(device)
 
-    classes = data.read_classes(index_dir)
-    train_frame, val_frame = data.read_index(index_dir, "train"), data.read_index(index_dir, "val")
+    classes = tables.read_classes(index["classes"])
+    train_frame, val_frame = tables.read_index(index["train"]), tables.read_index(index["val"])
     size = tcfg["image_size"]
-    train_set, augment = training_dataset(cfg, train_frame, classes, open_cache(train_cache, index_dir, "train"))
+    train_set, augment = training_dataset(cfg, train_frame, classes, open_cache(train_cache, index["train"]))
     val_set = data.ImageDataset(val_frame, classes, presets.eval_transform(cfg["augment"], size),
-                                open_cache(val_cache, index_dir, "val"))
+                                open_cache(val_cache, index["val"]))
     if tcfg["batch_size"] % dist.world_size:
         raise ValueError(
             f"train.batch_size {tcfg['batch_size']} must divide evenly over {dist.world_size} processes"
         )
     per_rank_batch = tcfg["batch_size"] // dist.world_size
+    if per_rank_batch < 2:
+        raise ValueError(f"train.batch_size {tcfg['batch_size']} over {dist.world_size} processes leaves "
+                         f"{per_rank_batch} image per process; BatchNorm needs at least 2")
     sampler = data.SeededSampler(len(train_set), seed, shuffle=True, rank=dist.rank, world_size=dist.world_size)
     pin = device.type == "cuda"
-    # A last batch of one image breaks BatchNorm in the MLP head; drop it only then.
+    # A last batch of one image breaks BatchNorm (in training mode it needs two values per
+    # channel); drop that batch only then, so every other image of the epoch is still seen.
     drop_last = len(sampler) % per_rank_batch == 1
     train_loader = data.make_loader(train_set, per_rank_batch, num_workers, sampler, drop_last, pin,
                                     augment.collate if augment else None)
@@ -203,16 +199,15 @@ def train(run_config_path, index_dir, out_dir, state_dir=None, threads: int = 1,
     n_params = models.count_parameters(model)
     if tcfg["sync_batchnorm"] and dist.world_size > 1:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    precision = engine.resolve_precision(tcfg["precision"], device)
-    channels_last = engine.resolve_channels_last(tcfg["channels_last"], precision, device)
-    memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    model = model.to(device, memory_format=memory_format)
+    precision, channels_last = dist.precision, dist.channels_last
+    model = model.to(device, memory_format=engine.memory_format(channels_last))
     optimizer = make_optimizer(model, tcfg["optimizer"])
     scheduler = make_scheduler(optimizer, tcfg["scheduler"], tcfg["epochs"])
     scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
     criterion = nn.CrossEntropyLoss(label_smoothing=tcfg["label_smoothing"])
 
-    fingerprint = {"config_hash": config_hash(cfg), "index_hash": index_hash(index_dir),
+    fingerprint = {"config_hash": config_hash(cfg),
+                   "index_hash": index_hash(index["train"], index["val"], index["classes"]),
                    "world_size": dist.world_size}
     state_path = state_dir / "state.pt"
     state = load_resume_state(state_path, fingerprint)
@@ -295,30 +290,34 @@ def train(run_config_path, index_dir, out_dir, state_dir=None, threads: int = 1,
         checkpoints.mkdir(parents=True, exist_ok=True)
         for metric in KEPT:
             copy_file(state_dir / f"best_{metric}.pt", checkpoints / f"best_{metric}.pt")
-        write_json(out_dir / "run.json", {
+        tables.write_run(out_dir / "run.json", {
             "variant": cfg["variant"], "seed": seed, "config": cfg, **fingerprint,
             "parameters": n_params, "classes": classes, "device": str(device),
             "precision": precision, "channels_last": channels_last,
             "train_minutes": round(frame["seconds"].sum() / 60, 3), "versions": package_versions(),
         })
-        write_csv(out_dir / "history.csv", frame)
+        tables.write_history(out_dir / "history.csv", frame)
         log.info("wrote %s", out_dir / "history.csv")
     dist.close()
     return frame
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="imageclf train", description=__doc__.splitlines()[0])
     parser.add_argument("--run-config", required=True, help="JSON written by the run_config rule")
-    parser.add_argument("--index-dir", required=True)
+    parser.add_argument("--train-index", required=True)
+    parser.add_argument("--val-index", required=True)
+    parser.add_argument("--classes", required=True)
     parser.add_argument("--out-dir", required=True)
     parser.add_argument("--state-dir", default=None, help="resume state (default: OUT_DIR/resume)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--num-workers", type=int, default=0, help="DataLoader worker processes")
     parser.add_argument("--train-cache", nargs=2, metavar=("PIXELS", "META"), help="decoded-image cache")
     parser.add_argument("--val-cache", nargs=2, metavar=("PIXELS", "META"))
+    add_log_argument(parser)
     args = parser.parse_args(argv)
-    setup_logging()
+    setup_logging(args.log)
     keep_freed_memory()
-    train(args.run_config, args.index_dir, args.out_dir, args.state_dir, args.threads,
-          args.train_cache, args.val_cache, args.num_workers)
+    index = {"train": args.train_index, "val": args.val_index, "classes": args.classes}
+    train(args.run_config, index, args.out_dir, args.state_dir, args.threads, args.train_cache, args.val_cache,
+          args.num_workers)

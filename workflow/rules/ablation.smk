@@ -32,7 +32,7 @@ rule ablation:
     log:
         "logs/ablation.log",
     benchmark:
-        "benchmarks/ablation.tsv"
+        "logs/benchmarks/ablation.tsv"
     conda:
         CONDA_ENV
     threads: stage_resources("report")["threads"]
@@ -40,14 +40,16 @@ rule ablation:
         mem_mb=stage_resources("report")["mem_mb"],
         runtime=stage_resources("report")["runtime"],
     params:
-        variants=" ".join(VARIANTS),
-        seeds=" ".join(str(s) for s in SEEDS),
+        runs=run_names(),
         reference=CFG["ablation"]["reference"],
-        samples=CFG["ablation"].get("bootstrap_samples", 10000),
+        samples=CFG["ablation"]["bootstrap_samples"],
+        out_dir=lambda wildcards, output: os.path.dirname(output.table),
     shell:
-        "python -m imageclf ablation --results-dir results --variants {params.variants} "
-        "--seeds {params.seeds} --reference {params.reference} --classes {input.classes} "
-        "--bootstrap-samples {params.samples} --out-dir results/ablation > {log} 2>&1"
+        "imageclf ablation --runs {params.runs} --run-records {input.runs:q} "
+        "--selections {input.selections:q} --val-predictions {input.val:q} "
+        "--test-predictions {input.test:q} --reference {params.reference} "
+        "--classes {input.classes:q} --bootstrap-samples {params.samples} "
+        "--out-dir {params.out_dir:q} --log {log:q}"
 
 
 rule plots:
@@ -84,7 +86,7 @@ rule plots:
     log:
         "logs/plots.log",
     benchmark:
-        "benchmarks/plots.tsv"
+        "logs/benchmarks/plots.tsv"
     conda:
         CONDA_ENV
     threads: stage_resources("report")["threads"]
@@ -92,18 +94,13 @@ rule plots:
         mem_mb=stage_resources("report")["mem_mb"],
         runtime=stage_resources("report")["runtime"],
     params:
-        histories=lambda wildcards, input: " ".join(
-            f"{variant}:{seed}:{path}"
-            for (variant, seed), path in zip(
-                [(v, s) for v in VARIANTS for s in SEEDS], input.histories
-            )
-        ),
-        predictions_dir=input_dir("test"),
-        index_dir=input_dir("classes"),
+        runs=run_names(),
+        out_dir=lambda wildcards, output: os.path.dirname(output.curves),
     shell:
-        "python -m imageclf plots --histories {params.histories} "
-        "--predictions-dir {params.predictions_dir} --index-dir {params.index_dir} "
-        "--out-dir results/plots > {log} 2>&1"
+        "imageclf plots --runs {params.runs} --histories {input.histories:q} "
+        "--val-predictions {input.val:q} --test-predictions {input.test:q} "
+        "--val-index {input.index_val:q} --classes {input.classes:q} "
+        "--out-dir {params.out_dir:q} --log {log:q}"
 
 
 rule ablation_table:

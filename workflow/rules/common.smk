@@ -1,28 +1,18 @@
-import json
-import os
 import shlex
-import sys
+import os
 from pathlib import Path
 
-# The package lives in workflow/imageclf: importable here, and by every job's
-# `python -m imageclf STAGE` (jobs inherit this environment, on a cluster node too).
-PACKAGE_DIR = os.path.join(workflow.basedir, "workflow")
-sys.path.insert(0, PACKAGE_DIR)
-os.environ.update(
-    PYTHONPATH=os.pathsep.join(
-        p for p in (PACKAGE_DIR, os.environ.get("PYTHONPATH")) if p
-    )
-)
-
+# The workflow's logic is the installed `imageclf` package (pyproject.toml; `pip install -e .`).
 from imageclf.config import (
     ConfigError,
     effective_config,
     execution_settings,
-    run_config,
     is_demo,
-)  # noqa: E402
-from imageclf.io_utils import write_json  # noqa: E402
-from imageclf.cache import cache_mode  # noqa: E402
+    run_config,
+    write_run_config,
+)
+from imageclf.cache import cache_mode
+from imageclf.datafiles import update_stamp
 
 try:
     CFG = effective_config(config)
@@ -49,6 +39,9 @@ INDEX_FILES = {
     name: f"{INDEX}/{name}.csv"
     for name in ("train", "val", "test", "classes", "summary", "leaks")
 }
+# What the labelled side (train/ and val/) and the test side (test/) of the data set hold: a
+# digest of their contents, rewritten only when it changes (imageclf/datafiles.py).
+DATA_GROUPS = {"labelled": ("train", "val"), "test": ("test",)}
 REPORT_DIR = os.path.join(workflow.basedir, "workflow", "report")
 
 
@@ -65,6 +58,7 @@ def in_report(path, caption, category, **labels):
 wildcard_constraints:
     variant="[A-Za-z0-9_.-]+",
     seed=r"\d+",
+    split="val|test",
 
 
 def stage_resources(stage):
@@ -77,34 +71,36 @@ def test_labels_input(wildcards=None):
     return [labels] if labels else []
 
 
-# Paths go into shell commands quoted by the params that hold them (a user's data folder may hold
-# spaces), never by {x:q} in the command: Snakemake reruns a job whose command text changed, and
-# everything after it, while a path without spaces quotes to itself.
-
-
 def test_labels_flag(wildcards, input):
     """A params function: --test-labels PATH, quoted, or nothing."""
-    if not input.test_labels:
+    if not input.get("test_labels"):
         return ""
     return f"--test-labels {shlex.quote(str(input.test_labels))}"
 
 
-def data_files(wildcards):
-    """Every file of the data set, so any added, removed or changed image re-runs the index."""
-    if is_demo(CFG):
-        return rules.demo_data.output
-    root = Path(CFG["data"]["root"])
-    if not root.is_dir():
-        raise WorkflowError(
-            f"data.root: folder '{root}' does not exist; set data.root in config.yaml "
-            "to a folder with train/<label>/, val/<label>/ and test/"
-        )
-    return sorted(
-        str(path)
-        for split in ("train", "val", "test")
-        for path in (root / split).rglob("*")
-        if path.is_file()
-    )
+def data_stamp(group):
+    """The input that makes a group's index rerun exactly when its files change.
+
+    The demo's data come from a rule (its folders are the input); a user's data set is watched
+    through a stamp of its contents, brought up to date here, once per Snakemake invocation."""
+    splits = DATA_GROUPS[group]
+
+    def stamp(wildcards):
+        if is_demo(CFG):
+            return [getattr(rules.demo_data.output, split) for split in splits]
+        root = Path(CFG["data"]["root"])
+        if not root.is_dir():
+            where = "" if root.is_absolute() else f" (relative to {Path.cwd()})"
+            raise WorkflowError(
+                f"data.root: folder '{root}'{where} does not exist; set data.root to a folder "
+                "with train/<label>/, val/<label>/ and test/"
+            )
+        path = f"{INDEX}/data_{group}.sha256"
+        if workflow.is_main_process:  # a cluster job's own Snakemake only needs the stamp
+            update_stamp(root, splits, path, f".snakemake/imageclf/data_{group}.tsv")
+        return [path]
+
+    return stamp
 
 
 def cache_inputs(wildcards, splits):
@@ -126,27 +122,17 @@ def cache_inputs(wildcards, splits):
     return inputs
 
 
-def cache_flags(splits):
-    """A params function: --<split>-cache PIXELS META for each cache among the inputs."""
+def cache_flag(name, split):
+    """A params function: --NAME PIXELS META when the split's cache is among the inputs."""
 
-    def flags(wildcards, input):
-        return " ".join(
-            f"--{split}-cache {input[split + '_cache_pixels']} {input[split + '_cache_meta']}"
-            for split in splits
-            if f"{split}_cache_pixels" in input.keys()
-        )
+    def flag(wildcards, input):
+        split_name = split if isinstance(split, str) else split(wildcards)
+        if f"{split_name}_cache_pixels" not in input.keys():
+            return ""
+        pixels, meta = input[f"{split_name}_cache_pixels"], input[f"{split_name}_cache_meta"]
+        return f"--{name} {shlex.quote(pixels)} {shlex.quote(meta)}"
 
-    return flags
-
-
-def input_dir(name):
-    """A params function: the folder of input `name` (derived, so never hard-coded twice), quoted."""
-    return lambda wildcards, input: shlex.quote(os.path.dirname(input[name]))
-
-
-def output_dir(name):
-    """A params function: the folder of output `name`, quoted."""
-    return lambda wildcards, output: shlex.quote(os.path.dirname(output[name]))
+    return flag
 
 
 def run_paths(pattern, variants=None, seeds=None):
@@ -157,11 +143,20 @@ def run_paths(pattern, variants=None, seeds=None):
     )
 
 
+def run_names(variants=None, seeds=None):
+    """VARIANT:SEED of each run, in run_paths' order."""
+    return " ".join(
+        f"{variant}:{seed}"
+        for variant in variants or VARIANTS
+        for seed in (seeds if seeds is not None else SEEDS)
+    )
+
+
 def train_launcher(wildcards):
-    """python for one device; torchrun (DistributedDataParallel) when train.devices > 1."""
+    """imageclf for one device; torchrun (DistributedDataParallel) when train.devices > 1."""
     devices = run_config(CFG, wildcards.variant, int(wildcards.seed))["train"][
         "devices"
     ]
     if devices > 1:
         return f"torchrun --standalone --nproc_per_node {devices} -m imageclf"
-    return "python -m imageclf"
+    return "imageclf"

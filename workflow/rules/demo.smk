@@ -9,6 +9,6 @@ rule demo_data:
     conda:
         CONDA_ENV
     params:
-        root=output_dir("labels"),
+        root=lambda wildcards, output: os.path.dirname(output.labels),
     shell:
-        "python -m imageclf demo --out-dir {params.root} > {log} 2>&1"
+        "imageclf demo --out-dir {params.root:q} --log {log:q}"

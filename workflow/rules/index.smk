@@ -1,13 +1,43 @@
 rule index:
+    """train/ and val/: what training reads. Reruns only when their files change."""
     input:
-        data=data_files,
+        data=data_stamp("labelled"),
+    output:
+        train=INDEX_FILES["train"],
+        val=INDEX_FILES["val"],
+        classes=INDEX_FILES["classes"],
+    log:
+        "logs/index.log",
+    benchmark:
+        "logs/benchmarks/index.tsv"
+    conda:
+        CONDA_ENV
+    threads: stage_resources("index")["threads"]
+    resources:
+        mem_mb=stage_resources("index")["mem_mb"],
+        runtime=stage_resources("index")["runtime"],
+    params:
+        root=CFG["data"]["root"],
+        on_leak=CFG["data"]["on_leak"],
+        max_pixels=CFG["data"]["max_image_pixels"],
+    shell:
+        "imageclf index --root {params.root:q} --train-out {output.train:q} "
+        "--val-out {output.val:q} --classes-out {output.classes:q} "
+        "--on-leak {params.on_leak} --max-image-pixels {params.max_pixels} "
+        "--threads {threads} --log {log:q}"
+
+
+rule index_test:
+    """test/: what prediction reads, the per-class summary and every cross-split leak. A change
+    to the test images reruns this and the test side after it, never training."""
+    input:
+        data=data_stamp("test"),
+        train=INDEX_FILES["train"],
+        val=INDEX_FILES["val"],
+        classes=INDEX_FILES["classes"],
         test_labels=test_labels_input,
     output:
-        **{
-            name: path
-            for name, path in INDEX_FILES.items()
-            if name not in ("summary", "leaks")
-        },
+        test=INDEX_FILES["test"],
         summary=in_report(
             INDEX_FILES["summary"],
             "summary",
@@ -21,9 +51,9 @@ rule index:
             labels={"table": "cross-split duplicates"},
         ),
     log:
-        "logs/index.log",
+        "logs/index_test.log",
     benchmark:
-        "benchmarks/index.tsv"
+        "logs/benchmarks/index_test.tsv"
     conda:
         CONDA_ENV
     threads: stage_resources("index")["threads"]
@@ -31,10 +61,13 @@ rule index:
         mem_mb=stage_resources("index")["mem_mb"],
         runtime=stage_resources("index")["runtime"],
     params:
-        root=shlex.quote(CFG["data"]["root"]),
+        root=CFG["data"]["root"],
         test_labels=test_labels_flag,
         on_leak=CFG["data"]["on_leak"],
-        out_dir=output_dir("classes"),
+        max_pixels=CFG["data"]["max_image_pixels"],
     shell:
-        "python -m imageclf index --root {params.root} --out-dir {params.out_dir} "
-        "{params.test_labels} --on-leak {params.on_leak} --threads {threads} > {log} 2>&1"
+        "imageclf index_test --root {params.root:q} --train-index {input.train:q} "
+        "--val-index {input.val:q} --classes {input.classes:q} {params.test_labels} "
+        "--test-out {output.test:q} --summary-out {output.summary:q} "
+        "--leaks-out {output.leaks:q} --on-leak {params.on_leak} "
+        "--max-image-pixels {params.max_pixels} --threads {threads} --log {log:q}"

@@ -1,19 +1,21 @@
 rule predict:
+    """One split of one run: val for the ablation, test for the submission. A change to the
+    test images reruns the test predictions only."""
     input:
-        unpack(lambda wildcards: cache_inputs(wildcards, ["val", "test"])),
+        unpack(lambda wildcards: cache_inputs(wildcards, [wildcards.split])),
         config=f"{RUN}/config.json",
         model=f"{RUN}/model.pt",
-        val=INDEX_FILES["val"],
-        test=INDEX_FILES["test"],
+        index=f"{INDEX}/{{split}}.csv",
         classes=INDEX_FILES["classes"],
-        test_labels=test_labels_input,
+        test_labels=lambda wildcards: (
+            test_labels_input() if wildcards.split == "test" else []
+        ),
     output:
-        val=f"{PRED}/val.csv",
-        test=f"{PRED}/test.csv",
+        f"{PRED}/{{split}}.csv",
     log:
-        "logs/predict/{variant}/seed{seed}.log",
+        "logs/predict/{variant}/seed{seed}_{split}.log",
     benchmark:
-        "benchmarks/predict/{variant}/seed{seed}.tsv"
+        "logs/benchmarks/predict/{variant}/seed{seed}_{split}.tsv"
     conda:
         CONDA_ENV
     threads: stage_resources("predict")["threads"]
@@ -22,12 +24,11 @@ rule predict:
         runtime=stage_resources("predict")["runtime"],
         gpu=stage_resources("predict").get("gpu", 0),
     params:
-        index_dir=input_dir("classes"),
         batch_size=CFG["predict"]["batch_size"],
-        caches=cache_flags(["val", "test"]),
+        cache=cache_flag("cache", lambda wildcards: wildcards.split),
         test_labels=test_labels_flag,
     shell:
-        "python -m imageclf predict --run-config {input.config} --model {input.model} "
-        "--index-dir {params.index_dir} --out-val {output.val} --out-test {output.test} "
+        "imageclf predict --run-config {input.config:q} --model {input.model:q} "
+        "--index {input.index:q} --classes {input.classes:q} --out {output:q} "
         "{params.test_labels} --batch-size {params.batch_size} --threads {threads} "
-        "{params.caches} > {log} 2>&1"
+        "{params.cache} --log {log:q}"

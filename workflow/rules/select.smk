@@ -12,8 +12,7 @@ rule select:
         CONDA_ENV
     params:
         metric=CFG["select"]["metric"],
-        checkpoint_dir=input_dir("best_acc"),
     shell:
-        "python -m imageclf select --history {input.history} --checkpoint-dir {params.checkpoint_dir} "
-        "--metric {params.metric} --model-out {output.model} "
-        "--selection-out {output.selection} > {log} 2>&1"
+        "imageclf select --history {input.history:q} --best-val-acc {input.best_acc:q} "
+        "--best-val-loss {input.best_loss:q} --metric {params.metric} "
+        "--model-out {output.model:q} --selection-out {output.selection:q} --log {log:q}"

@@ -1,5 +1,3 @@
-
-
 rule submission:
     """results/submission.csv and results/submission.zip (prediction.csv inside)."""
     input:
@@ -13,8 +11,7 @@ rule submission:
         "logs/submission.log",
     conda:
         CONDA_ENV
-    params:
-        index_dir=input_dir("classes"),
     shell:
-        "python -m imageclf submission --predictions {input.predictions} "
-        "--index-dir {params.index_dir} --out-csv {output.csv} --out-zip {output.zip} > {log} 2>&1"
+        "imageclf submission --predictions {input.predictions:q} --test-index {input.test:q} "
+        "--classes {input.classes:q} --out-csv {output.csv:q} --out-zip {output.zip:q} "
+        "--log {log:q}"

@@ -16,7 +16,7 @@ rule run_config:
     params:
         run=lambda wildcards: run_config(CFG, wildcards.variant, int(wildcards.seed)),
     run:
-        write_json(output[0], params.run)
+        write_run_config(output[0], params.run)
 
 
 rule cache:
@@ -29,7 +29,7 @@ rule cache:
     log:
         "logs/cache/{split}_{size}px_{mode}.log",
     benchmark:
-        "benchmarks/cache/{split}_{size}px_{mode}.tsv"
+        "logs/benchmarks/cache/{split}_{size}px_{mode}.tsv"
     wildcard_constraints:
         split="train|val|test",
         size=r"\d+",
@@ -41,9 +41,9 @@ rule cache:
         mem_mb=stage_resources("index")["mem_mb"],
         runtime=stage_resources("index")["runtime"],
     shell:
-        "python -m imageclf cache --index {input.index} --pixels-out {output.pixels} "
-        "--meta-out {output.meta} --mode {wildcards.mode} --image-size {wildcards.size} "
-        "--threads {threads} > {log} 2>&1"
+        "imageclf cache --index {input.index:q} --pixels-out {output.pixels:q} "
+        "--meta-out {output.meta:q} --mode {wildcards.mode} --image-size {wildcards.size} "
+        "--threads {threads} --log {log:q}"
 
 
 rule train:
@@ -61,7 +61,7 @@ rule train:
     log:
         "logs/train/{variant}/seed{seed}.log",
     benchmark:
-        "benchmarks/train/{variant}/seed{seed}.tsv"
+        "logs/benchmarks/train/{variant}/seed{seed}.tsv"
     conda:
         CONDA_ENV
     threads: stage_resources("train")["threads"]
@@ -76,15 +76,16 @@ rule train:
         ],
     params:
         launcher=train_launcher,
-        caches=cache_flags(["train", "val"]),
-        index_dir=input_dir("classes"),
-        out_dir=output_dir("history"),
+        train_cache=cache_flag("train-cache", "train"),
+        val_cache=cache_flag("val-cache", "val"),
+        out_dir=lambda wildcards, output: os.path.dirname(output.history),
         # Resume state: not an output, so Snakemake keeps it when a killed job re-runs.
         state_dir=lambda wildcards, output: os.path.join(
             os.path.dirname(output.history), "resume"
         ),
     shell:
-        "{params.launcher} train --run-config {input.config} "
-        "--index-dir {params.index_dir} --out-dir {params.out_dir} "
-        "--state-dir {params.state_dir} --threads {threads} "
-        "--num-workers {resources.loader_workers} {params.caches} > {log} 2>&1"
+        "{params.launcher} train --run-config {input.config:q} --train-index {input.train:q} "
+        "--val-index {input.val:q} --classes {input.classes:q} --out-dir {params.out_dir:q} "
+        "--state-dir {params.state_dir:q} --threads {threads} "
+        "--num-workers {resources.loader_workers} {params.train_cache} {params.val_cache} "
+        "--log {log:q}"

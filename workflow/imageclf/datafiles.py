@@ -1,0 +1,123 @@
+"""Noticing every change to the data set's files, cheaply, while Snakemake builds its DAG.
+
+Snakemake decides what is stale by modification times. That misses a file replaced by one whose
+old time is kept (`cp -p`, `rsync -a`, `tar x`), and listing a million images as inputs makes
+every dry run slow. Instead, each group of splits (train+val, test) has a stamp file,
+`<stamp>`, holding a digest of the group's contents (relative path and SHA-256 of every file).
+The index rule of the group takes the stamp as its input, and the stamp is rewritten (and so
+made newer than the index) only when that digest changes.
+
+Hashing every file on every dry run would be slow too, so a record beside the stamp keeps each
+file's size, modification time, change time and inode with its hash: a file is read again only
+when one of these changed. The change time (ctime) cannot be set back by `cp -p`, `rsync -a` or
+`tar x`, so a replaced file is always read again; a file whose metadata changed but whose bytes
+did not (chmod, touch) is read again once and leaves the stamp as it is.
+
+Torch-free: the Snakefile imports it while building the DAG.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from .images import is_junk
+from .io_utils import file_sha256, write_text
+
+log = logging.getLogger("imageclf.datafiles")
+
+RECORD_HEADER = "# imageclf data record v1"
+
+
+def scan(root: Path, splits) -> dict[str, tuple[int, int, int, int]]:
+    """relative path -> (size, mtime_ns, ctime_ns, inode) of every file under root/<split>/,
+    junk (hidden files, Thumbs.db, ...) left out, as the index leaves it out."""
+    found = {}
+    stack = [root / split for split in splits]
+    while stack:
+        folder = stack.pop()
+        try:
+            entries = list(os.scandir(folder))
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        for entry in entries:
+            if is_junk(entry.name):
+                continue
+            if entry.is_dir():
+                stack.append(Path(entry.path))
+            else:
+                info = entry.stat()
+                found[os.path.relpath(entry.path, root)] = (info.st_size, info.st_mtime_ns, info.st_ctime_ns,
+                                                            info.st_ino)
+    return found
+
+
+def stat_digest(root: Path, stats: dict) -> str:
+    digest = hashlib.sha256(str(root.resolve()).encode())
+    for name in sorted(stats):
+        digest.update(f"{name}\0{stats[name]}\n".encode())
+    return digest.hexdigest()
+
+
+def content_digest(hashes: dict[str, str]) -> str:
+    digest = hashlib.sha256()
+    for name in sorted(hashes):
+        digest.update(f"{name}\0{hashes[name]}\n".encode())
+    return digest.hexdigest()
+
+
+def read_record(path: Path) -> tuple[str, str, dict]:
+    """(stat digest, content digest, {relative path: (stat tuple, sha256)}) or empty ones."""
+    try:
+        lines = path.read_text().splitlines()
+    except FileNotFoundError:
+        return "", "", {}
+    if len(lines) < 2 or lines[0] != RECORD_HEADER:
+        return "", "", {}
+    stat_hex, content_hex = lines[1].split("\t")
+    entries = {}
+    for line in lines[2:]:
+        name, size, mtime, ctime, inode, sha = line.rsplit("\t", 5)
+        entries[name] = ((int(size), int(mtime), int(ctime), int(inode)), sha)
+    return stat_hex, content_hex, entries
+
+
+def write_record(path: Path, stat_hex: str, content_hex: str, stats: dict, hashes: dict) -> None:
+    lines = [RECORD_HEADER, f"{stat_hex}\t{content_hex}"]
+    lines += ["\t".join([name, *map(str, stats[name]), hashes[name]]) for name in sorted(stats)]
+    write_text(path, "\n".join(lines) + "\n")
+
+
+def update_stamp(root, splits, stamp, record, threads: int = 4) -> str:
+    """Bring `stamp` up to date with the contents of root/<splits>; returns the content digest.
+
+    The stamp is written only when its digest changes, so its modification time says when the
+    contents last changed. `record` is the stat-and-hash cache (see the module docstring)."""
+    root, stamp, record = Path(root), Path(stamp), Path(record)
+    stats = scan(root, splits)
+    stat_hex = stat_digest(root, stats)
+    old_stat_hex, old_content_hex, entries = read_record(record)
+    if stat_hex == old_stat_hex:  # nothing touched since the last look: the common, fast case
+        content_hex = old_content_hex
+    else:
+        hashes = {name: entries[name][1] for name, stat in stats.items()
+                  if name in entries and entries[name][0] == stat}
+        changed = [name for name in stats if name not in hashes]
+        if len(changed) > 1000:
+            print(f"imageclf: reading {len(changed):,} new or changed files under {root} to notice "
+                  "content changes (once)", file=sys.stderr)
+        with ThreadPoolExecutor(max_workers=threads) as pool:
+            hashes.update(zip(changed, pool.map(lambda name: file_sha256(root / name), changed)))
+        content_hex = content_digest(hashes)
+        write_record(record, stat_hex, content_hex, stats, hashes)
+    try:
+        current = stamp.read_text().strip()
+    except FileNotFoundError:
+        current = None
+    if current != content_hex:
+        write_text(stamp, content_hex + "\n")
+    return content_hex

@@ -1,0 +1,24 @@
+"""The errors a user can fix: each names the file or config key at fault and what to do.
+
+The command line (cli.py) prints these as one clear line, without a traceback; anything else is
+a bug and keeps its traceback."""
+
+
+class UserError(ValueError):
+    """Bad input: a file, a folder or a configuration value the user can fix."""
+
+
+class ConfigError(UserError):
+    """A configuration value is missing, misspelt or of the wrong type."""
+
+
+class DataError(UserError):
+    """The data set on disk is not usable; the message names the files and the fix."""
+
+
+class WeightsError(UserError):
+    """Pretrained weights or a checkpoint cannot be used; the message says which and why."""
+
+
+class SubmissionError(UserError):
+    """The predictions do not cover the test split exactly; nothing was written."""

@@ -1,0 +1,36 @@
+"""Logging of a stage: everything into the job's log file, warnings and errors also on the console.
+
+A rule passes its `log:` file with --log. The console (the terminal that runs Snakemake, or a
+cluster job's output) then shows only what needs a person's attention: a skipped file, a class
+without validation images, a discarded resume state, the error that stopped the job.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+
+def add_log_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--log", default=None,
+                        help="log file (everything); warnings and errors also go to stderr")
+
+
+def setup_logging(log_file: str | None = None, level: int = logging.INFO) -> logging.Logger:
+    formatter = logging.Formatter("%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+    console = logging.StreamHandler(sys.stderr)
+    console.setFormatter(formatter)
+    handlers = [console]
+    if log_file:
+        console.setLevel(logging.WARNING)
+        # torchrun's other processes add to the log that process 0 started
+        mode = "w" if os.environ.get("RANK", "0") == "0" else "a"
+        os.makedirs(os.path.dirname(os.path.abspath(log_file)), exist_ok=True)
+        to_file = logging.FileHandler(log_file, mode=mode)
+        to_file.setFormatter(formatter)
+        handlers.append(to_file)
+    logging.basicConfig(level=level, handlers=handlers, force=True)
+    logging.captureWarnings(True)
+    return logging.getLogger("imageclf")
