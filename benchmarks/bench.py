@@ -13,7 +13,7 @@ and batched on the device, inference images/s, and the wall time of an up-to-dat
 (a)-(d) are measured --rounds times, interleaved; the table gives their medians, their spreads
 and the median of the per-round ratios.
 
-Not a test: numbers vary with the machine and its load. Run: python -m imageclf bench --help
+Not a test: numbers vary with the machine and its load. Run from the repository root: python -m benchmarks.bench --help
 """
 
 from __future__ import annotations
@@ -34,15 +34,17 @@ import yaml
 from PIL import Image
 from torch import nn
 
-from . import cache, data, engine, models
-from .config import effective_config, execution_settings, run_config
-from .allocator import keep_freed_memory
-from .io_utils import setup_logging, write_csv
+from imageclf import cache, data, engine, models, tables
+from imageclf.allocator import keep_freed_memory
+from imageclf.config import effective_config, execution_settings, run_config
+from imageclf.engine import resolve_device
+from imageclf.logs import setup_logging
+from imageclf.train import make_optimizer, training_dataset
+
 from .synthetic import write_all
-from .train import make_optimizer, resolve_device, training_dataset
 
 log = logging.getLogger("imageclf.bench")
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 
 
 def synthetic_jpegs(folder: Path, count: int, size=(500, 375), seed=0, workers: int = 1) -> list[str]:
@@ -286,10 +288,14 @@ def main(argv=None) -> None:
                                        args.rounds))
     table = pd.DataFrame(rows)
     out = Path(args.out_dir)
-    write_csv(out / "throughput.csv", table)
+    tables.write_table(out / "throughput.csv", table)
     pd.set_option("display.width", 200)
     print(table.round(2).T.to_string(header=False))
     if not args.no_dry_run:
         dry = pd.DataFrame([dry_run_seconds()])
-        write_csv(out / "dry_run.csv", dry)
+        tables.write_table(out / "dry_run.csv", dry)
         print(dry.round(2).to_string(index=False))
+
+
+if __name__ == "__main__":
+    main()

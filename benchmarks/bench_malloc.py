@@ -2,7 +2,7 @@
 
 Each setting runs in its own fresh process (the allocator is set per process), on synthetic
 tensors, with the recipe's model: images/s, minor page faults per step, peak memory, and the
-ratio of the two. Not a test. Run: PYTHONPATH=workflow python -m imageclf bench_malloc --help
+ratio of the two. Not a test. Run from the repository root: python -m benchmarks.bench_malloc --help
 """
 
 from __future__ import annotations
@@ -20,11 +20,11 @@ import pandas as pd
 import torch
 import yaml
 
-from . import allocator, engine
-from .config import effective_config, run_config
-from .io_utils import setup_logging, write_csv
+from imageclf import allocator, engine, tables
+from imageclf.config import effective_config, run_config
+from imageclf.logs import setup_logging
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 
 
 def measure(config_path: str, size: int, batch_size: int, precision: str, steps: int, warmup: int) -> dict:
@@ -51,13 +51,13 @@ def measure(config_path: str, size: int, batch_size: int, precision: str, steps:
 
 
 def run_child(malloc: str, args) -> dict:
-    env = {**os.environ, "PYTHONPATH": str(REPO / "workflow")}
+    env = dict(os.environ)
     if malloc == "default":
         env[allocator.OPT_OUT] = "default"
-    command = [sys.executable, "-m", "imageclf", "bench_malloc", "--child", "--config", args.config,
+    command = [sys.executable, "-m", "benchmarks.bench_malloc", "--child", "--config", args.config,
                "--size", str(args.size), "--batch-size", str(args.batch_size), "--steps", str(args.steps),
                "--warmup", str(args.warmup), "--threads", str(args.threads), "--precisions", *args.precisions]
-    result = subprocess.run(command, env=env, capture_output=True, text=True, check=True)
+    result = subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True, check=True)
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
@@ -93,6 +93,10 @@ def main(argv=None) -> None:
                      "kept_faults_per_step": kept["minor_faults_per_step"],
                      "default_peak_rss_mb": base["peak_rss_mb"], "kept_peak_rss_mb": kept["peak_rss_mb"]})
     table = pd.DataFrame(rows)
-    write_csv(Path(args.out_dir) / "malloc.csv", table)
+    tables.write_table(Path(args.out_dir) / "malloc.csv", table)
     pd.set_option("display.width", 200)
     print(table.round(2).T.to_string(header=False))
+
+
+if __name__ == "__main__":
+    main()

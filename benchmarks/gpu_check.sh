@@ -2,14 +2,14 @@
 # The prepared GPU check: is the full recipe fast enough on one GPU? (target: 100 epochs of
 # 20,724 images at 224 px, batch 64, in 15 minutes, i.e. >= 2,300 training images/s.)
 #
-#   bash workflow/scripts/gpu_check.sh [WORK_DIR]         # about 5-8 minutes on a 16-core GPU host
+#   bash benchmarks/gpu_check.sh [WORK_DIR]         # about 5-8 minutes on a 16-core GPU host
 #
 # WORK_DIR (default results/gpu_check) receives about 1.5 GB of JPEGs: on a lent device machine
 # point it outside $OUT and keep only the log and tables, with `carry: [".whl"]`:
-#   bash workflow/scripts/gpu_check.sh /tmp/gpu_check 2>&1 | tee $OUT/gpu_check.log;
+#   bash benchmarks/gpu_check.sh /tmp/gpu_check 2>&1 | tee $OUT/gpu_check.log;
 #   cp /tmp/gpu_check/bench/*.csv $OUT/
 # A host whose Python lacks Snakemake (those machines' image has torch but neither snakemake nor
-# jsonschema) needs the wheels of `bash workflow/scripts/gpu_wheels.sh`, made beforehand where pip
+# jsonschema) needs the wheels of `bash benchmarks/gpu_wheels.sh`, made beforehand where pip
 # reaches PyPI, in .whl/: this script installs them into a scratch folder.
 #
 # 1. writes a synthetic data set of the course's size (synthetic.py: 20,724 + 300 JPEGs, 500x375);
@@ -24,7 +24,7 @@
 # CORES, BENCH_IMAGES, BENCH_STEPS.
 set -euo pipefail
 
-REPO=$(cd "$(dirname "$0")/../.." && pwd)
+REPO=$(cd "$(dirname "$0")/.." && pwd)
 OUT=$(mkdir -p "${1:-$REPO/results/gpu_check}" && cd "${1:-$REPO/results/gpu_check}" && pwd)
 TRAIN_IMAGES=${TRAIN_IMAGES:-20724}
 EPOCHS=${EPOCHS:-2}
@@ -35,28 +35,25 @@ SIZE=${SIZE:-224}
 BENCH_IMAGES=${BENCH_IMAGES:-4096}
 BENCH_STEPS=${BENCH_STEPS:-40}
 PYTHON=${PYTHON:-python3}
-export PYTHONPATH="$REPO/workflow${PYTHONPATH:+:$PYTHONPATH}"
-
-if ! "$PYTHON" -c "import snakemake, jsonschema" 2>/dev/null; then
+# A virtual environment over the host's Python (which has torch), with this project installed into
+# it: the rules then find the `imageclf` command, and Snakemake where the host lacks it.
+VENV=/tmp/imageclf-venv
+"$PYTHON" -m venv --system-site-packages "$VENV"
+if ! "$VENV/bin/python" -c "import snakemake, jsonschema" 2>/dev/null; then
     if ! ls "$REPO"/.whl/*.whl >/dev/null 2>&1; then
-        echo "snakemake or jsonschema missing and no wheels in $REPO/.whl: run workflow/scripts/gpu_wheels.sh" >&2
+        echo "snakemake or jsonschema missing and no wheels in $REPO/.whl: run benchmarks/gpu_wheels.sh" >&2
         exit 1
     fi
-    "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-        --target /tmp/imageclf-site "$REPO"/.whl/*.whl
-    export PYTHONPATH="$PYTHONPATH:/tmp/imageclf-site"
+    "$VENV/bin/python" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir "$REPO"/.whl/*.whl
 fi
-# The rules run `python -m imageclf ...`: make `python` the interpreter chosen here (a wrapper, not a
-# symlink, which would lose the virtual environment that interpreter may belong to).
-mkdir -p /tmp/imageclf-bin
-printf '#!/bin/sh\nexec "%s" "$@"\n' "$(command -v "$PYTHON")" > /tmp/imageclf-bin/python
-chmod +x /tmp/imageclf-bin/python
-export PATH="/tmp/imageclf-bin:$PATH"
+"$VENV/bin/python" -m pip install -q --no-index --no-deps --no-build-isolation --no-compile -e "$REPO"
+export PATH="$VENV/bin:$PATH"
+cd "$REPO"  # python -m benchmarks.* below
 
 python -c "import torch; print('torch', torch.__version__, '| cuda', torch.cuda.is_available(),
       torch.cuda.get_device_name(0) if torch.cuda.is_available() else '')"
 if [ ! -d "$OUT/data/train" ]; then
-    python -m imageclf synthetic --root "$OUT/data" --train "$TRAIN_IMAGES" --val 300 --test 200 \
+    python -m benchmarks.synthetic --root "$OUT/data" --train "$TRAIN_IMAGES" --val 300 --test 200 \
         --workers "$CORES"
 fi
 
@@ -111,5 +108,5 @@ print(f"host syncs: {len(caught)}", *{str(w.message).splitlines()[0] for w in ca
 PY
 
 echo "== benchmark table"
-python -m imageclf bench --sizes "$SIZE" --batch-size 64 --device "$DEVICE" --workers "$WORKERS" \
+python -m benchmarks.bench --sizes "$SIZE" --batch-size 64 --device "$DEVICE" --workers "$WORKERS" \
     --images "$BENCH_IMAGES" --steps "$BENCH_STEPS" --rounds 1 --no-dry-run --out-dir "$OUT/bench"

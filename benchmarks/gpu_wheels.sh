@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Wheels that let gpu_check.sh run on a GPU host whose Python has PyTorch but not Snakemake.
 #
-#   bash workflow/scripts/gpu_wheels.sh [DEST]      # default DEST: .whl/ in the repository (git-ignored)
+#   bash benchmarks/gpu_wheels.sh [DEST]      # default DEST: .whl/ in the repository (git-ignored)
 #
 # Such hosts (this project's lent H200 machines: Python 3.12 on x86-64, no internet) have torch,
 # torchvision, pandas, numpy, matplotlib, scikit-learn, pillow and pyyaml, but neither snakemake nor
@@ -13,7 +13,7 @@
 # Overrides: PYTHON_VERSION (3.12), PLATFORMS (manylinux x86-64 tags).
 set -euo pipefail
 
-REPO=$(cd "$(dirname "$0")/../.." && pwd)
+REPO=$(cd "$(dirname "$0")/.." && pwd)
 DEST=${1:-$REPO/.whl}
 PYTHON_VERSION=${PYTHON_VERSION:-3.12}
 PLATFORMS=${PLATFORMS:-manylinux_2_28_x86_64 manylinux_2_27_x86_64 manylinux_2_17_x86_64 manylinux2014_x86_64}

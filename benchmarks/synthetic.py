@@ -1,6 +1,6 @@
 """A synthetic data set in the course's layout and size, for speed checks where the real one is absent.
 
-`python -m imageclf synthetic --root DIR` writes train/<label>/*.jpg, val/<label>/*.jpg and test/*.jpg:
+`python -m benchmarks.synthetic --root DIR` writes train/<label>/*.jpg, val/<label>/*.jpg and test/*.jpg:
 by default 100 classes, 20,724 / 300 / 2,344 images of 500 x 375 pixels (the course's counts and
 typical size), so one epoch costs what a real one costs: JPEG decoding, caching, augmenting.
 The pictures are smooth colour gradients with noise, each one different (no duplicates for the
@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .io_utils import setup_logging
+from imageclf.logs import setup_logging
 
 log = logging.getLogger("imageclf.synthetic")
 
@@ -84,3 +84,7 @@ def main(argv=None) -> None:
     setup_logging()
     make_dataset(args.root, args.classes, args.train, args.val, args.test, args.width, args.height,
                  args.workers, args.seed)
+
+
+if __name__ == "__main__":
+    main()

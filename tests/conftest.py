@@ -16,7 +16,25 @@ import yaml
 from PIL import Image
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "workflow"))
+
+# The recipe names torchvision's ImageNet weights, which the config check wants downloaded or
+# downloadable: an (empty) file of that name in a hub cache of the tests' own stands in for it.
+RECIPE_WEIGHTS_FILE = "resnet50-11ad3fa6.pth"
+
+
+@pytest.fixture(autouse=True, scope="session")
+def torch_hub_with_recipe_weights(tmp_path_factory):
+    home = tmp_path_factory.mktemp("torch_home")
+    (home / "hub" / "checkpoints").mkdir(parents=True)
+    (home / "hub" / "checkpoints" / RECIPE_WEIGHTS_FILE).write_bytes(b"")
+    previous = os.environ.get("TORCH_HOME")
+    os.environ["TORCH_HOME"] = str(home)
+    yield home
+    if previous is None:
+        os.environ.pop("TORCH_HOME", None)
+    else:
+        os.environ["TORCH_HOME"] = previous
+
 
 # 12 classes, so the numeric order ("2" < "10") differs from the string order ("10" < "2").
 N_CLASSES = 12
@@ -72,6 +90,24 @@ def make_dataset(root: Path, train_per_class=6, val_per_class=2, test_per_class=
     labels = root / "test_labels.csv"
     pd.DataFrame(rows).to_csv(labels, index=False)
     return labels
+
+
+def index_dataset(root: Path, out_dir: Path, test_labels=None, on_leak: str = "warn") -> dict:
+    """Both index stages, as the index and index_test rules run them, into out_dir/*.csv.
+    Returns the train, val and test frames and the class names ("classes")."""
+    from imageclf import index
+
+    out = Path(out_dir)
+    frames = index.run(root, out / "train.csv", out / "val.csv", out / "classes.csv", on_leak=on_leak)
+    frames["test"] = index.run_test(root, out / "train.csv", out / "val.csv", out / "classes.csv",
+                                    out / "test.csv", out / "summary.csv", out / "leaks.csv",
+                                    test_labels=test_labels, on_leak=on_leak)
+    return frames
+
+
+def index_files(folder: Path) -> dict:
+    """The index files a training run reads, as the train rule hands them over."""
+    return {name: Path(folder) / f"{name}.csv" for name in ("train", "val", "classes")}
 
 
 @pytest.fixture

@@ -11,8 +11,6 @@ import pytest
 
 from imageclf import allocator
 
-WORKFLOW = Path(__file__).resolve().parents[1] / "workflow"
-
 # Allocate, touch and free a 64 MB tensor (above glibc's 32 MB mmap ceiling) again and again, and
 # count each round's minor page faults: every round faults its pages in afresh when
 # the block went back to the kernel, none once the heap holds it (the first few rounds grow the
@@ -34,7 +32,7 @@ glibc_only = pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="tunes
 
 def probe(**env) -> dict:
     inherited = {key: value for key, value in os.environ.items() if key != allocator.OPT_OUT}
-    env = {**inherited, "PYTHONPATH": str(WORKFLOW), **env}
+    env = {**inherited, **env}
     result = subprocess.run([sys.executable, "-c", PROBE], env=env, capture_output=True, text=True, check=True)
     return json.loads(result.stdout.strip().splitlines()[-1])
 

@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 import torch
 import yaml
-from conftest import REPO, make_dataset, tiny_overlay
+from conftest import index_dataset, index_files, REPO, make_dataset, tiny_overlay
 from torchvision.transforms import v2
 
 from imageclf import batch_augment, cache, index, presets, train
@@ -161,7 +161,7 @@ def test_an_op_without_a_batched_kernel_is_refused(monkeypatch):
 def test_training_with_device_augmentation_cached_or_not(tmp_path):
     """One epoch on the tiny data set, from the square cache and from the JPEGs: the same run."""
     make_dataset(tmp_path / "data")
-    index.run(tmp_path / "data", tmp_path / "index")
+    index_dataset(tmp_path / "data", tmp_path / "index")
     overlay = tiny_overlay(tmp_path / "data", train={"epochs": 1, "augment_on": "device"})
     overlay["augment"] = {}  # the full recipe chain, colour ops included
     cfg = C.effective_config(C.deep_merge(copy.deepcopy(RECIPE), overlay))
@@ -170,9 +170,9 @@ def test_training_with_device_augmentation_cached_or_not(tmp_path):
     mode = cache.cache_mode(run["augment"], "train", run["train"]["cache_margin"], "device")
     assert mode == "s1.15"
     cache.build_cache(tmp_path / "index" / "train.csv", tmp_path / "c.npy", tmp_path / "c.csv", mode, 32)
-    cached = train.train(tmp_path / "config.json", tmp_path / "index", tmp_path / "a",
+    cached = train.train(tmp_path / "config.json", index_files(tmp_path / "index"), tmp_path / "a",
                          train_cache=(tmp_path / "c.npy", tmp_path / "c.csv"))
-    decoded = train.train(tmp_path / "config.json", tmp_path / "index", tmp_path / "b")
+    decoded = train.train(tmp_path / "config.json", index_files(tmp_path / "index"), tmp_path / "b")
     columns = ["epoch", "train_loss", "val_loss", "val_acc"]
     pd.testing.assert_frame_equal(cached[columns], decoded[columns], check_exact=True)
     assert cached["train_loss"].notna().all() and (cached["train_loss"] < 10).all()

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from imageclf import bench
+from benchmarks import bench
 
 
 def test_rounds_interleave_columns_and_ratios_pair_each_round():

@@ -7,12 +7,13 @@ import pandas as pd
 import pytest
 import torch
 import yaml
-from conftest import REPO
+from conftest import index_dataset, REPO
 from PIL import Image
 from torchvision.transforms import v2
 
-from imageclf import cache, data, index, presets
-from imageclf.index import DataError
+from imageclf import cache, data, presets, tables
+from imageclf.errors import DataError
+from imageclf.images import open_image
 
 AUGMENT = yaml.safe_load((REPO / "config.yaml").read_text())["augment"]
 
@@ -31,7 +32,7 @@ def indexed(dataset, tmp_path):
     for i, size in enumerate([(80, 50), (41, 97)]):
         Image.fromarray(np.random.default_rng(i).integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)).save(
             dataset / "train" / "0" / f"big{i}.png")
-    index.run(dataset, tmp_path / "idx")
+    index_dataset(dataset, tmp_path / "idx")
     return tmp_path / "idx"
 
 
@@ -54,13 +55,13 @@ def test_cache_round_trips_images(indexed, tmp_path, mode):
     csv = indexed / "train.csv"
     cache.build_cache(csv, tmp_path / "c.npy", tmp_path / "c.csv", mode, 32, threads=2)
     cached = cache.CachedImages(tmp_path / "c.npy", tmp_path / "c.csv", csv)
-    frame = pd.read_csv(csv)
+    frame = tables.read_index(csv)
     for i, path in enumerate(frame["path"]):
-        expected = cache.resize_for_cache(data.load_rgb(path), mode, 32)
+        expected = cache.resize_for_cache(open_image(path), mode, 32)
         got = np.asarray(cached.image(i))
         assert got.dtype == np.uint8 and np.array_equal(got, expected), path
         if mode == "m1.15" and min(Image.open(path).size) <= 37:
-            assert np.array_equal(got, np.asarray(data.load_rgb(path)))  # small images stored as they are
+            assert np.array_equal(got, np.asarray(open_image(path)))  # small images stored as they are
     shapes = {np.asarray(cached.image(i)).shape for i in range(len(frame))}
     assert {"exact": shapes == {(32, 32, 3)}, "m1.15": (37, 59, 3) in shapes, "s1.15": shapes == {(37, 37, 3)}}[mode]
 
@@ -74,7 +75,7 @@ def test_cached_and_uncached_tensors_are_identical(indexed, tmp_path, split, aug
     assert mode == "exact"
     cache.build_cache(csv, tmp_path / "c.npy", tmp_path / "c.csv", mode, 32)
     frame = data.read_index(indexed, split)
-    classes = data.read_classes(indexed)
+    classes = tables.read_classes(indexed / "classes.csv")
     plain = data.ImageDataset(frame, classes, transform)
     cached = data.ImageDataset(frame, classes, transform, cache.CachedImages(tmp_path / "c.npy", tmp_path / "c.csv", csv))
     sampler = data.SeededSampler(len(plain), seed=3)
@@ -87,7 +88,7 @@ def test_cache_from_another_index_is_refused(indexed, tmp_path):
     csv = indexed / "val.csv"
     cache.build_cache(csv, tmp_path / "c.npy", tmp_path / "c.csv", "exact", 32)
     changed = tmp_path / "val.csv"
-    pd.read_csv(csv).iloc[::-1].to_csv(changed, index=False)  # same images, another index
+    tables.write_index(changed, tables.read_index(csv).iloc[::-1])  # same images, another index
     with pytest.raises(DataError, match="made from another version"):
         cache.CachedImages(tmp_path / "c.npy", tmp_path / "c.csv", changed)
 
@@ -95,8 +96,8 @@ def test_cache_from_another_index_is_refused(indexed, tmp_path):
 def test_cached_dataset_works_in_worker_processes(indexed, tmp_path):
     csv = indexed / "val.csv"
     cache.build_cache(csv, tmp_path / "c.npy", tmp_path / "c.csv", "exact", 32)
-    frame = data.read_index(indexed, "val")
-    dataset = data.ImageDataset(frame, data.read_classes(indexed), presets.eval_transform(AUGMENT, 32),
+    frame = tables.read_index(indexed / "val.csv")
+    dataset = data.ImageDataset(frame, tables.read_classes(indexed / "classes.csv"), presets.eval_transform(AUGMENT, 32),
                                 cache.CachedImages(tmp_path / "c.npy", tmp_path / "c.csv", csv))
     loader = data.make_loader(dataset, batch_size=8, num_workers=2)
     batches = [images for images, _ in loader]
@@ -117,7 +118,7 @@ def test_cached_squares_skip_pil_and_match_it(indexed, tmp_path, monkeypatch):
     csv = indexed / "train.csv"
     cache.build_cache(csv, tmp_path / "c.npy", tmp_path / "c.csv", "s1.15", 32)
     squares = cache.CachedImages(tmp_path / "c.npy", tmp_path / "c.csv", csv)
-    frame, classes = data.read_index(indexed, "train"), data.read_classes(indexed)
+    frame, classes = tables.read_index(indexed / "train.csv"), tables.read_classes(indexed / "classes.csv")
     transform = presets.batch_input_transform(37)
     via_pil = data.ImageDataset(frame, classes, transform, squares, pass_seed=True)
     direct = data.ImageDataset(frame, classes, transform, squares, pass_seed=True, square_size=37)

@@ -45,6 +45,79 @@ def test_variants_are_overlays_over_the_recipe():
     assert C.config_hash(no_mlp) != C.config_hash(C.run_config(cfg, "full", 0))
 
 
+def test_a_number_written_0_or_0_0_gives_the_same_run():
+    """Snakemake compares a run's params as text: 0 and 0.0 must not differ there."""
+    as_int, as_float = user_config(), user_config()
+    as_int["variants"]["no_mixup"] = {"train": {"mixup_alpha": 0}}
+    as_float["variants"]["no_mixup"] = {"train": {"mixup_alpha": 0.0}}
+    as_int["augment"]["rotation"]["degrees"] = 15
+    as_float["augment"]["rotation"]["degrees"] = 15.0
+    runs = [C.run_config(C.effective_config(cfg), "no_mixup", 0) for cfg in (as_int, as_float)]
+    assert runs[0] == runs[1] and repr(runs[0]) == repr(runs[1])
+    assert C.config_hash(runs[0]) == C.config_hash(runs[1])
+    assert runs[0]["train"]["epochs"] == 100 and isinstance(runs[0]["train"]["epochs"], int)  # integers stay
+
+
+@pytest.mark.parametrize("delete, named", [
+    (lambda c: c["train"].pop("epochs"), "train.epochs: missing"),
+    (lambda c: c.update(ablation={}), "ablation.reference: missing"),
+    (lambda c: c["augment"]["rotation"].pop("degrees"), "augment.rotation.degrees: missing"),
+    (lambda c: c["resources"]["train"].pop("mem_mb"), "resources.train.mem_mb: missing"),
+])
+def test_a_deleted_key_is_named_at_configuration_time(delete, named):
+    cfg = user_config()
+    delete(cfg)
+    with pytest.raises(C.ConfigError) as error:
+        C.effective_config(cfg)
+    assert named in str(error.value)
+
+
+def test_a_variant_may_leave_keys_out_but_not_misspell_them():
+    cfg = user_config()
+    cfg["variants"]["small"] = {"augment": {"rotation": {"enabled": False}}}  # no degrees: fine
+    assert C.run_config(C.effective_config(cfg), "small", 0)["augment"]["rotation"]["degrees"] == 15
+    cfg["variants"]["small"] = {"augment": {"rotaton": {"enabled": False}}}
+    with pytest.raises(C.ConfigError, match="variants.small.augment: Additional properties"):
+        C.effective_config(cfg)
+
+
+@pytest.mark.parametrize("batch_size, devices", [(1, 1), (4, 4)])
+def test_batches_of_one_image_are_refused(batch_size, devices):
+    cfg = user_config()
+    cfg["train"]["batch_size"] = batch_size
+    cfg["train"]["devices"] = devices
+    with pytest.raises(C.ConfigError, match="train.batch_size"):
+        C.effective_config(cfg)
+
+
+def test_a_weights_name_the_architecture_lacks_lists_its_names():
+    cfg = user_config()
+    cfg["variants"]["v2"] = {"model": {"arch": "resnet18", "weights": "IMAGENET1K_V2"}}
+    with pytest.raises(C.ConfigError, match=r"resnet18 has no weights 'IMAGENET1K_V2'.*IMAGENET1K_V1"):
+        C.effective_config(cfg)
+
+
+def test_weights_that_cannot_be_downloaded_name_the_file_and_folder(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty_hub"))
+    monkeypatch.setattr(C, "can_reach", lambda url, timeout=3.0: False)  # as on an offline node
+    with pytest.raises(C.ConfigError) as error:
+        C.effective_config(user_config())
+    message = str(error.value)
+    assert "resnet50-11ad3fa6.pth" in message and str(tmp_path / "empty_hub" / "hub" / "checkpoints") in message
+    folder = tmp_path / "empty_hub" / "hub" / "checkpoints"
+    folder.mkdir(parents=True)
+    (folder / "resnet50-11ad3fa6.pth").write_bytes(b"")  # put where the message says: accepted
+    C.effective_config(user_config())
+
+
+def test_relative_paths_are_reported_with_their_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cfg = user_config()
+    cfg["data"]["test_labels"] = "labels/test.csv"
+    with pytest.raises(C.ConfigError, match=f"'labels/test.csv' \\(relative to {tmp_path}\\) does not exist"):
+        C.effective_config(cfg)
+
+
 
 def test_worker_count_is_an_execution_setting_not_part_of_the_run():
     cfg = user_config()
@@ -119,6 +192,8 @@ def test_missing_weights_file_fails_at_config_time(tmp_path):
 def test_home_folder_in_paths_is_expanded(tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path))
     (tmp_path / "weights.pth").write_bytes(b"")
+    (tmp_path / "course").mkdir()
+    (tmp_path / "course" / "test_labels.csv").write_text("image_name,label\n")
     cfg = user_config(root="~/course")
     cfg["data"]["test_labels"] = "~/course/test_labels.csv"
     cfg["model"]["weights"] = "~/weights.pth"  # checked for existence at config time: found

@@ -4,7 +4,7 @@ import json
 
 import pandas as pd
 import torch
-from conftest import make_dataset, snakemake, tiny_overlay, write_overlay
+from conftest import index_files, make_dataset, snakemake, tiny_overlay, write_overlay
 
 from imageclf import train
 
@@ -29,7 +29,7 @@ def test_two_process_training_matches_one_process(tmp_path):
     config = json.loads((run / "config.json").read_text())
     config["train"]["devices"] = 1
     single_config.write_text(json.dumps(config))
-    single = train.train(single_config, work / "results/index", tmp_path / "single", threads=1)
+    single = train.train(single_config, index_files(work / "results/index"), tmp_path / "single", threads=1)
     assert distributed["epoch"].tolist() == single["epoch"].tolist() == [1, 2, 3, 4, 5]
     # Same global batch; BatchNorm statistics and mixup pairs are per process, so close, not equal.
     assert abs(distributed["val_acc"].iloc[-1] - single["val_acc"].iloc[-1]) <= 0.15

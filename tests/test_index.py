@@ -4,17 +4,18 @@ import shutil
 
 import pandas as pd
 import pytest
-from conftest import N_CLASSES, make_dataset
+from conftest import N_CLASSES, index_dataset, make_dataset
 from PIL import Image
 
-from imageclf import index
-from imageclf.data import ImageDataset, load_rgb
-from imageclf.index import DataError
+from imageclf import tables
+from imageclf.data import ImageDataset
+from imageclf.errors import DataError
+from imageclf.images import open_image
 
 
 def test_classes_sorted_numerically_and_labels_are_folder_names(dataset, tmp_path):
-    frames = index.run(dataset, tmp_path / "idx", test_labels=dataset / "test_labels.csv")
-    names = frames["classes"]["name"].tolist()
+    frames = index_dataset(dataset, tmp_path / "idx", test_labels=dataset / "test_labels.csv")
+    names = frames["classes"]
     assert names == [str(i) for i in range(N_CLASSES)]  # "2" before "10", unlike a string sort
     assert sorted(names) != names
     train = pd.read_csv(tmp_path / "idx" / "train.csv", dtype=str)
@@ -26,7 +27,7 @@ def test_classes_sorted_numerically_and_labels_are_folder_names(dataset, tmp_pat
 
 
 def test_index_columns_and_test_split(dataset, tmp_path):
-    frames = index.run(dataset, tmp_path / "idx", test_labels=dataset / "test_labels.csv")
+    frames = index_dataset(dataset, tmp_path / "idx", test_labels=dataset / "test_labels.csv")
     test = pd.read_csv(tmp_path / "idx" / "test.csv", dtype=str, keep_default_na=False)
     assert list(test.columns) == ["path", "label", "image_name", "width", "height", "sha256"]
     assert (test["label"] == "").all()
@@ -44,7 +45,7 @@ def test_all_formats_load_as_rgb(dataset):
     for path in dataset.rglob("*.png"):
         with Image.open(path) as image:
             modes.add(image.mode)
-        assert load_rgb(str(path)).mode == "RGB"
+        assert open_image(str(path)).mode == "RGB"
     assert {"L", "RGBA", "P"} <= modes
 
 
@@ -97,16 +98,17 @@ def test_bad_data_is_named_before_training(dataset, tmp_path, breakage, culprit)
         shutil.copy(first_train_image(dataset), bad)
     out = tmp_path / "idx"
     with pytest.raises(DataError) as error:
-        index.run(dataset, out)
+        index_dataset(dataset, out)
     assert str(bad) in str(error.value)
     assert culprit in str(error.value)
     assert str(error.value).count(culprit) == 1  # said once, not once per image of a folder
-    assert not out.exists()  # nothing half-written
+    assert not (out / "train.csv").exists() or breakage in ("missing_test", "duplicate_test_names")
+    assert not (out / "test.csv").exists()  # nothing half-written
 
 
 def test_missing_root_is_named(tmp_path):
     with pytest.raises(DataError, match="data.root: folder .*nowhere does not exist"):
-        index.run(tmp_path / "nowhere", tmp_path / "idx")
+        index_dataset(tmp_path / "nowhere", tmp_path / "idx")
 
 
 def test_test_labels_are_checked(dataset, tmp_path):
@@ -114,22 +116,22 @@ def test_test_labels_are_checked(dataset, tmp_path):
     bad = tmp_path / "labels.csv"
     labels.iloc[1:].to_csv(bad, index=False)
     with pytest.raises(DataError, match="no label for test image"):
-        index.run(dataset, tmp_path / "idx", test_labels=bad)
+        index_dataset(dataset, tmp_path / "idx", test_labels=bad)
 
 
 def test_leaks_across_splits_are_reported(dataset, tmp_path):
     leaked = first_train_image(dataset)
     copy = dataset / "test" / "leaked.jpg"
     shutil.copy(leaked, copy)
-    frames = index.run(dataset, tmp_path / "warn", on_leak="warn")
+    frames = index_dataset(dataset, tmp_path / "warn", on_leak="warn")
     leaks = pd.read_csv(tmp_path / "warn" / "leaks.csv")
     assert len(leaks) == 1 and {leaks.loc[0, "path_a"], leaks.loc[0, "path_b"]} == {str(leaked), str(copy)}
     assert len(frames["test"]) == 2 * N_CLASSES + 1
     with pytest.raises(DataError, match="identical content across splits.*on_leak"):
-        index.run(dataset, tmp_path / "error", on_leak="error")
+        index_dataset(dataset, tmp_path / "error", on_leak="error")
 
 
 def test_clean_data_reports_no_leaks(tmp_path):
     make_dataset(tmp_path / "d")
-    index.run(tmp_path / "d", tmp_path / "idx", on_leak="error")
+    index_dataset(tmp_path / "d", tmp_path / "idx", on_leak="error")
     assert len(pd.read_csv(tmp_path / "idx" / "leaks.csv")) == 0

@@ -9,7 +9,7 @@ import time
 import pandas as pd
 import pytest
 import torch
-from conftest import REPO, make_dataset, snakemake, tiny_overlay, write_overlay
+from conftest import index_dataset, index_files, REPO, make_dataset, snakemake, tiny_overlay, write_overlay
 
 from imageclf import config as C
 from imageclf import index, train
@@ -21,7 +21,7 @@ COMPARED = ["epoch", "train_loss", "val_loss", "val_acc", "lr"]  # all but wall-
 @pytest.fixture
 def prepared(tmp_path):
     make_dataset(tmp_path / "data")
-    index.run(tmp_path / "data", tmp_path / "index")
+    index_dataset(tmp_path / "data", tmp_path / "index")
     cfg = C.effective_config(C.deep_merge(
         __import__("yaml").safe_load((REPO / "config.yaml").read_text()),
         tiny_overlay(tmp_path / "data", train={"epochs": 3}),
@@ -48,28 +48,28 @@ def assert_same_run(dir_a, dir_b):
 
 def test_same_config_and_seed_give_identical_runs(prepared):
     tmp, run_config = prepared
-    train.train(run_config, tmp / "index", tmp / "a", threads=1)
-    train.train(run_config, tmp / "index", tmp / "b", threads=1)
+    train.train(run_config, index_files(tmp / "index"), tmp / "a", threads=1)
+    train.train(run_config, index_files(tmp / "index"), tmp / "b", threads=1)
     assert_same_run(tmp / "a", tmp / "b")
 
 
 def test_worker_processes_do_not_change_the_run(prepared):
     # why train.num_workers is kept out of the run config (config.EXECUTION_ONLY)
     tmp, run_config = prepared
-    train.train(run_config, tmp / "index", tmp / "a", threads=1, num_workers=0)
-    train.train(run_config, tmp / "index", tmp / "b", threads=1, num_workers=2)
+    train.train(run_config, index_files(tmp / "index"), tmp / "a", threads=1, num_workers=0)
+    train.train(run_config, index_files(tmp / "index"), tmp / "b", threads=1, num_workers=2)
     assert_same_run(tmp / "a", tmp / "b")
 
 
 def test_resume_state_from_another_config_is_discarded(prepared, caplog):
     tmp, run_config = prepared
-    train.train(run_config, tmp / "index", tmp / "a", threads=1)
+    train.train(run_config, index_files(tmp / "index"), tmp / "a", threads=1)
     changed = C.load_run_config(run_config)
     changed["train"]["epochs"] = 1
     changed_path = tmp / "changed.json"
     write_json(changed_path, changed)
     with caplog.at_level("WARNING"):
-        history = train.train(changed_path, tmp / "index", tmp / "a", threads=1)
+        history = train.train(changed_path, index_files(tmp / "index"), tmp / "a", threads=1)
     assert "discarding resume state" in caplog.text and "config_hash" in caplog.text
     assert history["epoch"].tolist() == [1]
 
@@ -116,7 +116,7 @@ def test_sigkilled_training_resumes_bit_identically(tmp_path, workers):
     # The same run uninterrupted, straight from the package, on the same index and run config.
     run_dir = work / "results/train/full/seed0"
     # threads=1 as the rule ran it: float sums (and so results) depend on the thread count
-    train.train(run_dir / "config.json", work / "results/index", tmp_path / "uninterrupted", threads=1,
+    train.train(run_dir / "config.json", index_files(work / "results/index"), tmp_path / "uninterrupted", threads=1,
                 num_workers=workers)
     assert_same_run(run_dir, tmp_path / "uninterrupted")
     history = pd.read_csv(run_dir / "history.csv")
