@@ -184,7 +184,7 @@ def test_training_never_sees_a_batch_of_one(tmp_path):
     root = build(tmp_path / "data", ["a", "b", "c"], per_split=(("train", 3), ("val", 1)))
     index_dataset(root, tmp_path / "idx")
     recipe = yaml.safe_load((REPO / "config.yaml").read_text())
-    cfg = C.effective_config(C.deep_merge(recipe, tiny_overlay(root, train={"epochs": 1, "batch_size": 2,
+    cfg = C.effective_config(C.deep_merge(recipe, tiny_overlay(root, data={"test_labels": None}, train={"epochs": 1, "batch_size": 2,
                                                                             "image_size": 16})))
     write_json(tmp_path / "config.json", C.run_config(cfg, "full", 0))
     history = train.train(tmp_path / "config.json", index_files(tmp_path / "idx"), tmp_path / "run")
