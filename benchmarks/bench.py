@@ -37,7 +37,6 @@ from torch import nn
 from imageclf import cache, data, engine, models, tables
 from imageclf.allocator import keep_freed_memory
 from imageclf.config import effective_config, execution_settings, run_config
-from imageclf.engine import resolve_device
 from imageclf.logs import setup_logging
 from imageclf.train import make_optimizer, training_dataset
 
@@ -68,9 +67,9 @@ def timed_steps(batches, step, warmup: int) -> float:
     return seen / (time.perf_counter() - start)
 
 
-def make_step(model, device, precision, channels_last, optimizer_cfg: dict, augment=None):
-    optimizer = make_optimizer(model, optimizer_cfg)  # as training builds it (fused or not)
-    criterion = nn.CrossEntropyLoss(label_smoothing=0.1)
+def make_step(model, device, precision, channels_last, train_cfg: dict, augment=None):
+    optimizer = make_optimizer(model, train_cfg["optimizer"])  # as training builds it (fused or not)
+    criterion = nn.CrossEntropyLoss(label_smoothing=train_cfg["label_smoothing"])
     model.train()
 
     def step(images, targets, drawn=None):
@@ -94,7 +93,7 @@ def model_and_step(cfg: dict, device, precision: str, channels_last: bool):
     torch.manual_seed(0)
     model = models.model_from_config(cfg["model"], 100, pretrained=False).to(
         device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
-    return model, make_step(model, device, precision, channels_last, cfg["train"]["optimizer"])
+    return model, make_step(model, device, precision, channels_last, cfg["train"])
 
 
 def recipe_config(user: dict) -> dict:
@@ -150,10 +149,7 @@ def measure_rounds(columns: dict, ratios: dict, rounds: int, threads: int) -> di
 def bench_size(cfg, paths, workdir: Path, batch_size, steps, warmup, workers, threads, rounds=1) -> dict:
     tcfg = cfg["train"]
     size = tcfg["image_size"]
-    device = resolve_device(tcfg["device"])
-    engine.use_fastest_kernels(device)
-    precision = engine.resolve_precision(tcfg["precision"], device)
-    channels_last = engine.resolve_channels_last(tcfg["channels_last"], precision, device)
+    device, precision, channels_last = engine.setup_device(tcfg)
     model, step = model_and_step(cfg, device, precision, channels_last)
     n_batches = warmup + steps
     row = {"arch": cfg["model"]["arch"], "image_size": size, "batch_size": batch_size, "device": str(device),
@@ -189,7 +185,7 @@ def bench_size(cfg, paths, workdir: Path, batch_size, steps, warmup, workers, th
     # (d): the chain batched on the device, the workers only read cached squares
     squares = built_cache(device_cfg)
     raw, augmenter = training_dataset(device_cfg, frame, ["0"], squares)
-    device_step = make_step(model, device, precision, channels_last, tcfg["optimizer"], augment=augmenter)
+    device_step = make_step(model, device, precision, channels_last, tcfg, augment=augmenter)
 
     columns = {
         "a_model_img_s": lambda: timed_steps(synthetic, step, warmup),

@@ -74,7 +74,7 @@ def test_cached_and_uncached_tensors_are_identical(indexed, tmp_path, split, aug
     mode = cache.cache_mode(aug, split, 1.15)
     assert mode == "exact"
     cache.build_cache(csv, tmp_path / "c.npy", tmp_path / "c.csv", mode, 32)
-    frame = data.read_index(indexed, split)
+    frame = tables.read_index(indexed / f"{split}.csv")
     classes = tables.read_classes(indexed / "classes.csv")
     plain = data.ImageDataset(frame, classes, transform)
     cached = data.ImageDataset(frame, classes, transform, cache.CachedImages(tmp_path / "c.npy", tmp_path / "c.csv", csv))

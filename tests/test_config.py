@@ -51,7 +51,7 @@ def test_a_number_written_0_or_0_0_gives_the_same_run():
     as_int["variants"]["no_mixup"] = {"train": {"mixup_alpha": 0}}
     as_float["variants"]["no_mixup"] = {"train": {"mixup_alpha": 0.0}}
     as_int["augment"]["rotation"]["degrees"] = 15
-    as_float["augment"]["rotation"]["degrees"] = 15.0
+    as_float["augment"]["rotation"] = {"degrees": 15.0, "enabled": True}  # same keys, other order
     runs = [C.run_config(C.effective_config(cfg), "no_mixup", 0) for cfg in (as_int, as_float)]
     assert runs[0] == runs[1] and repr(runs[0]) == repr(runs[1])
     assert C.config_hash(runs[0]) == C.config_hash(runs[1])

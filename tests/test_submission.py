@@ -5,7 +5,7 @@ import zipfile
 import pandas as pd
 import pytest
 
-from imageclf import submission
+from imageclf import submission, tables
 from imageclf.submission import SubmissionError
 
 CLASSES = [str(i) for i in range(12)]
@@ -16,7 +16,7 @@ def sample_index():
 
 
 def preds(names, labels):
-    return pd.DataFrame({"image_name": names, "pred_label": labels})
+    return pd.DataFrame({"image_name": names, "label": "", "pred_label": labels, "correct": None})
 
 
 def test_sorted_by_name_with_folder_labels():
@@ -42,21 +42,20 @@ def test_mismatch_is_an_error(names, labels, message):
 
 
 def test_files_written_only_when_valid(tmp_path):
-    index_dir = tmp_path / "index"
-    index_dir.mkdir()
-    sample_index().assign(path="x", label="").to_csv(index_dir / "test.csv", index=False)
-    pd.DataFrame({"index": range(12), "name": CLASSES}).to_csv(index_dir / "classes.csv", index=False)
+    test_index, classes = tmp_path / "test.csv", tmp_path / "classes.csv"
+    tables.write_index(test_index, sample_index().assign(path="x", label="", width=1, height=1, sha256="0"))
+    tables.write_classes(classes, CLASSES)
     good = tmp_path / "test_preds.csv"
-    preds(["c2", "a", "c10", "b"], ["10", "2", "11", "0"]).to_csv(good, index=False)
+    tables.write_predictions(good, preds(["c2", "a", "c10", "b"], ["10", "2", "11", "0"]))
     out_csv, out_zip = tmp_path / "submission.csv", tmp_path / "submission.zip"
-    submission.write_submission(good, index_dir, out_csv, out_zip)
+    submission.write_submission(good, test_index, classes, out_csv, out_zip)
     assert out_csv.read_text().splitlines() == ["image_name,pred_label", "a,2", "b,0", "c10,11", "c2,10"]
     with zipfile.ZipFile(out_zip) as archive:
         assert archive.namelist() == ["prediction.csv"]
         assert archive.read("prediction.csv").decode() == out_csv.read_text()
     short = tmp_path / "short.csv"
-    preds(["a"], ["1"]).to_csv(short, index=False)
+    tables.write_predictions(short, preds(["a"], ["1"]))
     before = out_csv.read_text()
     with pytest.raises(SubmissionError, match="3 test image"):
-        submission.write_submission(short, index_dir, out_csv, out_zip)
+        submission.write_submission(short, test_index, classes, out_csv, out_zip)
     assert out_csv.read_text() == before  # the finished submission is untouched

@@ -2,32 +2,52 @@
 
 import json
 import os
+import shutil
 import signal
+import stat
 import subprocess
 import sys
 import time
 import zipfile
+from pathlib import Path
 
 import pandas as pd
 import pytest
 import yaml
 from conftest import REPO, make_dataset, planned_jobs, snakemake, tiny_overlay, write_overlay
 
+from imageclf import tables
+
+pytestmark = pytest.mark.slow
+
 COMPARED = ["epoch", "train_loss", "val_loss", "val_acc", "lr"]  # all but wall-clock columns
+TRAIN_SIDE = {"run_config", "train", "select"}  # jobs that a test-only change must never schedule
 
 
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory):
     """One complete run of `snakemake all` (submission, ablation table, plots) on tiny data,
-    two seeds per variant."""
+    two seeds per variant. Read-only: a test that changes data or results works on a copy
+    (`copy_of`)."""
     base = tmp_path_factory.mktemp("workflow")
     # spaces in the data set's path and in the working directory, as in many users' home folders
     make_dataset(base / "my data")
-    configfile = write_overlay(base / "tiny.yaml", tiny_overlay(base / "my data", seeds=[0, 1]))
+    # the data set given relative to the working directory, so a copy of `base` is a whole project
+    overlay = tiny_overlay(Path("../my data"), seeds=[0, 1])
+    configfile = write_overlay(base / "tiny.yaml", overlay)
     workdir = base / "work dir"
     result = snakemake(workdir, configfile, "all")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return workdir, configfile, base
+
+
+def copy_of(finished, tmp_path):
+    """A copy of the finished project (data, results, Snakemake's records; times kept, as cp -a
+    keeps them) for a test that changes it."""
+    _, _, base = finished
+    copy = tmp_path / "project"
+    shutil.copytree(base, copy, symlinks=True)
+    return copy / "work dir", copy / "tiny.yaml", copy
 
 
 def test_submission_matches_the_test_index(finished):
@@ -98,6 +118,19 @@ def test_changing_the_worker_count_retrains_nothing(finished):
     assert planned_jobs(result.stdout) == {}, result.stdout[-2000:]
 
 
+def test_an_edit_that_keeps_the_meaning_reruns_nothing(finished):
+    """0.0 where config.yaml has 0 (Snakemake compares a run's params as text)."""
+    workdir, configfile, base = finished
+    overlay = yaml.safe_load(configfile.read_text())
+    overlay["variants"] = {"full": {}, "no_mlp": {"model": {"head": "linear"}},
+                           "no_mixup": {"train": {"mixup_alpha": 0.0}}}
+    overlay["augment"]["rotation"] = {"degrees": 15.0}
+    changed = write_overlay(base / "same_meaning.yaml", overlay)
+    result = snakemake(workdir, changed, "all", "-n")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert planned_jobs(result.stdout) == {}, result.stdout[-2000:]
+
+
 def test_changing_one_variant_reruns_only_that_variant(finished):
     workdir, configfile, base = finished
     overlay = yaml.safe_load(configfile.read_text())
@@ -107,32 +140,92 @@ def test_changing_one_variant_reruns_only_that_variant(finished):
     result = snakemake(workdir, changed, "all", "-n")
     assert result.returncode == 0, result.stderr[-2000:]
     jobs = planned_jobs(result.stdout)
-    assert jobs == {"run_config": 2, "train": 2, "select": 2, "predict": 2, "ablation": 1,
+    assert jobs == {"run_config": 2, "train": 2, "select": 2, "predict": 4, "ablation": 1,
                     "plots": 1, "all": 1}, result.stdout[-3000:]
     assert "results/train/no_mixup/seed0/config.json" in result.stdout
     assert "results/train/no_mixup/seed1/config.json" in result.stdout
     assert "results/train/full/seed0/config.json" not in result.stdout
 
 
-def test_changing_the_data_reruns_from_the_index(finished):
-    workdir, configfile, base = finished
+def test_a_copied_project_is_up_to_date(finished, tmp_path):
+    """Every file's change time and inode differ in a copy: its contents are read again, found
+    unchanged, and nothing reruns."""
+    workdir, configfile, _ = copy_of(finished, tmp_path)
+    result = snakemake(workdir, configfile, "all", "-n")
+    assert result.returncode == 0 and planned_jobs(result.stdout) == {}, result.stdout[-3000:]
+
+
+def test_changing_train_data_reruns_from_the_index(finished, tmp_path):
+    workdir, configfile, base = copy_of(finished, tmp_path)
     extra = base / "my data" / "train" / "3" / "extra.png"
     source = next((base / "my data" / "train" / "3").glob("*.jpg"))
     extra.write_bytes(source.read_bytes())
-    try:
-        result = snakemake(workdir, configfile, "all", "-n")
-    finally:
-        extra.unlink()
+    result = snakemake(workdir, configfile, "all", "-n")
     jobs = planned_jobs(result.stdout)
     assert jobs.get("index") == 1 and jobs.get("train") == 6 and jobs.get("submission") == 1, result.stdout[-3000:]
+    extra.unlink()  # back as it was: the contents match the index again, nothing to do
     assert planned_jobs(snakemake(workdir, configfile, "all", "-n").stdout) == {}
+
+
+def test_a_new_test_image_reruns_only_the_test_side(finished, tmp_path):
+    workdir, configfile, base = copy_of(finished, tmp_path)
+    test_dir = base / "my data" / "test"
+    source = next(test_dir.glob("*.jpg"))
+    shutil.copy(source, test_dir / "zz_new.jpg")
+    labels = pd.read_csv(base / "my data" / "test_labels.csv", dtype=str)
+    label = labels.loc[labels["image_name"] == source.stem, "label"].iloc[0]
+    pd.concat([labels, pd.DataFrame({"image_name": ["zz_new"], "label": [label]})]).to_csv(
+        base / "my data" / "test_labels.csv", index=False)
+    dry = snakemake(workdir, configfile, "all", "-n")
+    jobs = planned_jobs(dry.stdout)
+    assert jobs.get("index_test") == 1 and jobs.get("submission") == 1, dry.stdout[-3000:]
+    assert not TRAIN_SIDE & set(jobs) and "index" not in jobs, jobs
+    assert "results/train/" not in "".join(line for line in dry.stdout.splitlines() if "output:" in line)
+    assert "results/predict/full/seed0/val.csv" not in dry.stdout  # val predictions stay
+    trained = {path: path.stat().st_mtime_ns for path in (workdir / "results/train").rglob("*") if path.is_file()}
+    result = snakemake(workdir, configfile, "all")
+    assert result.returncode == 0, result.stderr[-3000:]
+    submission = tables.read_submission(workdir / "results/submission.csv")
+    assert "zz_new" in set(submission["image_name"])
+    assert trained == {path: path.stat().st_mtime_ns for path in (workdir / "results/train").rglob("*")
+                       if path.is_file()}
+
+
+def test_an_image_replaced_with_its_old_mtime_is_noticed(finished, tmp_path):
+    """cp -p, rsync -a and tar x keep the old modification time; the content change still counts."""
+    workdir, configfile, base = copy_of(finished, tmp_path)
+    test_dir = base / "my data" / "test"
+    images = sorted(test_dir.glob("*.jpg"))
+    victim, other = images[0], next(p for p in images[1:] if p.suffix == images[0].suffix)
+    before = tables.read_predictions(workdir / "results/predict/full/seed0/test.csv").set_index("image_name")
+    times = victim.stat()
+    shutil.copyfile(other, victim)
+    os.utime(victim, ns=(times.st_atime_ns, times.st_mtime_ns))  # as cp -p leaves it
+    dry = snakemake(workdir, configfile, "all", "-n")
+    jobs = planned_jobs(dry.stdout)
+    assert jobs.get("index_test") == 1 and not TRAIN_SIDE & set(jobs), dry.stdout[-3000:]
+    assert snakemake(workdir, configfile, "all").returncode == 0
+    after = tables.read_predictions(workdir / "results/predict/full/seed0/test.csv").set_index("image_name")
+    probs = [c for c in after.columns if c.startswith("prob_")]
+    expected = after.loc[other.stem, probs].to_numpy()
+    assert (after.loc[victim.stem, probs].to_numpy() == expected).all()  # now the other image's prediction
+    assert not (before.loc[victim.stem, probs].to_numpy() == expected).all()
+
+
+def test_results_are_readable_under_the_umask(finished):
+    workdir, _, _ = finished
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in ("results/submission.csv", "results/ablation/table.md", "results/plots/curves.png",
+                 "results/train/full/seed0/model.pt", "results/index/classes.csv"):
+        assert stat.S_IMODE((workdir / path).stat().st_mode) == 0o666 & ~umask, path
 
 
 def test_rule_graph_draws(finished):
     workdir, configfile, _ = finished
     result = snakemake(workdir, configfile, "all", "--rulegraph")
     assert result.returncode == 0
-    for rule in ("index", "train", "select", "predict", "submission", "ablation", "plots"):
+    for rule in ("index", "index_test", "train", "select", "predict", "submission", "ablation", "plots"):
         assert f'label = "{rule}"' in result.stdout
 
 
@@ -178,7 +271,7 @@ def test_cluster_executor_runs_each_job_as_its_own_submission(finished):
     by_rule = {}
     for job in jobs:
         by_rule.setdefault(job["rule"], []).append(job)
-    assert len(by_rule["train"]) == 2 and len(by_rule["predict"]) == 2 and len(by_rule["index"]) == 1
+    assert len(by_rule["train"]) == 2 and len(by_rule["predict"]) == 4 and len(by_rule["index"]) == 1
     assert len({job["job_id"] for job in jobs}) == len(jobs)  # every job its own process
     assert len({job["jobscript"] for job in jobs}) == len(jobs)
     assert all(job["gpu"] == 1 for job in by_rule["train"] + by_rule["predict"])
@@ -195,19 +288,16 @@ def test_cluster_executor_runs_each_job_as_its_own_submission(finished):
     assert (cluster_dir / "results/submission.csv").read_text() == (workdir / "results/submission.csv").read_text()
 
 
-def test_bad_image_stops_the_index_and_keeps_finished_results(finished):
-    workdir, configfile, base = finished
+def test_bad_image_stops_the_index_and_keeps_finished_results(finished, tmp_path):
+    workdir, configfile, base = copy_of(finished, tmp_path)
     kept = {path: path.read_bytes() for path in [
         workdir / "results/submission.csv", workdir / "results/train/full/seed0/model.pt",
         workdir / "results/ablation/table.csv"]}
     broken = base / "my data" / "train" / "4" / "broken.jpg"
     broken.write_bytes(b"\xff\xd8\xff\xe0 not a jpeg at all")
-    try:
-        result = snakemake(workdir, configfile, "all")
-    finally:
-        broken.unlink()
+    result = snakemake(workdir, configfile, "all")
     assert result.returncode != 0
-    assert f"{broken}: not a readable image" in result.stdout + result.stderr  # the failed log is shown
+    assert "broken.jpg: not a readable image" in result.stderr  # on the console, not only in the log
     assert "rule train" not in result.stdout + result.stderr  # stopped before any training
     for path, content in kept.items():
         assert path.read_bytes() == content
@@ -219,8 +309,8 @@ def training_log_started(workdir, epochs: int) -> bool:
     return log.is_file() and f"{epochs} epochs" in log.read_text()
 
 
-def test_second_invocation_is_refused_while_one_runs(finished):
-    workdir, configfile, base = finished
+def test_second_invocation_is_refused_while_one_runs(finished, tmp_path):
+    workdir, configfile, base = copy_of(finished, tmp_path)
     lock_dir = workdir / ".snakemake" / "locks"
     overlay = yaml.safe_load(configfile.read_text())
     overlay["train"]["epochs"] = epochs = 30  # long enough to still be running

@@ -163,8 +163,8 @@ def main(argv=None) -> None:
     if any(len(paths) != len(args.runs) for paths in lists):
         parser.error("give one path per run in each list")
     runs = []
-    for spec, run, selection, val, test in zip(args.runs, *lists):
+    for spec, record, selection, val, test in zip(args.runs, *lists):
         variant, seed = spec.rsplit(":", 1)
-        runs.append({"variant": variant, "seed": int(seed), "run": run, "selection": selection,
+        runs.append({"variant": variant, "seed": int(seed), "run": record, "selection": selection,
                      "val": val, "test": test})
     run(runs, args.reference, args.classes, args.out_dir, args.bootstrap_samples)

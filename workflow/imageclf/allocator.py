@@ -1,14 +1,12 @@
 """Keep freed tensor memory for reuse instead of handing it back to the kernel (glibc only).
 
-glibc's malloc serves every block above 32 MB (a ResNet50 activation at batch 32 and 224 px is
-50-100 MB) with its own mmap and returns it with munmap on free. A CPU training step allocates
-and frees those blocks again each step, so every step pays page faults for fresh zeroed memory:
-11 million minor faults and 24 s of kernel time in 12 fp32 steps on the 2-core CPU here. With
-mmap off and a high trim threshold, freed blocks stay in the heap and the next step reuses them:
-fp32 steps 1.15-1.5x faster, bf16 about 1.05x, for about 8 % more peak memory (bench_malloc;
-README, Speed). This is
-what jemalloc or tcmalloc achieve when preloaded; here it needs nothing installed. Numbers are
-unchanged: only where the memory comes from differs.
+glibc's malloc serves every block above 32 MB (a ResNet50 activation at 224 px is one) with its
+own mmap and returns it with munmap on free. A CPU training step allocates and frees those blocks
+again each step, so every step pays page faults for fresh zeroed memory. With mmap off and a
+high trim threshold, freed blocks stay in the heap and the next step reuses them: what jemalloc
+or tcmalloc achieve when preloaded, with nothing installed. Numbers are unchanged: only where the
+memory comes from differs. Measured speed-up and memory cost: docs/performance.md
+(python -m benchmarks.bench_malloc).
 """
 
 from __future__ import annotations

@@ -28,7 +28,7 @@ import math
 import torch
 import torch.nn.functional as nnf
 from torchvision.transforms import v2
-from torchvision.transforms.v2.functional import _color
+from torchvision.transforms.v2 import functional as F
 
 from . import presets
 
@@ -96,9 +96,30 @@ def params_drawer(op):
     return None
 
 
+# RandAugment's ops in torchvision's order, with (magnitudes for num_bins at height x width, signed):
+# the values of torchvision's RandAugment, written out here so that no private attribute is read.
+# tests/test_batch_augment.py checks every image against torchvision's own RandAugment.
+RAND_AUGMENT_SPACE = {
+    "Identity": (lambda bins, height, width: None, False),
+    "ShearX": (lambda bins, height, width: torch.linspace(0.0, 0.3, bins), True),
+    "ShearY": (lambda bins, height, width: torch.linspace(0.0, 0.3, bins), True),
+    "TranslateX": (lambda bins, height, width: torch.linspace(0.0, 150.0 / 331.0 * width, bins), True),
+    "TranslateY": (lambda bins, height, width: torch.linspace(0.0, 150.0 / 331.0 * height, bins), True),
+    "Rotate": (lambda bins, height, width: torch.linspace(0.0, 30.0, bins), True),
+    "Brightness": (lambda bins, height, width: torch.linspace(0.0, 0.9, bins), True),
+    "Color": (lambda bins, height, width: torch.linspace(0.0, 0.9, bins), True),
+    "Contrast": (lambda bins, height, width: torch.linspace(0.0, 0.9, bins), True),
+    "Sharpness": (lambda bins, height, width: torch.linspace(0.0, 0.9, bins), True),
+    "Posterize": (lambda bins, height, width: (8 - (torch.arange(bins) / ((bins - 1) / 4))).round().int(), False),
+    "Solarize": (lambda bins, height, width: torch.linspace(1.0, 0.0, bins), False),
+    "AutoContrast": (lambda bins, height, width: None, False),
+    "Equalize": (lambda bins, height, width: None, False),
+}
+
+
 def rand_augment_drawer(op: v2.RandAugment):
     """RandAugment.forward's draws: an op name, then for signed ops a coin for the sign."""
-    names = tuple(op._AUGMENTATION_SPACE)
+    names = tuple(RAND_AUGMENT_SPACE)
     magnitude_of = {}  # (name, height, width) -> (magnitude or None, signed); computing it draws nothing
 
     def draw(image: torch.Tensor) -> list[tuple[str, float]]:
@@ -107,7 +128,7 @@ def rand_augment_drawer(op: v2.RandAugment):
             name = names[int(torch.randint(len(names), ()))]
             key = (name, *image.shape[-2:])
             if key not in magnitude_of:
-                magnitudes_fn, signed = op._AUGMENTATION_SPACE[name]
+                magnitudes_fn, signed = RAND_AUGMENT_SPACE[name]
                 magnitudes = magnitudes_fn(op.num_magnitude_bins, *image.shape[-2:])
                 magnitude_of[key] = (None if magnitudes is None else float(magnitudes[op.magnitude]), signed)
             magnitude, signed = magnitude_of[key]
@@ -251,8 +272,29 @@ def adjust_hue_batch(images: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
     # not in place: .float() of a float batch is the batch itself
     hue, saturation, value = rgb_to_hsv(images.float().mul(1.0 / 255)).unbind(dim=-3)
     hue = hue.add(shift.to(hue.dtype).view(-1, 1, 1)).remainder_(1.0)
-    rgb = _color._hsv_to_rgb(torch.stack((hue, saturation, value), dim=-3))
+    rgb = hsv_to_rgb(hue, saturation, value)
     return as_input_dtype(rgb.mul_(255 + 1.0 - 1e-3), images)
+
+
+# Which of (v, p, q, t) each of r, g, b takes in each of the six hue sectors.
+HSV_SECTOR_CHANNELS = ((0, 2, 1, 1, 3, 0), (3, 0, 0, 2, 1, 1), (1, 1, 3, 0, 0, 2))
+
+
+def hsv_to_rgb(hue: torch.Tensor, saturation: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+    """(N, H, W) planes in [0, 1] to (N, 3, H, W) RGB: torchvision's arithmetic, step for step
+    (adjust_hue's conversion back), so the result is bit-identical."""
+    h6 = hue.mul(6)
+    sector = torch.floor(h6)
+    fraction = h6.sub_(sector)
+    sector = sector.to(torch.int64).remainder_(6)
+    s_times_f = saturation * fraction
+    one_minus_s = 1.0 - saturation
+    q = (1.0 - s_times_f).mul_(value).clamp_(0.0, 1.0)
+    t = s_times_f.add_(one_minus_s).mul_(value).clamp_(0.0, 1.0)
+    p = one_minus_s.mul_(value).clamp_(0.0, 1.0)
+    vpqt = torch.stack((value, p, q, t), dim=-3)
+    table = torch.tensor(HSV_SECTOR_CHANNELS, dtype=torch.int64).to(hue.device, non_blocking=True)
+    return vpqt.gather(-3, table[:, sector].moveaxis(0, -3))
 
 
 BLEND_WITH_ZERO, BLEND_WITH_MEAN_GRAY, BLEND_WITH_GRAY = 0, 1, 2  # brightness, contrast, saturation
@@ -374,7 +416,7 @@ def rand_augment_batch(op: v2.RandAugment, images: torch.Tensor, params: list) -
         if warped:
             index = to_device(warped, torch.int64, device)
             out[index] = affine_batch(images[index], [matrices[k] for k in warped], op.interpolation,
-                                      fill_for(op._fill))
+                                      fill_for(op.fill))
         blends = [k for k, (name, _) in enumerate(picks) if name in RAND_AUGMENT_BLENDS]
         if blends:
             index = to_device(blends, torch.int64, device)
@@ -391,7 +433,21 @@ def rand_augment_batch(op: v2.RandAugment, images: torch.Tensor, params: list) -
                 groups.setdefault((name, magnitude), []).append(k)
         for (name, magnitude), members in groups.items():
             index = to_device(members, torch.int64, device)
-            out[index] = op._apply_image_or_video_transform(
-                images[index], name, magnitude, interpolation=op.interpolation, fill=op._fill)
+            out[index] = pixel_op(name, images[index], magnitude)
         images = out
     return images
+
+
+def pixel_op(name: str, images: torch.Tensor, magnitude: float) -> torch.Tensor:
+    """RandAugment's ops that have no batched version here, through torchvision's public kernels
+    with RandAugment's own arguments."""
+    if name == "Posterize":
+        return F.posterize(images, bits=int(magnitude))
+    if name == "Solarize":
+        bound = 255.0 if images.dtype == torch.uint8 else 1.0
+        return F.solarize(images, threshold=bound * magnitude)
+    if name == "AutoContrast":
+        return F.autocontrast(images)
+    if name == "Equalize":
+        return F.equalize(images)
+    raise ValueError(f"RandAugment op {name} has no batched implementation")

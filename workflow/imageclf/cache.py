@@ -9,7 +9,7 @@ Two layouts, chosen so that results change as little as possible:
   train when no op before the resize is switched on; cached and uncached tensors are then identical.
 - `m<margin>` (e.g. m1.15): the short side at margin x image_size, aspect kept (never enlarged),
   for train with geometric/colour ops on. They then run before the final resize as in the reference,
-  but on this smaller image: the one difference from the reference chain (see README).
+  but on this smaller image: the one difference from the reference chain (docs/performance.md).
 - `s<margin>` (e.g. s1.15): a square of ceil(margin x image_size) pixels a side, for train with
   `train.augment_on: device`, which augments whole batches and so needs one size for all images.
 """

@@ -116,7 +116,7 @@ def effective_config(config: dict) -> dict:
     config = {**config, "variants": {k: v for k, v in config["variants"].items() if v is not None}}
     for name, overlay in config["variants"].items():
         validate(overlay, where=f"variant '{name}'", partial=True, prefix=f"variants.{name}")
-    config = canonical_numbers(config, schema())
+    config = canonical(config, schema(), sort_keys=False)  # the user's order of variants stays
     if not config["variants"]:
         raise ConfigError("variants: every variant was removed; keep at least one")
     if config["submission"]["variant"] not in config["variants"]:
@@ -155,22 +155,25 @@ def described(path) -> str:
     return f"'{path}'" if Path(path).is_absolute() else f"'{path}' (relative to {Path.cwd()})"
 
 
-def canonical_numbers(value, node: dict):
-    """`value` with every integer that the schema types as a number written as a float.
+def canonical(value, node: dict, sort_keys: bool = True):
+    """`value` in one canonical form: keys sorted, and every integer that the schema types as a
+    number written as a float.
 
-    So `mixup_alpha: 0` and `mixup_alpha: 0.0` give the same run config, the same params of its
-    run_config job and the same config hash: an edit that keeps the meaning retrains nothing."""
+    Snakemake compares a job's params as text: so `mixup_alpha: 0` and `mixup_alpha: 0.0`, or the
+    same keys in another order, give the same run config, the same params of its run_config job
+    and the same config hash. An edit that keeps the meaning retrains nothing."""
     while isinstance(node, dict) and "$ref" in node:
         node = resolve(node["$ref"])
     if not isinstance(node, dict):
         return value
     if isinstance(value, dict):
         properties, extra = node.get("properties", {}), node.get("additionalProperties")
-        return {key: canonical_numbers(item, properties.get(key, extra if isinstance(extra, dict) else {}))
-                for key, item in value.items()}
+        keys = sorted(value) if sort_keys else list(value)
+        return {key: canonical(value[key], properties.get(key, extra if isinstance(extra, dict) else {}), sort_keys)
+                for key in keys}
     if isinstance(value, list):
         items = node.get("items", {})
-        return [canonical_numbers(item, items) for item in value]
+        return [canonical(item, items, sort_keys) for item in value]
     if isinstance(value, int) and not isinstance(value, bool) and is_number_type(node):
         return float(value)
     return value
@@ -246,7 +249,7 @@ def run_config(config: dict, variant: str, seed: int) -> dict:
         raise ConfigError(f"unknown variant '{variant}'; known: {sorted(config['variants'])}")
     merged = variant_sections(config, variant)
     validate(deep_merge(config, merged), where=f"config of variant '{variant}'")
-    merged = canonical_numbers(merged, schema())
+    merged = canonical(merged, schema())
     for section, keys in EXECUTION_ONLY.items():
         merged[section] = {key: value for key, value in merged[section].items() if key not in keys}
     return {"variant": variant, "seed": int(seed), **merged}

@@ -49,7 +49,7 @@ def split_indices(labels: np.ndarray, val_per_class: int, test_fraction: float, 
     return split
 
 
-def make_demo(out_dir, size=32, val_per_class=10, test_fraction=0.2, seed=0) -> pd.DataFrame:
+def make_demo(out_dir, size: int, val_per_class: int, test_fraction: float, seed: int) -> pd.DataFrame:
     out_dir = Path(out_dir)
     images, labels = digit_images(size)
     split = split_indices(labels, val_per_class, test_fraction, seed)
@@ -75,9 +75,11 @@ def make_demo(out_dir, size=32, val_per_class=10, test_fraction=0.2, seed=0) -> 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="imageclf demo", description=__doc__.splitlines()[0])
     parser.add_argument("--out-dir", required=True)
-    parser.add_argument("--size", type=int, default=32)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--size", type=int, required=True, help="side of each PNG (demo.data.image_size)")
+    parser.add_argument("--val-per-class", type=int, required=True)
+    parser.add_argument("--test-fraction", type=float, required=True)
+    parser.add_argument("--seed", type=int, required=True)
     add_log_argument(parser)
     args = parser.parse_args(argv)
     setup_logging(args.log)
-    make_demo(args.out_dir, size=args.size, seed=args.seed)
+    make_demo(args.out_dir, args.size, args.val_per_class, args.test_fraction, args.seed)

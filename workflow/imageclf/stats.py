@@ -26,7 +26,7 @@ def mcnemar_exact(correct_ref, correct_other) -> dict:
     return {"b": b, "c": c, "p_value": min(1.0, 2 * tail)}
 
 
-def paired_bootstrap(correct_ref, correct_other, samples: int = 10_000, seed: int = 0,
+def paired_bootstrap(correct_ref, correct_other, samples: int, seed: int = 0,
                      level: float = 0.95) -> dict:
     """Accuracy difference (other - reference) with a percentile bootstrap interval.
 

@@ -10,5 +10,11 @@ rule demo_data:
         CONDA_ENV
     params:
         root=lambda wildcards, output: os.path.dirname(output.labels),
+        size=CFG["demo"]["data"]["image_size"],
+        val_per_class=CFG["demo"]["data"]["val_per_class"],
+        test_fraction=CFG["demo"]["data"]["test_fraction"],
+        seed=CFG["demo"]["data"]["seed"],
     shell:
-        "imageclf demo --out-dir {params.root:q} --log {log:q}"
+        "imageclf demo --out-dir {params.root:q} --size {params.size} "
+        "--val-per-class {params.val_per_class} --test-fraction {params.test_fraction} "
+        "--seed {params.seed} --log {log:q}"
