@@ -135,7 +135,7 @@ def tiny_overlay(data_root: Path, **extra) -> dict:
 
 
 def write_overlay(path: Path, overlay: dict) -> Path:
-    path.write_text(yaml.safe_dump(overlay))
+    path.write_text(yaml.safe_dump(overlay, sort_keys=False))
     return path
 
 

@@ -180,8 +180,10 @@ def test_a_new_test_image_reruns_only_the_test_side(finished, tmp_path):
     jobs = planned_jobs(dry.stdout)
     assert jobs.get("index_test") == 1 and jobs.get("submission") == 1, dry.stdout[-3000:]
     assert not TRAIN_SIDE & set(jobs) and "index" not in jobs, jobs
-    assert "results/train/" not in "".join(line for line in dry.stdout.splitlines() if "output:" in line)
-    assert "results/predict/full/seed0/val.csv" not in dry.stdout  # val predictions stay
+    outputs = "".join(line for line in dry.stdout.splitlines() if line.strip().startswith("output:"))
+    assert "results/train/" not in outputs and "results/cache/train" not in outputs
+    assert "results/predict/full/seed0/test.csv" in outputs
+    assert "results/predict/full/seed0/val.csv" not in outputs  # val predictions stay
     trained = {path: path.stat().st_mtime_ns for path in (workdir / "results/train").rglob("*") if path.is_file()}
     result = snakemake(workdir, configfile, "all")
     assert result.returncode == 0, result.stderr[-3000:]
