@@ -31,14 +31,13 @@ import numpy as np
 import pandas as pd
 import torch
 import yaml
-from PIL import Image
-from torch import nn
-
 from imageclf import cache, data, engine, models, tables
 from imageclf.allocator import keep_freed_memory
 from imageclf.config import effective_config, execution_settings, run_config
 from imageclf.logs import setup_logging
 from imageclf.train import make_optimizer, training_dataset
+from PIL import Image
+from torch import nn
 
 from .synthetic import write_all
 

@@ -19,7 +19,6 @@ from pathlib import Path
 import pandas as pd
 import torch
 import yaml
-
 from imageclf import allocator, engine, tables
 from imageclf.config import effective_config, run_config
 from imageclf.logs import setup_logging

@@ -15,9 +15,8 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
-
 from imageclf.logs import setup_logging
+from PIL import Image
 
 log = logging.getLogger("imageclf.synthetic")
 

@@ -5,10 +5,8 @@ import os
 import platform
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
-
 from imageclf import allocator
 
 # Allocate, touch and free a 64 MB tensor (above glibc's 32 MB mmap ceiling) again and again, and

@@ -6,12 +6,11 @@ import pandas as pd
 import pytest
 import torch
 import yaml
-from conftest import index_dataset, index_files, REPO, make_dataset, tiny_overlay
-from torchvision.transforms import v2
-
-from imageclf import batch_augment, cache, index, presets, train
+from conftest import REPO, index_dataset, index_files, make_dataset, tiny_overlay
+from imageclf import batch_augment, cache, presets, train
 from imageclf import config as C
 from imageclf.io_utils import write_json
+from torchvision.transforms import v2
 
 RECIPE = yaml.safe_load((REPO / "config.yaml").read_text())
 AUGMENT = RECIPE["augment"]  # every op of the recipe switched on

@@ -3,17 +3,15 @@
 import copy
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 import yaml
-from conftest import index_dataset, REPO
-from PIL import Image
-from torchvision.transforms import v2
-
+from conftest import REPO, index_dataset
 from imageclf import cache, data, presets, tables
 from imageclf.errors import DataError
 from imageclf.images import open_image
+from PIL import Image
+from torchvision.transforms import v2
 
 AUGMENT = yaml.safe_load((REPO / "config.yaml").read_text())["augment"]
 

@@ -5,7 +5,6 @@ import copy
 import pytest
 import yaml
 from conftest import REPO
-
 from imageclf import config as C
 
 RECIPE = yaml.safe_load((REPO / "config.yaml").read_text())

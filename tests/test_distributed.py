@@ -5,7 +5,6 @@ import json
 import pandas as pd
 import torch
 from conftest import index_files, make_dataset, snakemake, tiny_overlay, write_overlay
-
 from imageclf import train
 
 

@@ -3,9 +3,8 @@
 import numpy as np
 import pytest
 import torch
-from torch import nn
-
 from imageclf import engine
+from torch import nn
 
 
 def test_mixup_blends_inputs_and_pairs_targets():

@@ -5,12 +5,10 @@ import shutil
 import pandas as pd
 import pytest
 from conftest import N_CLASSES, index_dataset, make_dataset
-from PIL import Image
-
-from imageclf import tables
 from imageclf.data import ImageDataset
 from imageclf.errors import DataError
 from imageclf.images import open_image
+from PIL import Image
 
 
 def test_classes_sorted_numerically_and_labels_are_folder_names(dataset, tmp_path):

@@ -6,7 +6,6 @@ import pickle
 import pytest
 import torch
 import torchvision
-
 from imageclf import models
 from imageclf.models import WeightsError
 

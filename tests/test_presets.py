@@ -4,10 +4,9 @@ import pytest
 import torch
 import yaml
 from conftest import REPO
+from imageclf import presets
 from PIL import Image
 from torchvision.transforms import v2
-
-from imageclf import presets
 
 RECIPE = yaml.safe_load((REPO / "config.yaml").read_text())
 

@@ -11,13 +11,12 @@ import pandas as pd
 import pytest
 import yaml
 from conftest import REPO, class_image, index_dataset, index_files, save_image, tiny_overlay
-from PIL import Image
-
 from imageclf import cache, data, index, tables, train
 from imageclf import config as C
 from imageclf.errors import DataError
 from imageclf.images import image_extensions, open_image
 from imageclf.io_utils import write_json, write_text
+from PIL import Image
 
 
 def build(root, classes, per_split=(("train", 3), ("val", 1)), test=2, suffix=".png"):

@@ -9,10 +9,9 @@ import time
 import pandas as pd
 import pytest
 import torch
-from conftest import index_dataset, index_files, REPO, make_dataset, snakemake, tiny_overlay, write_overlay
-
+from conftest import REPO, index_dataset, index_files, make_dataset, snakemake, tiny_overlay, write_overlay
 from imageclf import config as C
-from imageclf import index, train
+from imageclf import train
 from imageclf.io_utils import write_json
 
 COMPARED = ["epoch", "train_loss", "val_loss", "val_acc", "lr"]  # all but wall-clock columns

@@ -2,9 +2,8 @@
 
 import numpy as np
 import pytest
-from scipy.stats import binomtest
-
 from imageclf import stats
+from scipy.stats import binomtest
 
 
 def test_mcnemar_matches_scipy_binomial_test():

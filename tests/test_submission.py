@@ -4,7 +4,6 @@ import zipfile
 
 import pandas as pd
 import pytest
-
 from imageclf import submission, tables
 from imageclf.submission import SubmissionError
 

@@ -15,7 +15,6 @@ import pandas as pd
 import pytest
 import yaml
 from conftest import REPO, make_dataset, planned_jobs, snakemake, tiny_overlay, write_overlay
-
 from imageclf import tables
 
 pytestmark = pytest.mark.slow

@@ -21,7 +21,6 @@ import functools
 import logging
 import math
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import numpy as np
 import pandas as pd

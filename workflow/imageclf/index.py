@@ -16,7 +16,6 @@ in which the file system lists the folders.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
