@@ -158,7 +158,7 @@ def main(argv=None) -> None:
     parser.add_argument("--bootstrap-samples", type=int, required=True)
     add_log_argument(parser)
     args = parser.parse_args(argv)
-    setup_logging(args.log)
+    setup_logging(args.log_file)
     lists = (args.run_records, args.selections, args.val_predictions, args.test_predictions)
     if any(len(paths) != len(args.runs) for paths in lists):
         parser.error("give one path per run in each list")

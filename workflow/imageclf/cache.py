@@ -153,5 +153,5 @@ def main(argv=None) -> None:
     parser.add_argument("--threads", type=int, default=1)
     add_log_argument(parser)
     args = parser.parse_args(argv)
-    setup_logging(args.log)
+    setup_logging(args.log_file)
     build_cache(args.index, args.pixels_out, args.meta_out, args.mode, args.image_size, args.threads)

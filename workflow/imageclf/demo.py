@@ -81,5 +81,5 @@ def main(argv=None) -> None:
     parser.add_argument("--seed", type=int, required=True)
     add_log_argument(parser)
     args = parser.parse_args(argv)
-    setup_logging(args.log)
+    setup_logging(args.log_file)
     make_demo(args.out_dir, args.size, args.val_per_class, args.test_fraction, args.seed)

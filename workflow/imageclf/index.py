@@ -307,7 +307,7 @@ def main(argv=None) -> None:
     parser.add_argument("--val-out", required=True)
     parser.add_argument("--classes-out", required=True)
     args = parser.parse_args(argv)
-    setup_logging(args.log)
+    setup_logging(args.log_file)
     run(args.root, args.train_out, args.val_out, args.classes_out, args.on_leak, args.threads, args.max_image_pixels)
 
 
@@ -322,6 +322,6 @@ def main_test(argv=None) -> None:
     parser.add_argument("--summary-out", required=True)
     parser.add_argument("--leaks-out", required=True)
     args = parser.parse_args(argv)
-    setup_logging(args.log)
+    setup_logging(args.log_file)
     run_test(args.root, args.train_index, args.val_index, args.classes, args.test_out, args.summary_out,
              args.leaks_out, args.test_labels or None, args.on_leak, args.threads, args.max_image_pixels)

@@ -1,6 +1,6 @@
 """Logging of a stage: everything into the job's log file, warnings and errors also on the console.
 
-A rule passes its `log:` file with --log. The console (the terminal that runs Snakemake, or a
+A rule passes its `log:` file with --log-file. The console (the terminal that runs Snakemake, or a
 cluster job's output) then shows only what needs a person's attention: a skipped file, a class
 without validation images, a discarded resume state, the error that stopped the job.
 """
@@ -14,7 +14,8 @@ import sys
 
 
 def add_log_argument(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--log", default=None,
+    # not --log: torchrun would take that for an abbreviation of its own --log-dir
+    parser.add_argument("--log-file", default=None,
                         help="log file (everything); warnings and errors also go to stderr")
 
 

@@ -152,7 +152,7 @@ def main(argv=None) -> None:
     parser.add_argument("--out-dir", required=True)
     add_log_argument(parser)
     args = parser.parse_args(argv)
-    setup_logging(args.log)
+    setup_logging(args.log_file)
     if len(args.runs) != len(args.histories):
         parser.error("give one history per run")
     histories = {}

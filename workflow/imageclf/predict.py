@@ -84,7 +84,7 @@ def main(argv=None) -> None:
     parser.add_argument("--cache", nargs=2, metavar=("PIXELS", "META"), help="the split's decoded-image cache")
     add_log_argument(parser)
     args = parser.parse_args(argv)
-    setup_logging(args.log)
+    setup_logging(args.log_file)
     keep_freed_memory()
     predict(args.run_config, args.model, args.index, args.classes, args.out, args.test_labels or None,
             args.batch_size, args.threads, cache_paths=args.cache)

@@ -64,6 +64,6 @@ def main(argv=None) -> None:
     parser.add_argument("--selection-out", required=True)
     add_log_argument(parser)
     args = parser.parse_args(argv)
-    setup_logging(args.log)
+    setup_logging(args.log_file)
     select(args.history, {"val_acc": args.best_val_acc, "val_loss": args.best_val_loss}, args.metric,
            args.model_out, args.selection_out)

@@ -64,5 +64,5 @@ def main(argv=None) -> None:
     parser.add_argument("--out-zip", required=True)
     add_log_argument(parser)
     args = parser.parse_args(argv)
-    setup_logging(args.log)
+    setup_logging(args.log_file)
     write_submission(args.predictions, args.test_index, args.classes, args.out_csv, args.out_zip)

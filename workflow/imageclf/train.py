@@ -316,7 +316,7 @@ def main(argv=None) -> None:
     parser.add_argument("--val-cache", nargs=2, metavar=("PIXELS", "META"))
     add_log_argument(parser)
     args = parser.parse_args(argv)
-    setup_logging(args.log)
+    setup_logging(args.log_file)
     keep_freed_memory()
     index = {"train": args.train_index, "val": args.val_index, "classes": args.classes}
     train(args.run_config, index, args.out_dir, args.state_dir, args.threads, args.train_cache, args.val_cache,

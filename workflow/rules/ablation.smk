@@ -49,7 +49,7 @@ rule ablation:
         "--selections {input.selections:q} --val-predictions {input.val:q} "
         "--test-predictions {input.test:q} --reference {params.reference} "
         "--classes {input.classes:q} --bootstrap-samples {params.samples} "
-        "--out-dir {params.out_dir:q} --log {log:q}"
+        "--out-dir {params.out_dir:q} --log-file {log:q}"
 
 
 rule plots:
@@ -100,7 +100,7 @@ rule plots:
         "imageclf plots --runs {params.runs} --histories {input.histories:q} "
         "--val-predictions {input.val:q} --test-predictions {input.test:q} "
         "--val-index {input.index_val:q} --classes {input.classes:q} "
-        "--out-dir {params.out_dir:q} --log {log:q}"
+        "--out-dir {params.out_dir:q} --log-file {log:q}"
 
 
 rule ablation_table:

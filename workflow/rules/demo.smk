@@ -17,4 +17,4 @@ rule demo_data:
     shell:
         "imageclf demo --out-dir {params.root:q} --size {params.size} "
         "--val-per-class {params.val_per_class} --test-fraction {params.test_fraction} "
-        "--seed {params.seed} --log {log:q}"
+        "--seed {params.seed} --log-file {log:q}"

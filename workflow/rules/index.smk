@@ -24,7 +24,7 @@ rule index:
         "imageclf index --root {params.root:q} --train-out {output.train:q} "
         "--val-out {output.val:q} --classes-out {output.classes:q} "
         "--on-leak {params.on_leak} --max-image-pixels {params.max_pixels} "
-        "--threads {threads} --log {log:q}"
+        "--threads {threads} --log-file {log:q}"
 
 
 rule index_test:
@@ -70,4 +70,4 @@ rule index_test:
         "--val-index {input.val:q} --classes {input.classes:q} {params.test_labels} "
         "--test-out {output.test:q} --summary-out {output.summary:q} "
         "--leaks-out {output.leaks:q} --on-leak {params.on_leak} "
-        "--max-image-pixels {params.max_pixels} --threads {threads} --log {log:q}"
+        "--max-image-pixels {params.max_pixels} --threads {threads} --log-file {log:q}"

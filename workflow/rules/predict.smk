@@ -31,4 +31,4 @@ rule predict:
         "imageclf predict --run-config {input.config:q} --model {input.model:q} "
         "--index {input.index:q} --classes {input.classes:q} --out {output:q} "
         "{params.test_labels} --batch-size {params.batch_size} --threads {threads} "
-        "{params.cache} --log {log:q}"
+        "{params.cache} --log-file {log:q}"

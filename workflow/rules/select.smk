@@ -15,4 +15,4 @@ rule select:
     shell:
         "imageclf select --history {input.history:q} --best-val-acc {input.best_acc:q} "
         "--best-val-loss {input.best_loss:q} --metric {params.metric} "
-        "--model-out {output.model:q} --selection-out {output.selection:q} --log {log:q}"
+        "--model-out {output.model:q} --selection-out {output.selection:q} --log-file {log:q}"

@@ -14,4 +14,4 @@ rule submission:
     shell:
         "imageclf submission --predictions {input.predictions:q} --test-index {input.test:q} "
         "--classes {input.classes:q} --out-csv {output.csv:q} --out-zip {output.zip:q} "
-        "--log {log:q}"
+        "--log-file {log:q}"

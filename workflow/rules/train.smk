@@ -43,7 +43,7 @@ rule cache:
     shell:
         "imageclf cache --index {input.index:q} --pixels-out {output.pixels:q} "
         "--meta-out {output.meta:q} --mode {wildcards.mode} --image-size {wildcards.size} "
-        "--threads {threads} --log {log:q}"
+        "--threads {threads} --log-file {log:q}"
 
 
 rule train:
@@ -88,4 +88,4 @@ rule train:
         "--val-index {input.val:q} --classes {input.classes:q} --out-dir {params.out_dir:q} "
         "--state-dir {params.state_dir:q} --threads {threads} "
         "--num-workers {resources.loader_workers} {params.train_cache} {params.val_cache} "
-        "--log {log:q}"
+        "--log-file {log:q}"
