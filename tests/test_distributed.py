@@ -3,9 +3,12 @@
 import json
 
 import pandas as pd
+import pytest
 import torch
 from conftest import index_files, make_dataset, snakemake, tiny_overlay, write_overlay
 from imageclf import train
+
+pytestmark = pytest.mark.slow  # torchrun with two processes, through Snakemake
 
 
 def test_two_process_training_matches_one_process(tmp_path):

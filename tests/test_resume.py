@@ -84,6 +84,7 @@ def wait_for(path, text, process, timeout=300):
     raise AssertionError(f"'{text}' never appeared in {path}")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("workers", [0, 2])  # 2: the recipe's DataLoader workers, which persist across epochs
 def test_sigkilled_training_resumes_bit_identically(tmp_path, workers):
     make_dataset(tmp_path / "data")
