@@ -19,7 +19,7 @@ def user_config(root="/data/course"):
 def test_defaults_are_the_reference_recipe():
     cfg = C.effective_config(user_config())
     assert cfg["model"] == {"arch": "resnet50", "weights": "IMAGENET1K_V2", "head": "mlp",
-                            "mlp_hidden": 512, "dropout": 0.5}
+                            "mlp_hidden": 512, "dropout": 0.5, "max_params": 100_000_000}
     t = cfg["train"]
     assert (t["image_size"], t["epochs"], t["batch_size"], t["mixup_alpha"], t["label_smoothing"]) == (224, 100, 64, 0.2, 0.1)
     assert t["optimizer"] == {"name": "adamw", "lr": 0.0005, "weight_decay": 0.0005, "fused": True}

@@ -6,6 +6,7 @@ import copy
 import functools
 import hashlib
 import json
+import logging
 import os
 from pathlib import Path
 
@@ -13,6 +14,8 @@ import jsonschema
 import yaml
 
 from .errors import ConfigError
+
+log = logging.getLogger("imageclf.config")
 
 SCHEMA_PATH = Path(__file__).resolve().parent / "schemas" / "config.schema.yaml"
 
@@ -24,6 +27,10 @@ RUN_SECTIONS = ("model", "augment", "train")
 # changing them, say on moving to a bigger machine, retrains nothing. The train job gets them as
 # arguments (execution_settings).
 EXECUTION_ONLY = {"train": ("num_workers",)}
+# Added by effective_config: per variant, the normalisation of `augment.normalize: weights`.
+RESOLVED = "resolved_normalize"
+# Checked before any job runs, never part of a run: raising the budget retrains nothing.
+CHECK_ONLY = {"model": ("max_params",)}
 # The augmentation ops that run before Resize, in the reference order (presets.py builds them).
 PRE_RESIZE_OP_KEYS = ("horizontal_flip", "vertical_flip", "rotation", "affine", "color_jitter", "rand_augment")
 
@@ -99,9 +106,11 @@ def is_demo(config: dict) -> bool:
     return bool(root) and Path(config["data"]["root"]) == Path(root)
 
 
-def effective_config(config: dict) -> dict:
+def effective_config(config: dict, cache_dir: str | Path | None = None) -> dict:
     """Validate the user's config, apply the demo overlay when data.root is the demo, and check
-    what can be checked before any job runs (variants, weights, files named in the config)."""
+    what can be checked before any job runs (variants, models, weights, files named in the config).
+
+    cache_dir: where facts about architectures are kept between runs (architectures.py)."""
     validate(config)
     # `~/course_data` as a shell would read it (Snakemake hands config values over as they are)
     data = config["data"]
@@ -136,18 +145,67 @@ def effective_config(config: dict) -> dict:
     labels = config["data"]["test_labels"]
     if labels and not is_demo(config) and not Path(labels).is_file():  # the demo's is made by a rule
         raise ConfigError(f"data.test_labels: file {described(labels)} does not exist")
-    checked = set()
+    num_classes = count_classes(config)
+    cache = Path(cache_dir) / "architectures.json" if cache_dir else None
+    resolved = {}
     for variant in config["variants"]:
-        run = run_config(config, variant, config["seeds"][0])
-        if run["train"]["batch_size"] // run["train"]["devices"] < 2:
+        merged = variant_sections(config, variant)
+        if merged["train"]["batch_size"] // merged["train"]["devices"] < 2:
             raise ConfigError(
-                f"train.batch_size (variant '{variant}'): {run['train']['batch_size']} images over "
-                f"{run['train']['devices']} devices leaves fewer than 2 per device; BatchNorm needs 2")
-        model = (run["model"]["arch"], run["model"]["weights"])
-        if model not in checked:
-            checked.add(model)
-            check_weights(*model, variant)
-    return config
+                f"train.batch_size (variant '{variant}'): {merged['train']['batch_size']} images over "
+                f"{merged['train']['devices']} devices leaves fewer than 2 per device; BatchNorm needs 2")
+        resolved[variant] = check_model(merged, variant, num_classes, cache)
+    # augment.normalize: weights -> the mean and std of the variant's weights (a run config is concrete)
+    return {**config, RESOLVED: resolved}
+
+
+def count_classes(config: dict) -> int:
+    """Class folders under data.root/train (the report's 100 while the folder is not there yet)."""
+    train = Path(config["data"]["root"]) / "train"
+    try:
+        return sum(1 for entry in train.iterdir() if entry.is_dir() and not entry.name.startswith(".")) or 100
+    except OSError:
+        return 100
+
+
+def check_model(merged: dict, variant: str, num_classes: int, cache) -> dict | None:
+    """Refuse, before any job runs, a model the recipe cannot train: an unknown architecture, a
+    head it cannot take, an image size it rejects, more parameters than model.max_params, or
+    weights that cannot be had. Warn about known traps. Returns the normalisation to use when
+    augment.normalize is 'weights' (else None)."""
+    from .architectures import facts
+
+    model, size = merged["model"], merged["train"]["image_size"]
+    where = f"(variant '{variant}')"
+    found = facts(model["arch"], model["head"], model["mlp_hidden"], num_classes, size, cache)
+    if not found["known"]:
+        raise ConfigError(f"model.arch {where}: '{model['arch']}' is not a torchvision classification model; "
+                          f"choose one of {found['architectures']}")
+    if found["head_error"]:
+        raise ConfigError(f"model.head {where}: {found['head_error']}")
+    if found["size_error"]:
+        raise ConfigError(f"train.image_size {where}: {model['arch']} does not take {size} x {size} images "
+                          f"({found['size_error']}); it was built for {found['built_size']} px")
+    if found["parameters"] > model["max_params"]:
+        raise ConfigError(f"model.max_params {where}: {model['arch']} with a {model['head']} head for "
+                          f"{num_classes} classes has {found['parameters']:,} parameters, over the budget of "
+                          f"{model['max_params']:,}")
+    if size * 4 <= found["built_size"]:
+        log.warning("train.image_size %s: %d px is far below the %d px %s was built for; its last feature "
+                    "map is about %d x %d. Upsampling small images often helps (README, Backbones).",
+                    where, size, found["built_size"], model["arch"], max(1, size // 32), max(1, size // 32))
+    if model["weights"].lower() == "none" and model["arch"].startswith("mobilenet_v3"):
+        log.warning("model %s: %s from scratch keeps torchvision's BatchNorm momentum of 0.01, so its "
+                    "running statistics lag for many epochs: eval accuracy can sit at chance while the "
+                    "train loss falls (README, Backbones)", where, model["arch"])
+    check_weights(model["arch"], model["weights"], variant, found["weights"])
+    normalize = merged["augment"]["normalize"]
+    if normalize == "weights":
+        if model["weights"] not in found["weights"]:
+            raise ConfigError(f"augment.normalize {where}: 'weights' needs model.weights to be a torchvision "
+                              f"weights name of {model['arch']} ({sorted(found['weights'])}), not '{model['weights']}'")
+        return {"mean": found["mean"], "std": found["std"]}
+    return None
 
 
 def described(path) -> str:
@@ -199,9 +257,20 @@ def looks_like_path(weights: str) -> bool:
     return weights.endswith((".pth", ".pt")) or "/" in weights
 
 
-def check_weights(arch: str, weights: str, variant: str) -> None:
-    """Fail now, not after the index and other runs, on weights that cannot be had:
-    a file that is not there, a name the architecture lacks, a download this machine cannot make."""
+def hub_checkpoints() -> Path:
+    """torch.hub's download folder, found as torch.hub.get_dir() finds it (without importing torch)."""
+    if os.environ.get("TORCH_HOME"):
+        home = Path(os.path.expanduser(os.environ["TORCH_HOME"]))
+    else:
+        home = Path(os.path.expanduser(os.environ.get("XDG_CACHE_HOME", "~/.cache"))) / "torch"
+    return home / "hub" / "checkpoints"
+
+
+def check_weights(arch: str, weights: str, variant: str, names: dict) -> None:
+    """Fail now, not after the index and other runs, on weights that cannot be had: a file that
+    is not there, a name the architecture lacks, a download this machine cannot make.
+
+    names: the architecture's weights names and their download addresses."""
     if weights.lower() == "none":
         return
     if looks_like_path(weights):
@@ -210,16 +279,11 @@ def check_weights(arch: str, weights: str, variant: str) -> None:
                 f"model.weights (variant '{variant}'): file {described(weights)} does not exist; give a path "
                 "to a state dict, a torchvision weights name such as IMAGENET1K_V2, or none")
         return
-    import torch
-    import torchvision
-
-    enum = torchvision.models.get_model_weights(arch)
-    names = [w.name for w in enum] + ["DEFAULT"]
     if weights not in names:
         raise ConfigError(f"model.weights (variant '{variant}'): {arch} has no weights '{weights}'; "
-                          f"its weights are {names}, or give a .pth file, or none")
-    url = enum[weights].url
-    folder = Path(torch.hub.get_dir()) / "checkpoints"
+                          f"its weights are {sorted(names)}, or give a .pth file, or none")
+    url = names[weights]
+    folder = hub_checkpoints()
     filename = os.path.basename(url)
     if (folder / filename).is_file() or can_reach(url):
         return
@@ -248,9 +312,13 @@ def run_config(config: dict, variant: str, seed: int) -> dict:
     if variant not in config["variants"]:
         raise ConfigError(f"unknown variant '{variant}'; known: {sorted(config['variants'])}")
     merged = variant_sections(config, variant)
-    validate(deep_merge(config, merged), where=f"config of variant '{variant}'")
+    user = {key: value for key, value in config.items() if key != RESOLVED}
+    validate(deep_merge(user, merged), where=f"config of variant '{variant}'")
+    normalize = config.get(RESOLVED, {}).get(variant)
+    if normalize:
+        merged["augment"] = {**merged["augment"], "normalize": normalize}
     merged = canonical(merged, schema())
-    for section, keys in EXECUTION_ONLY.items():
+    for section, keys in {**EXECUTION_ONLY, **CHECK_ONLY}.items():
         merged[section] = {key: value for key, value in merged[section].items() if key not in keys}
     return {"variant": variant, "seed": int(seed), **merged}
 

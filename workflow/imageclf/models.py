@@ -65,42 +65,118 @@ def backbone_state_dict(weights: str) -> dict | None:
     return None
 
 
+# Builders whose auxiliary classifiers would make training return a tuple: built without them.
+NO_AUX_LOGITS = {"googlenet", "inception_v3"}
+AUX_PREFIXES = ("aux1.", "aux2.", "AuxLogits.")
+
+
+def architectures() -> list[str]:
+    """Every classification model of torchvision's registry."""
+    return torchvision.models.list_models(module=torchvision.models)
+
+
+def backbone(arch: str) -> nn.Module:
+    """The architecture as torchvision builds it, randomly initialised, with its own classifier."""
+    if arch not in architectures():
+        raise WeightsError(f"model.arch '{arch}' is not a torchvision classification model; "
+                           f"choose one of {architectures()}")
+    extra = {"aux_logits": False, "init_weights": True} if arch in NO_AUX_LOGITS else {}
+    return torchvision.models.get_model(arch, weights=None, **extra)
+
+
+def final_classifier(model: nn.Module) -> tuple[str, nn.Module]:
+    """(dotted name, module) of the layer that maps features to ImageNet's classes: the last
+    Linear of the network (fc, classifier[-1], heads.head, head, ...), or SqueezeNet's last
+    1x1 convolution."""
+    last = None
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Linear) or (isinstance(module, nn.Conv2d) and name == "classifier.1"):
+            if not name.startswith(tuple(p.rstrip(".") for p in AUX_PREFIXES)):
+                last = (name, module)
+    if last is None:
+        raise WeightsError(f"{type(model).__name__}: no final Linear layer to replace with the head")
+    return last
+
+
+def replace_module(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, new)
+
+
+def attach_head(model: nn.Module, num_classes: int, head: str, hidden: int, dropout: float) -> str:
+    """Replace the final classifier by the configured head; returns its dotted name."""
+    name, old = final_classifier(model)
+    if isinstance(old, nn.Conv2d):  # SqueezeNet: 1x1 convolution over the last feature map
+        replace_module(model, name, nn.Conv2d(old.in_channels, num_classes, kernel_size=1))
+        if head != "linear":
+            raise WeightsError("model.head 'mlp' needs a Linear classifier; squeezenet has a convolution: use linear")
+        return name
+    replace_module(model, name, build_head(old.in_features, num_classes, head, hidden, dropout))
+    return name
+
+
+def pretrained_state(arch: str, weights: str) -> dict | None:
+    """The state dict named by model.weights (None for 'none'), downloaded into the torch hub
+    cache when it is a torchvision weights name."""
+    local = backbone_state_dict(weights)
+    if local is not None or weights.lower() == "none":
+        return local
+    try:
+        enum = torchvision.models.get_model_weights(arch)[weights]
+    except KeyError as error:
+        raise WeightsError(
+            f"model.weights '{weights}' is neither a file nor a torchvision weights name "
+            f"for {arch} ({[w.name for w in torchvision.models.get_model_weights(arch)]})"
+        ) from error
+    log.info("loading %s weights %s (torch hub cache: %s)", arch, weights, torch.hub.get_dir())
+    try:
+        return enum.get_state_dict(progress=False, check_hash=True, weights_only=True)
+    except OSError as error:  # URLError included: no internet on this node
+        folder = Path(torch.hub.get_dir()) / "checkpoints"
+        raise WeightsError(
+            f"model.weights {weights}: cannot download {enum.url} ({error}); download "
+            f"{Path(enum.url).name} where there is internet and put it in {folder}/") from error
+
+
 def build_model(arch: str, num_classes: int, head: str = "mlp", weights: str = "none",
                 mlp_hidden: int = 512, dropout: float = 0.5) -> nn.Module:
-    """A torchvision ResNet with pretrained weights loaded, then its fc replaced by our head."""
-    builder = getattr(torchvision.models, arch)
-    model = builder(weights=None)
-    if weights.lower() != "none":
-        local = backbone_state_dict(weights)
-        if local is None:  # a torchvision weights name, e.g. IMAGENET1K_V2
-            try:
-                enum = torchvision.models.get_model_weights(arch)[weights]
-            except KeyError as error:
-                raise WeightsError(
-                    f"model.weights '{weights}' is neither a file nor a torchvision weights name "
-                    f"for {arch} ({[w.name for w in torchvision.models.get_model_weights(arch)]})"
-                ) from error
-            log.info("loading %s weights %s (torch hub cache: %s)", arch, weights, torch.hub.get_dir())
-            try:
-                local = enum.get_state_dict(progress=False, check_hash=True, weights_only=True)
-            except OSError as error:  # URLError included: no internet on this node
-                folder = Path(torch.hub.get_dir()) / "checkpoints"
-                raise WeightsError(
-                    f"model.weights {weights}: cannot download {enum.url} ({error}); download "
-                    f"{Path(enum.url).name} where there is internet and put it in {folder}/") from error
-        backbone = {k: v for k, v in local.items() if not k.startswith("fc.")}
+    """A torchvision classification model with pretrained weights loaded (all but its final
+    classifier), then that classifier replaced by our head."""
+    model = backbone(arch)
+    classifier, _ = final_classifier(model)
+    state = pretrained_state(arch, weights)
+    if state is not None:
+        prefix = classifier + "."
+        kept = {k: v for k, v in state.items() if not k.startswith(prefix) and not k.startswith(AUX_PREFIXES)}
         try:
-            missing, unexpected = model.load_state_dict(backbone, strict=False)
+            missing, unexpected = model.load_state_dict(kept, strict=False)
         except RuntimeError as error:  # tensors of the wrong shape
             raise WeightsError(f"model.weights '{weights}' does not fit {arch}: {first_detail(error)}") from error
-        missing = [k for k in missing if not k.startswith("fc.")]
+        missing = [k for k in missing if not k.startswith(prefix)]
         if missing or unexpected:
             raise WeightsError(
                 f"model.weights '{weights}' does not fit {arch}: missing {missing[:3]}, "
                 f"unexpected {unexpected[:3]}"
             )
-    model.fc = build_head(model.fc.in_features, num_classes, head, mlp_hidden, dropout)
+    attach_head(model, num_classes, head, mlp_hidden, dropout)
     return model
+
+
+def head_parameters(model: nn.Module) -> list:
+    """The parameters of the head that replaced the final classifier (the rest is the backbone)."""
+    name, _ = final_classifier_of_head(model)
+    return list(model.get_submodule(name).parameters())
+
+
+def final_classifier_of_head(model: nn.Module) -> tuple[str, nn.Module]:
+    """Where attach_head put the head: the parent of the last Linear when that is our MLP."""
+    name, module = final_classifier(model)
+    parent_name = name.rpartition(".")[0]
+    parent = model.get_submodule(parent_name) if parent_name else model
+    if isinstance(parent, nn.Sequential) and len(parent) == 5 and isinstance(parent[1], nn.BatchNorm1d):
+        return parent_name, parent
+    return name, module
 
 
 def model_from_config(model_cfg: dict, num_classes: int, pretrained: bool = True) -> nn.Module:

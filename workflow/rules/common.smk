@@ -15,7 +15,7 @@ from imageclf.cache import cache_mode
 from imageclf.datafiles import update_stamp
 
 try:
-    CFG = effective_config(config)
+    CFG = effective_config(config, cache_dir=".snakemake/imageclf")
 except ConfigError as error:
     raise WorkflowError(str(error))
 
@@ -78,27 +78,42 @@ def test_labels_flag(wildcards, input):
     return f"--test-labels {shlex.quote(str(input.test_labels))}"
 
 
-def data_stamp(group):
-    """The input that makes a group's index rerun exactly when its files change.
+def data_stamps():
+    """Bring the stamp of each side of a user's data set up to date, before the DAG is built
+    (Snakemake takes stock of the files in a folder once: a stamp made while it builds the DAG
+    could look missing). Once per invocation; a cluster job's own Snakemake only reads them.
+    """
+    if is_demo(CFG):
+        return {}
+    root = Path(CFG["data"]["root"])
+    if not root.is_dir():
+        where = "" if root.is_absolute() else f" (relative to {Path.cwd()})"
+        raise WorkflowError(
+            f"data.root: folder '{root}'{where} does not exist; set data.root to a folder "
+            "with train/<label>/, val/<label>/ and test/"
+        )
+    stamps = {group: f"{INDEX}/data_{group}.sha256" for group in DATA_GROUPS}
+    if workflow.is_main_process:
+        for group, splits in DATA_GROUPS.items():
+            update_stamp(
+                root, splits, stamps[group], f".snakemake/imageclf/data_{group}.tsv"
+            )
+    return stamps
 
-    The demo's data come from a rule (its folders are the input); a user's data set is watched
-    through a stamp of its contents, brought up to date here, once per Snakemake invocation."""
-    splits = DATA_GROUPS[group]
+
+DATA_STAMPS = data_stamps()
+
+
+def data_stamp(group):
+    """The input that makes a group's index rerun exactly when its files change: the demo's
+    folders (made by a rule), or the stamp of a user's data set."""
 
     def stamp(wildcards):
         if is_demo(CFG):
-            return [getattr(rules.demo_data.output, split) for split in splits]
-        root = Path(CFG["data"]["root"])
-        if not root.is_dir():
-            where = "" if root.is_absolute() else f" (relative to {Path.cwd()})"
-            raise WorkflowError(
-                f"data.root: folder '{root}'{where} does not exist; set data.root to a folder "
-                "with train/<label>/, val/<label>/ and test/"
-            )
-        path = f"{INDEX}/data_{group}.sha256"
-        if workflow.is_main_process:  # a cluster job's own Snakemake only needs the stamp
-            update_stamp(root, splits, path, f".snakemake/imageclf/data_{group}.tsv")
-        return [path]
+            return [
+                getattr(rules.demo_data.output, split) for split in DATA_GROUPS[group]
+            ]
+        return [DATA_STAMPS[group]]
 
     return stamp
 
@@ -129,7 +144,10 @@ def cache_flag(name, split):
         split_name = split if isinstance(split, str) else split(wildcards)
         if f"{split_name}_cache_pixels" not in input.keys():
             return ""
-        pixels, meta = input[f"{split_name}_cache_pixels"], input[f"{split_name}_cache_meta"]
+        pixels, meta = (
+            input[f"{split_name}_cache_pixels"],
+            input[f"{split_name}_cache_meta"],
+        )
         return f"--{name} {shlex.quote(pixels)} {shlex.quote(meta)}"
 
     return flag
