@@ -171,3 +171,24 @@ def test_fused_optimizer_is_the_same_update(name):
         results.append(torch.cat([p.detach().flatten() for p in model.parameters()]))
         assert not torch.allclose(results[-1], initial)
     torch.testing.assert_close(results[0], results[1], rtol=1e-5, atol=1e-6)
+
+
+def test_test_time_augmentation_averages_the_views():
+    """A mirror-symmetric input gives the same probabilities with and without hflip; a model
+    that sees left from right gets the mean of the image's and its mirror's probabilities."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 4 * 4, 5))
+    half = torch.randn(6, 3, 4, 2)
+    symmetric = torch.cat([half, half.flip(-1)], dim=-1)
+    loader = [(symmetric, torch.zeros(6, dtype=torch.long))]
+    plain, _ = engine.predict_probabilities(model, loader, torch.device("cpu"))
+    with_tta, _ = engine.predict_probabilities(model, loader, torch.device("cpu"), views=("hflip",))
+    assert np.allclose(plain, with_tta, atol=1e-6)
+    images = torch.randn(6, 3, 4, 4)
+    loader = [(images, torch.zeros(6, dtype=torch.long))]
+    tta, _ = engine.predict_probabilities(model, loader, torch.device("cpu"), views=("hflip", "vflip"))
+    views = [images, images.flip(-1), images.flip(-2)]
+    expected = torch.stack([torch.softmax(model(v), dim=1) for v in views]).mean(0).detach().numpy()
+    assert np.allclose(tta, expected, atol=1e-6)
+    unaugmented, _ = engine.predict_probabilities(model, loader, torch.device("cpu"))
+    assert not np.allclose(tta, unaugmented, atol=1e-4)  # the views did change something

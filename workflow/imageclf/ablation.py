@@ -40,6 +40,31 @@ def load_runs(runs: list[dict]) -> tuple[pd.DataFrame, dict]:
     return pd.DataFrame(rows), predictions
 
 
+def ensemble_rows(ensembles: list[dict], runs: pd.DataFrame, predictions: dict) -> pd.DataFrame:
+    """One row per ensemble, shaped like a run's (seed 0), its predictions added to `predictions`.
+
+    ensembles: dicts with "name", "members" [(variant, seed)], and the "val" and "test" paths."""
+    rows = []
+    for spec in ensembles:
+        preds = {split: tables.read_predictions(spec[split]) for split in ("val", "test")}
+        predictions[spec["name"], 0] = preds
+        members = runs.set_index(["variant", "seed"]).loc[spec["members"]]
+        val, test = preds["val"], preds["test"]
+        truth = [f"{tables.PROB_PREFIX}{label}" for label in val["label"]]
+        probs = np.array([row[column] for (_, row), column in zip(val.iterrows(), truth)], dtype=float)
+        test_known = test["label"] != ""
+        rows.append({
+            "variant": spec["name"], "seed": 0, "parameters": int(members["parameters"].sum()),
+            "selected_epoch": np.nan, "select_metric": "", "kind": "ensemble",
+            "val_acc": float((val["label"] == val["pred_label"]).mean()),
+            "val_loss": float(-np.log(np.clip(probs, 1e-12, None)).mean()),  # plain cross-entropy
+            "test_acc": float((test["label"] == test["pred_label"])[test_known].mean())
+            if test_known.all() and len(test_known) else np.nan,
+            "train_minutes": float(members["train_minutes"].sum()), "config_hash": "", "index_hash": "",
+        })
+    return pd.DataFrame(rows)
+
+
 def correctness(predictions, variant, seeds, split) -> np.ndarray:
     """(seeds, images) array of 0/1, images in name order (the prediction files are sorted)."""
     return np.stack([
@@ -48,25 +73,33 @@ def correctness(predictions, variant, seeds, split) -> np.ndarray:
     ]).astype(float)
 
 
-def summarize(runs: pd.DataFrame, predictions, reference: str, seeds, samples: int) -> pd.DataFrame:
+def summarize(runs: pd.DataFrame, predictions, reference: str, samples: int) -> pd.DataFrame:
+    """One row per variant (and ensemble): mean and sd over its runs, and its difference from
+    `reference` on the same images with a paired bootstrap interval and McNemar's test."""
     splits = ["val"] + (["test"] if runs["test_acc"].notna().all() else [])
+    reference_seeds = runs.loc[runs["variant"] == reference, "seed"].tolist()
     rows = []
     for variant, group in runs.groupby("variant", sort=False):
-        row = {"variant": variant, "runs": len(group), "parameters": int(group["parameters"].iloc[0])}
+        seeds = group["seed"].tolist()
+        kind = group["kind"].iloc[0] if "kind" in group and isinstance(group["kind"].iloc[0], str) else "variant"
+        row = {"variant": variant, "kind": kind, "runs": len(group),
+               "parameters": int(group["parameters"].iloc[0])}
         for metric in ("val_acc", "val_loss", "test_acc", "selected_epoch", "train_minutes"):
             values = group[metric].astype(float)
             row[f"{metric}_mean"] = values.mean()
             row[f"{metric}_sd"] = values.std(ddof=1) if len(values) > 1 else np.nan
         for split in splits:
-            ref = correctness(predictions, reference, seeds, split)
+            ref = correctness(predictions, reference, reference_seeds, split)
             other = correctness(predictions, variant, seeds, split)
             boot = stats.paired_bootstrap(ref, other, samples=samples)
             test = stats.mcnemar_exact(stats.majority_correct(ref), stats.majority_correct(other))
+            # seed-to-seed noise is measured only where the reference or the variant has several runs
+            one_run_each = len(reference_seeds) == 1 and (len(seeds) == 1 and kind == "variant")
             row.update({
                 f"{split}_diff": boot["diff"], f"{split}_ci_low": boot["ci_low"],
                 f"{split}_ci_high": boot["ci_high"], f"{split}_mcnemar_p": test["p_value"],
                 f"{split}_verdict": "reference" if variant == reference
-                else stats.verdict(boot["ci_low"], boot["ci_high"], test["p_value"]),
+                else stats.verdict(boot["ci_low"], boot["ci_high"], test["p_value"], seed_noise=not one_run_each),
             })
         rows.append(row)
     return pd.DataFrame(rows)
@@ -100,15 +133,25 @@ def markdown(table: pd.DataFrame, reference: str) -> str:
                     f"{100 * r[f'{split}_ci_high']:+.2f}], p = {r[f'{split}_mcnemar_p']:.3g}: {r[f'{split}_verdict']}"
                 )
         lines.append("| " + " | ".join(cells) + " |")
-    seeds = int(table["runs"].max())
+    seeds = int(table.loc[table["kind"] == "variant", "runs"].max())
     lines += [
         "",
         f"Mean ± sd over {seeds} seed(s) per variant. Δ: accuracy of the variant minus {reference}, in points, "
         "with a 95 % paired bootstrap interval (images resampled"
         + (", seeds too" if seeds > 1 else "") + "). McNemar: exact two-sided test on the paired "
         "right/wrong outcomes" + (" (per image, right in most seeds)" if seeds > 1 else "") + ". "
-        "A difference counts as beyond noise only when the interval excludes 0 and p < 0.05.",
+        + ("A difference counts as beyond noise only when the interval excludes 0 and p < 0.05."
+           if seeds > 1 else
+           "With one run per variant, the interval and p cover the sampling of images only: seed-to-seed "
+           "noise is unmeasured, and one training run can differ from another by as much. Train several "
+           "seeds (`seeds`) before calling a difference real."),
     ]
+    ensembles = table[table["kind"] == "ensemble"]
+    if len(ensembles):
+        lines.append("")
+        lines.append("Ensembles (" + ", ".join(ensembles["variant"]) + "): the mean class probabilities of their "
+                     "member runs, one prediction per image; parameters and train minutes are their members' sums, "
+                     "and val loss is the plain cross-entropy of the averaged probabilities.")
     return "\n".join(lines) + "\n"
 
 
@@ -129,13 +172,15 @@ def class_reports(predictions, variants, seeds, classes, out_dir) -> None:
         tables.write_table(Path(out_dir) / f"classification_report_{variant}.csv", pd.DataFrame(rows))
 
 
-def run(runs: list[dict], reference, classes_csv, out_dir, samples: int) -> pd.DataFrame:
-    """runs: see load_runs. Writes runs.csv, table.csv, table.md and a classification report per
-    variant into out_dir."""
+def run(runs: list[dict], reference, classes_csv, out_dir, samples: int, ensembles: list[dict] = ()) -> pd.DataFrame:
+    """runs: see load_runs; ensembles: see ensemble_rows. Writes runs.csv, table.csv, table.md and a
+    classification report per variant into out_dir."""
     runs_frame, predictions = load_runs(runs)
     variants = list(dict.fromkeys(r["variant"] for r in runs))
     seeds = list(dict.fromkeys(int(r["seed"]) for r in runs))
-    table = summarize(runs_frame, predictions, reference, seeds, samples)
+    runs_frame["kind"] = "variant"
+    every = pd.concat([runs_frame, ensemble_rows(list(ensembles), runs_frame, predictions)], ignore_index=True)
+    table = summarize(every, predictions, reference, samples)
     out_dir = Path(out_dir)
     tables.write_table(out_dir / "runs.csv", runs_frame)
     tables.write_table(out_dir / "table.csv", table)
@@ -156,6 +201,10 @@ def main(argv=None) -> None:
     parser.add_argument("--classes", required=True, help="classes.csv of the index")
     parser.add_argument("--out-dir", required=True)
     parser.add_argument("--bootstrap-samples", type=int, required=True)
+    parser.add_argument("--ensembles", nargs="*", default=[], metavar="NAME=VARIANT:SEED,...",
+                        help="ensembles and their member runs; their prediction files follow in this order")
+    parser.add_argument("--ensemble-val-predictions", nargs="*", default=[])
+    parser.add_argument("--ensemble-test-predictions", nargs="*", default=[])
     add_log_argument(parser)
     args = parser.parse_args(argv)
     setup_logging(args.log_file)
@@ -167,4 +216,11 @@ def main(argv=None) -> None:
         variant, seed = spec.rsplit(":", 1)
         runs.append({"variant": variant, "seed": int(seed), "run": record, "selection": selection,
                      "val": val, "test": test})
-    run(runs, args.reference, args.classes, args.out_dir, args.bootstrap_samples)
+    if not len(args.ensembles) == len(args.ensemble_val_predictions) == len(args.ensemble_test_predictions):
+        parser.error("give val and test predictions for each ensemble")
+    ensembles = []
+    for spec, val, test in zip(args.ensembles, args.ensemble_val_predictions, args.ensemble_test_predictions):
+        name, members = spec.split("=", 1)
+        pairs = [member.rsplit(":", 1) for member in members.split(",")]
+        ensembles.append({"name": name, "members": [(v, int(s)) for v, s in pairs], "val": val, "test": test})
+    run(runs, args.reference, args.classes, args.out_dir, args.bootstrap_samples, ensembles)

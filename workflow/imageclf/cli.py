@@ -18,6 +18,7 @@ STAGES = {
     "train": ("train", "main", "train one run (variant, seed); resumes after a crash"),
     "select": ("select", "main", "pick a run's checkpoint by select.metric"),
     "predict": ("predict", "main", "predict one split with a selected checkpoint"),
+    "ensemble": ("ensemble", "main", "average the class probabilities of several runs"),
     "submission": ("submission", "main", "write submission.csv and submission.zip"),
     "ablation": ("ablation", "main", "the ablation table: accuracy per variant, CIs, McNemar"),
     "plots": ("plots", "main", "curves, confusion matrix, worst classes, error gallery"),

@@ -142,6 +142,20 @@ def effective_config(config: dict, cache_dir: str | Path | None = None) -> dict:
             f"ablation.reference '{config['ablation']['reference']}' is not one of the "
             f"variants {sorted(config['variants'])}"
         )
+    config = {**config, "ensembles": {name: {"variants": spec["variants"], "seeds": spec.get("seeds") or config["seeds"]}
+                                      for name, spec in (config.get("ensembles") or {}).items() if spec is not None}}
+    for name, spec in config["ensembles"].items():
+        unknown = [v for v in spec["variants"] if v not in config["variants"]]
+        if unknown:
+            raise ConfigError(f"ensembles.{name}.variants: {unknown} are not variants ({sorted(config['variants'])})")
+        missing = [s for s in spec["seeds"] if s not in config["seeds"]]
+        if missing:
+            raise ConfigError(f"ensembles.{name}.seeds: {missing} are not in seeds {config['seeds']}")
+        if name in config["variants"]:
+            raise ConfigError(f"ensembles.{name}: a variant has this name too; give the ensemble another")
+    chosen = config["submission"]["ensemble"]
+    if chosen is not None and chosen not in config["ensembles"]:
+        raise ConfigError(f"submission.ensemble '{chosen}' is not one of the ensembles {sorted(config['ensembles'])}")
     labels = config["data"]["test_labels"]
     if labels and not is_demo(config) and not Path(labels).is_file():  # the demo's is made by a rule
         raise ConfigError(f"data.test_labels: file {described(labels)} does not exist")

@@ -169,16 +169,28 @@ def train_one_epoch(model, loader, optimizer, criterion, device, *, mixup_alpha:
     return {"train_loss": total_loss.item() / max(seen, 1), "train_images": seen, "train_seconds": seconds}
 
 
+# Test-time augmentation views (predict.tta): each a function of an (N, C, H, W) batch.
+TTA_VIEWS = {"hflip": lambda images: images.flip(-1), "vflip": lambda images: images.flip(-2)}
+
+
 @torch.inference_mode()
-def predict_probabilities(model, loader, device, precision: str = "fp32", channels_last: bool = False):
-    """Softmax probabilities (float32 numpy) and targets for every item of `loader`, in order."""
+def predict_probabilities(model, loader, device, precision: str = "fp32", channels_last: bool = False,
+                          views=()):
+    """Softmax probabilities (float32 numpy) and targets for every item of `loader`, in order.
+
+    views: test-time augmentation (TTA_VIEWS names): the probabilities are averaged over the
+    image itself and each view of it."""
     model.eval()
     probs, targets = [], []
     for images, batch_targets in loader:
         images = to_device(images, device, channels_last)
-        with autocast(device, precision):
-            logits = model(images)
-        probs.append(torch.softmax(logits.float(), dim=1).cpu())
+        batch = None
+        for view in (None, *views):
+            with autocast(device, precision):
+                logits = model(images if view is None else TTA_VIEWS[view](images))
+            p = torch.softmax(logits.float(), dim=1)
+            batch = p if batch is None else batch + p
+        probs.append((batch / (1 + len(views))).cpu())
         targets.append(torch.as_tensor(batch_targets))
     return torch.cat(probs).numpy(), torch.cat(targets).numpy()
 

@@ -40,9 +40,10 @@ def prediction_frame(frame: pd.DataFrame, probs: np.ndarray, classes: list[str])
 
 
 def predict(run_config_path, model_path, index_csv, classes_csv, out_csv, test_labels=None,
-            batch_size: int = 128, threads: int = 1, num_workers: int = 0, cache_paths=None) -> float:
+            batch_size: int = 128, threads: int = 1, num_workers: int = 0, cache_paths=None, tta=()) -> float:
     """Predict the split indexed in `index_csv` into `out_csv`; returns its accuracy (nan when
-    unlabelled). cache_paths: (pixels.npy, meta.csv) of the split's decoded-image cache."""
+    unlabelled). cache_paths: (pixels.npy, meta.csv) of the split's decoded-image cache.
+    tta: test-time augmentation views (predict.tta), averaged with the image itself."""
     cfg = load_run_config(run_config_path)
     torch.set_num_threads(max(1, threads))
     classes = tables.read_classes(classes_csv)
@@ -60,14 +61,15 @@ def predict(run_config_path, model_path, index_csv, classes_csv, out_csv, test_l
     dataset = data.ImageDataset(frame, classes, transform, open_cache(cache_paths, index_csv))
     loader = data.make_loader(dataset, batch_size, num_workers)
     start = time.perf_counter()
-    probs, _ = engine.predict_probabilities(model, loader, device, precision, channels_last)
+    probs, _ = engine.predict_probabilities(model, loader, device, precision, channels_last, views=tuple(tta))
     seconds = time.perf_counter() - start
     result = prediction_frame(frame, probs, classes)
     tables.write_predictions(out_csv, result)
     known = result["correct"].dropna()
     acc = float(known.astype(bool).mean()) if len(known) else float("nan")
-    log.info("%s: %d images in %.1fs (%.1f img/s), accuracy %s", index_csv, len(result), seconds,
-             len(result) / max(seconds, 1e-9), f"{acc:.4f}" if len(known) else "n/a (no labels)")
+    log.info("%s: %d images in %.1fs (%.1f img/s), test-time views: %s, accuracy %s", index_csv, len(result),
+             seconds, len(result) / max(seconds, 1e-9), ", ".join(["original", *tta]),
+             f"{acc:.4f}" if len(known) else "n/a (no labels)")
     return acc
 
 
@@ -82,9 +84,11 @@ def main(argv=None) -> None:
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--cache", nargs=2, metavar=("PIXELS", "META"), help="the split's decoded-image cache")
+    parser.add_argument("--tta", nargs="*", default=[], choices=sorted(engine.TTA_VIEWS),
+                        help="test-time augmentation views (predict.tta)")
     add_log_argument(parser)
     args = parser.parse_args(argv)
     setup_logging(args.log_file)
     keep_freed_memory()
     predict(args.run_config, args.model, args.index, args.classes, args.out, args.test_labels or None,
-            args.batch_size, args.threads, cache_paths=args.cache)
+            args.batch_size, args.threads, cache_paths=args.cache, tta=args.tta)

@@ -27,8 +27,9 @@ def best_epoch(history: pd.DataFrame, metric: str) -> int:
     return int(history.loc[values == best, "epoch"].iloc[0])
 
 
-def select(history_path, checkpoints: dict, metric: str, model_out, selection_out) -> dict:
-    """checkpoints: {metric: path of the checkpoint training kept for it}."""
+def select(history_path, checkpoints: dict, metric: str, model_out, selection_out, tta=()) -> dict:
+    """checkpoints: {metric: path of the checkpoint training kept for it}. tta: the test-time
+    augmentation views its predictions use (predict.tta), recorded with the choice."""
     history = tables.read_history(history_path)
     epoch = best_epoch(history, metric)
     source = checkpoints[metric]
@@ -47,7 +48,7 @@ def select(history_path, checkpoints: dict, metric: str, model_out, selection_ou
         "val_acc": float(row["val_acc"]), "val_loss": float(row["val_loss"]),
         "reason": f"epoch {epoch} has the {GOAL[metric]}imum {metric} ({row[metric]:.4f}) of "
                   f"{len(history)} epochs; its {other} is {row[other]:.4f}",
-        "source": str(source),
+        "source": str(source), "tta": list(tta),
     }
     tables.write_selection(selection_out, selection)
     log.info("selected %s", selection["reason"])
@@ -62,8 +63,9 @@ def main(argv=None) -> None:
     parser.add_argument("--metric", required=True, choices=sorted(GOAL))
     parser.add_argument("--model-out", required=True)
     parser.add_argument("--selection-out", required=True)
+    parser.add_argument("--tta", nargs="*", default=[], help="predict.tta, recorded in the selection")
     add_log_argument(parser)
     args = parser.parse_args(argv)
     setup_logging(args.log_file)
     select(args.history, {"val_acc": args.best_val_acc, "val_loss": args.best_val_loss}, args.metric,
-           args.model_out, args.selection_out)
+           args.model_out, args.selection_out, args.tta)

@@ -57,7 +57,15 @@ def majority_correct(correct) -> np.ndarray:
     return correct.mean(axis=0) > 0.5
 
 
-def verdict(ci_low: float, ci_high: float, p_value: float, alpha: float = 0.05) -> str:
+def verdict(ci_low: float, ci_high: float, p_value: float, alpha: float = 0.05, seed_noise: bool = True) -> str:
+    """seed_noise: whether the interval covers training noise too (several seeds). With one run of
+    each, a difference is only beyond the noise of sampling the images."""
+    if not seed_noise:
+        if ci_low > 0 and p_value < alpha:
+            return "better on these images (one run each: seed noise unmeasured)"
+        if ci_high < 0 and p_value < alpha:
+            return "worse on these images (one run each: seed noise unmeasured)"
+        return "not distinguishable from noise (one run each: seed noise unmeasured)"
     if ci_low > 0 and p_value < alpha:
         return "better, beyond noise"
     if ci_high < 0 and p_value < alpha:

@@ -5,6 +5,8 @@ rule ablation:
         selections=run_paths(f"{RUN}/selection.json"),
         val=run_paths(f"{PRED}/val.csv"),
         test=run_paths(f"{PRED}/test.csv"),
+        ensemble_val=ensemble_paths("val"),
+        ensemble_test=ensemble_paths("test"),
         classes=INDEX_FILES["classes"],
     output:
         table=in_report(
@@ -44,12 +46,13 @@ rule ablation:
         reference=CFG["ablation"]["reference"],
         samples=CFG["ablation"]["bootstrap_samples"],
         out_dir=lambda wildcards, output: os.path.dirname(output.table),
+        ensembles=ensemble_flags,
     shell:
         "imageclf ablation --runs {params.runs} --run-records {input.runs:q} "
         "--selections {input.selections:q} --val-predictions {input.val:q} "
         "--test-predictions {input.test:q} --reference {params.reference} "
         "--classes {input.classes:q} --bootstrap-samples {params.samples} "
-        "--out-dir {params.out_dir:q} --log-file {log:q}"
+        "{params.ensembles} --out-dir {params.out_dir:q} --log-file {log:q}"
 
 
 rule plots:

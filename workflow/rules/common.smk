@@ -26,15 +26,23 @@ PRED = "results/predict/{variant}/seed{seed}"
 VARIANTS = list(CFG["variants"])
 SEEDS = [int(s) for s in CFG["seeds"]]
 DEMO_ROOT = (CFG.get("demo") or {}).get("root", "resources/demo")
-# The predictions of the run that is submitted (submission.variant, submission.seed).
-SUBMITTED_PRED = {
-    split: expand(
-        f"{PRED}/{split}.csv",
-        variant=CFG["submission"]["variant"],
-        seed=CFG["submission"]["seed"],
-    )[0]
-    for split in ("val", "test")
-}
+ENSEMBLE_PRED = "results/predict/ensemble/{name}/{split}.csv"
+ENSEMBLES = CFG["ensembles"]
+# The predictions that are submitted: submission.ensemble's, or submission.variant and .seed's run.
+if CFG["submission"]["ensemble"]:
+    SUBMITTED_PRED = {
+        split: ENSEMBLE_PRED.format(name=CFG["submission"]["ensemble"], split=split)
+        for split in ("val", "test")
+    }
+else:
+    SUBMITTED_PRED = {
+        split: expand(
+            f"{PRED}/{split}.csv",
+            variant=CFG["submission"]["variant"],
+            seed=CFG["submission"]["seed"],
+        )[0]
+        for split in ("val", "test")
+    }
 INDEX_FILES = {
     name: f"{INDEX}/{name}.csv"
     for name in ("train", "val", "test", "classes", "summary", "leaks")
@@ -167,6 +175,38 @@ def run_names(variants=None, seeds=None):
         f"{variant}:{seed}"
         for variant in variants or VARIANTS
         for seed in (seeds if seeds is not None else SEEDS)
+    )
+
+
+def ensemble_members(wildcards):
+    """Prediction files of an ensemble's member runs, for one split."""
+    spec = ENSEMBLES[wildcards.name]
+    return expand(
+        f"{PRED}/{wildcards.split}.csv",
+        variant=spec["variants"],
+        seed=spec["seeds"],
+    )
+
+
+def ensemble_paths(split):
+    return [ENSEMBLE_PRED.format(name=name, split=split) for name in ENSEMBLES]
+
+
+def ensemble_flags(wildcards, input):
+    """A params function: each ensemble as NAME=VARIANT:SEED,... with its prediction files."""
+    if not ENSEMBLES:
+        return ""
+    specs = [
+        name
+        + "="
+        + ",".join(f"{v}:{s}" for v in spec["variants"] for s in spec["seeds"])
+        for name, spec in ENSEMBLES.items()
+    ]
+    quoted = lambda paths: " ".join(shlex.quote(str(p)) for p in paths)
+    return (
+        f"--ensembles {' '.join(specs)} "
+        f"--ensemble-val-predictions {quoted(input.ensemble_val)} "
+        f"--ensemble-test-predictions {quoted(input.ensemble_test)}"
     )
 
 

@@ -27,8 +27,27 @@ rule predict:
         batch_size=CFG["predict"]["batch_size"],
         cache=cache_flag("cache", lambda wildcards: wildcards.split),
         test_labels=test_labels_flag,
+        tta=" ".join(CFG["predict"]["tta"]),
     shell:
         "imageclf predict --run-config {input.config:q} --model {input.model:q} "
         "--index {input.index:q} --classes {input.classes:q} --out {output:q} "
         "{params.test_labels} --batch-size {params.batch_size} --threads {threads} "
-        "{params.cache} --log-file {log:q}"
+        "{params.cache} --tta {params.tta} --log-file {log:q}"
+
+
+rule ensemble:
+    """The mean class probabilities of an ensemble's member runs (config `ensembles`)."""
+    input:
+        members=ensemble_members,
+        classes=INDEX_FILES["classes"],
+    output:
+        ENSEMBLE_PRED,
+    log:
+        "logs/ensemble/{name}_{split}.log",
+    wildcard_constraints:
+        name="[A-Za-z0-9_.-]+",
+    conda:
+        CONDA_ENV
+    shell:
+        "imageclf ensemble --members {input.members:q} --classes {input.classes:q} "
+        "--out {output:q} --log-file {log:q}"

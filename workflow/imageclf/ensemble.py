@@ -1,0 +1,58 @@
+"""An ensemble: the mean of its member runs' class probabilities, as a run's own predictions.
+
+The output has a run's prediction columns (image_name, label, pred_label, correct, prob_<class>),
+so the submission and the ablation table take an ensemble like any run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+import numpy as np
+import pandas as pd
+
+from . import tables
+from .errors import DataError
+from .logs import add_log_argument, setup_logging
+
+log = logging.getLogger("imageclf.ensemble")
+
+
+def average(members: list[pd.DataFrame], classes: list[str], names: list[str]) -> pd.DataFrame:
+    """Mean probabilities of `members` (prediction tables of the same images); names: for errors."""
+    first = members[0]
+    columns = [f"{tables.PROB_PREFIX}{name}" for name in classes]
+    for frame, name in zip(members, names):
+        if frame["image_name"].tolist() != first["image_name"].tolist():
+            raise DataError(f"{name}: predicts other images than {names[0]}; rerun its predict job")
+        if tables.probability_columns(frame) != columns:
+            raise DataError(f"{name}: its classes differ from the index's ({columns[:3]}...)")
+    probs = np.mean([frame[columns].to_numpy(dtype=np.float64) for frame in members], axis=0)
+    labels = first["label"].tolist()
+    predicted = [classes[i] for i in probs.argmax(1)]
+    out = pd.DataFrame({"image_name": first["image_name"], "label": labels, "pred_label": predicted,
+                        "correct": [(p == t) if t else None for p, t in zip(predicted, labels)]})
+    return pd.concat([out, pd.DataFrame(probs.round(6), columns=columns)], axis=1)
+
+
+def run(member_paths: list[str], classes_csv, out_csv) -> pd.DataFrame:
+    classes = tables.read_classes(classes_csv)
+    members = [tables.read_predictions(path) for path in member_paths]
+    result = average(members, classes, [str(p) for p in member_paths])
+    tables.write_predictions(out_csv, result)
+    known = result["correct"].dropna()
+    log.info("ensemble of %d runs -> %s: %d images, accuracy %s", len(members), out_csv, len(result),
+             f"{known.astype(bool).mean():.4f}" if len(known) else "n/a (no labels)")
+    return result
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(prog="imageclf ensemble", description=__doc__.splitlines()[0])
+    parser.add_argument("--members", nargs="+", required=True, help="prediction CSVs of the member runs")
+    parser.add_argument("--classes", required=True)
+    parser.add_argument("--out", required=True)
+    add_log_argument(parser)
+    args = parser.parse_args(argv)
+    setup_logging(args.log_file)
+    run(args.members, args.classes, args.out)
