@@ -112,3 +112,25 @@ def test_facts_are_cached_between_runs(tmp_path):
     assert "regnet_x_400mf" in cached
     C.effective_config(cfg, cache_dir=tmp_path)
     assert (tmp_path / "architectures.json").read_text() == cached
+
+
+def test_warmup_and_backbone_scale_set_the_learning_rates():
+    from imageclf.train import warm_up
+
+    model = models.build_model("resnet18", 10, head="mlp", mlp_hidden=32)
+    cfg = {"name": "adamw", "lr": 0.01, "weight_decay": 0.0, "fused": False, "backbone_lr_scale": 0.1}
+    optimizer = make_optimizer(model, cfg)
+    backbone, head = optimizer.param_groups
+    assert {id(p) for p in head["params"]} == {id(p) for p in models.head_parameters(model)}
+    assert len(backbone["params"]) + len(head["params"]) == len(list(model.parameters()))
+    seen = []
+    for epoch in (1, 2, 3, 4):
+        warm_up(optimizer, epoch, warmup_epochs=3)
+        seen.append([group["lr"] for group in optimizer.param_groups])
+    assert seen[:3] == [pytest.approx([0.001 * e / 3, 0.01 * e / 3]) for e in (1, 2, 3)]
+    assert seen[3] == seen[2]  # after the warmup the scheduler alone moves it
+    # the defaults leave the reference recipe as it was: one group, no warmup
+    plain = make_optimizer(model, {**cfg, "backbone_lr_scale": 1.0})
+    assert len(plain.param_groups) == 1 and plain.param_groups[0]["lr"] == 0.01
+    warm_up(plain, 1, warmup_epochs=0)
+    assert plain.param_groups[0]["lr"] == 0.01

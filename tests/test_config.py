@@ -22,7 +22,9 @@ def test_defaults_are_the_reference_recipe():
                             "mlp_hidden": 512, "dropout": 0.5, "max_params": 100_000_000}
     t = cfg["train"]
     assert (t["image_size"], t["epochs"], t["batch_size"], t["mixup_alpha"], t["label_smoothing"]) == (224, 100, 64, 0.2, 0.1)
-    assert t["optimizer"] == {"name": "adamw", "lr": 0.0005, "weight_decay": 0.0005, "fused": True}
+    assert t["optimizer"] == {"name": "adamw", "lr": 0.0005, "weight_decay": 0.0005, "fused": True,
+                              "backbone_lr_scale": 1.0}
+    assert t["warmup_epochs"] == 0
     assert t["scheduler"] == {"name": "plateau", "mode": "min", "factor": 0.5, "patience": 3}
     assert list(cfg["variants"]) == ["full", "no_mlp", "no_mixup"]
 

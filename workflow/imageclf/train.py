@@ -77,11 +77,31 @@ def index_hash(*index_files) -> str:
 
 
 def make_optimizer(model: nn.Module, cfg: dict):
-    """AdamW or SGD; `fused` runs each update as one kernel (CPU and CUDA) instead of a loop."""
+    """AdamW or SGD; `fused` runs each update as one kernel (CPU and CUDA) instead of a loop.
+
+    backbone_lr_scale (default 1): the backbone's learning rate relative to the head's, which
+    takes `lr`. At 1 every parameter is in one group, as in the reference recipe."""
     common = {"lr": cfg["lr"], "weight_decay": cfg["weight_decay"], "fused": cfg.get("fused") or None}
+    scale = cfg.get("backbone_lr_scale", 1.0)
+    if scale == 1.0:
+        groups = [{"params": list(model.parameters())}]
+    else:
+        head = {id(p) for p in models.head_parameters(model)}
+        groups = [{"params": [p for p in model.parameters() if id(p) not in head], "lr": cfg["lr"] * scale},
+                  {"params": [p for p in model.parameters() if id(p) in head]}]
+    for group in groups:  # what warmup climbs to
+        group["target_lr"] = group.get("lr", cfg["lr"])
     if cfg["name"] == "adamw":
-        return torch.optim.AdamW(model.parameters(), **common)
-    return torch.optim.SGD(model.parameters(), momentum=cfg.get("momentum", 0.9), **common)
+        return torch.optim.AdamW(groups, **common)
+    return torch.optim.SGD(groups, momentum=cfg.get("momentum", 0.9), **common)
+
+
+def warm_up(optimizer, epoch: int, warmup_epochs: int) -> None:
+    """Linear warmup: in epoch e <= warmup_epochs each group trains at e / warmup_epochs of its
+    learning rate; the configured scheduler takes over after that."""
+    if epoch <= warmup_epochs:
+        for group in optimizer.param_groups:
+            group["lr"] = group["target_lr"] * epoch / warmup_epochs
 
 
 def make_scheduler(optimizer, cfg: dict, epochs: int):
@@ -90,7 +110,7 @@ def make_scheduler(optimizer, cfg: dict, epochs: int):
             optimizer, mode=cfg["mode"], factor=cfg["factor"], patience=cfg["patience"]
         )
     if cfg["name"] == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, epochs))
     return None
 
 
@@ -202,7 +222,8 @@ def train(run_config_path, index: dict, out_dir, state_dir=None, threads: int = 
     precision, channels_last = dist.precision, dist.channels_last
     model = model.to(device, memory_format=engine.memory_format(channels_last))
     optimizer = make_optimizer(model, tcfg["optimizer"])
-    scheduler = make_scheduler(optimizer, tcfg["scheduler"], tcfg["epochs"])
+    warmup = tcfg["warmup_epochs"]
+    scheduler = make_scheduler(optimizer, tcfg["scheduler"], tcfg["epochs"] - warmup)
     scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
     criterion = nn.CrossEntropyLoss(label_smoothing=tcfg["label_smoothing"])
 
@@ -242,14 +263,16 @@ def train(run_config_path, index: dict, out_dir, state_dir=None, threads: int = 
         rng = np.random.default_rng(data.epoch_seed(seed, epoch, stream=3))
         generator = torch.Generator().manual_seed(data.epoch_seed(seed, epoch, stream=4))
         epoch_start = time.perf_counter()
-        lr = optimizer.param_groups[0]["lr"]
+        warm_up(optimizer, epoch, warmup)
+        lr = optimizer.param_groups[-1]["lr"]  # the head's
         stats = engine.train_one_epoch(
             net, train_loader, optimizer, criterion, device, mixup_alpha=tcfg["mixup_alpha"], rng=rng,
             generator=generator, precision=precision, channels_last=channels_last, scaler=scaler,
             augment=augment, label=f"epoch {epoch}/{tcfg['epochs']}", world_size=dist.world_size,
         )
         stats.update(engine.evaluate(model, val_loader, device, precision, channels_last))
-        step_scheduler(scheduler, stats["val_loss"])
+        if epoch > warmup:
+            step_scheduler(scheduler, stats["val_loss"])
         seconds = time.perf_counter() - epoch_start
         row = {
             "epoch": epoch, "train_loss": stats["train_loss"], "val_loss": stats["val_loss"],
