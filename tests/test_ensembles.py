@@ -83,3 +83,15 @@ def test_single_runs_say_seed_noise_is_unmeasured(runs, tmp_path):
     several = ablation.run(members, "full", base / "classes.csv", tmp_path / "out3", 300)
     assert "unmeasured" not in several.set_index("variant").loc["other", "val_verdict"]
     assert stats.verdict(0.01, 0.05, 0.01, seed_noise=False).startswith("better on these images")
+
+
+def test_selection_may_pick_the_ema_weights():
+    from imageclf.select import best_epoch
+
+    history = pd.DataFrame({"epoch": [1, 2, 3], "val_acc": [0.5, 0.7, 0.6], "val_loss": [1.0, 0.8, 0.9],
+                            "val_acc_ema": [0.4, 0.7, 0.75], "val_loss_ema": [1.1, 0.7, 0.75]})
+    assert best_epoch(history, "val_acc") == (3, "ema")
+    assert best_epoch(history, "val_loss") == (2, "ema")
+    history["val_acc_ema"] = [0.4, 0.7, 0.6]
+    assert best_epoch(history, "val_acc") == (2, "model")  # a tie keeps the trained weights
+    assert best_epoch(history.drop(columns=["val_acc_ema", "val_loss_ema"]), "val_acc") == (2, "model")

@@ -73,6 +73,41 @@ def test_resume_state_from_another_config_is_discarded(prepared, caplog):
     assert history["epoch"].tolist() == [1]
 
 
+def test_an_interrupted_run_with_ema_resumes_bit_identically(prepared, monkeypatch):
+    """train.ema on: the EMA weights (and their step count) are part of the resume state."""
+    tmp, run_config = prepared
+    cfg = C.load_run_config(run_config)
+    cfg["train"]["ema"] = {"enabled": True, "decay": 0.9}
+    ema_config = tmp / "ema.json"
+    write_json(ema_config, cfg)
+    whole = train.train(ema_config, index_files(tmp / "index"), tmp / "whole", threads=1)
+    assert {"val_loss_ema", "val_acc_ema"} <= set(whole.columns) and whole["val_acc_ema"].notna().all()
+
+    saves = []
+    real_save = train.torch_save
+
+    def crash_after_epoch_two(obj, path):
+        real_save(obj, path)
+        if str(path).endswith("state.pt"):
+            saves.append(obj["epoch"])
+            if obj["epoch"] == 2:
+                raise KeyboardInterrupt("killed after epoch 2")
+
+    monkeypatch.setattr(train, "torch_save", crash_after_epoch_two)
+    with pytest.raises(KeyboardInterrupt):
+        train.train(ema_config, index_files(tmp / "index"), tmp / "resumed", threads=1)
+    monkeypatch.setattr(train, "torch_save", real_save)
+    resumed = train.train(ema_config, index_files(tmp / "index"), tmp / "resumed", threads=1)
+    assert saves == [1, 2] and resumed["epoch"].tolist() == [1, 2, 3]
+    columns = COMPARED + ["val_loss_ema", "val_acc_ema"]
+    pd.testing.assert_frame_equal(whole[columns], resumed[columns], check_exact=True)
+    assert_same_run(tmp / "whole", tmp / "resumed")
+    state = torch.load(tmp / "resumed" / "resume" / "state.pt", weights_only=True)
+    whole_state = torch.load(tmp / "whole" / "resume" / "state.pt", weights_only=True)
+    for key, value in whole_state["ema"].items():
+        assert torch.equal(value, state["ema"][key]), key
+
+
 def wait_for(path, text, process, timeout=300):
     deadline = time.time() + timeout
     while time.time() < deadline:

@@ -120,7 +120,7 @@ def log_progress(label: str, step: int, steps: int, seen: int, seconds: float, t
 def train_one_epoch(model, loader, optimizer, criterion, device, *, mixup_alpha: float,
                     rng: np.random.Generator, generator: torch.Generator, precision: str = "fp32",
                     channels_last: bool = False, scaler=None, augment=None, progress_every_s: float = 60.0,
-                    label: str = "", world_size: int = 1) -> dict:
+                    label: str = "", world_size: int = 1, after_step=None) -> dict:
     """Returns the mean training loss (against the mixed targets when mixup is on) and speed.
 
     augment: a batch_augment.BatchAugment when the loader yields uint8 batches plus their drawn
@@ -160,6 +160,8 @@ def train_one_epoch(model, loader, optimizer, criterion, device, *, mixup_alpha:
         else:
             loss.backward()
             optimizer.step()
+        if after_step is not None:  # e.g. the EMA of the weights
+            after_step()
         now = time.perf_counter()
         if now - last_progress >= progress_every_s and (not steps or step < steps):
             log_progress(label, step, steps, seen, now - start, total_loss, world_size)

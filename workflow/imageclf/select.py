@@ -18,36 +18,46 @@ log = logging.getLogger("imageclf.select")
 GOAL = {"val_acc": "max", "val_loss": "min"}
 
 
-def best_epoch(history: pd.DataFrame, metric: str) -> int:
-    """First epoch reaching the best value (training keeps that one: ties keep the earlier)."""
+def best_epoch(history: pd.DataFrame, metric: str) -> tuple[int, str]:
+    """(epoch, weights) of the best value: the first epoch reaching it (training keeps that one:
+    ties keep the earlier), and "model" or, with train.ema, "ema" when the EMA weights did better
+    (a tie keeps the trained weights)."""
     if metric not in GOAL:
         raise ValueError(f"select.metric must be one of {sorted(GOAL)}, not '{metric}'")
-    values = history[metric]
-    best = values.max() if GOAL[metric] == "max" else values.min()
-    return int(history.loc[values == best, "epoch"].iloc[0])
+    pick = max if GOAL[metric] == "max" else min
+    candidates = [(history[column], weights) for column, weights in ((metric, "model"), (f"{metric}_ema", "ema"))
+                  if column in history]
+    best = pick(values.max() if pick is max else values.min() for values, _ in candidates)
+    for _, row in history.iterrows():
+        for values, weights in candidates:
+            if values.loc[row.name] == best:
+                return int(row["epoch"]), weights
+    raise ValueError(f"no epoch reaches the best {metric}")
 
 
 def select(history_path, checkpoints: dict, metric: str, model_out, selection_out, tta=()) -> dict:
     """checkpoints: {metric: path of the checkpoint training kept for it}. tta: the test-time
     augmentation views its predictions use (predict.tta), recorded with the choice."""
     history = tables.read_history(history_path)
-    epoch = best_epoch(history, metric)
+    epoch, weights = best_epoch(history, metric)
     source = checkpoints[metric]
     checkpoint = load_checkpoint_file(source)
-    saved_epoch = checkpoint.get("meta", {}).get("epoch") if isinstance(checkpoint, dict) else None
-    if saved_epoch != epoch:
+    meta = checkpoint.get("meta", {}) if isinstance(checkpoint, dict) else {}
+    saved = (meta.get("epoch"), meta.get("weights", "model"))
+    if saved != (epoch, weights):
         raise WeightsError(
-            f"{source}: holds epoch {saved_epoch}, but {history_path} says the best {metric} "
-            f"was at epoch {epoch}; retrain this run (delete its resume/ folder)"
+            f"{source}: holds epoch {saved[0]} ({saved[1]} weights), but {history_path} says the best "
+            f"{metric} was at epoch {epoch} ({weights} weights); retrain this run (delete its resume/ folder)"
         )
     row = history.loc[history["epoch"] == epoch].iloc[0]
+    suffix = "_ema" if weights == "ema" else ""
     copy_file(source, model_out)
     other = "val_loss" if metric == "val_acc" else "val_acc"
     selection = {
-        "metric": metric, "epoch": epoch, "epochs_trained": int(history["epoch"].max()),
-        "val_acc": float(row["val_acc"]), "val_loss": float(row["val_loss"]),
-        "reason": f"epoch {epoch} has the {GOAL[metric]}imum {metric} ({row[metric]:.4f}) of "
-                  f"{len(history)} epochs; its {other} is {row[other]:.4f}",
+        "metric": metric, "epoch": epoch, "weights": weights, "epochs_trained": int(history["epoch"].max()),
+        "val_acc": float(row["val_acc" + suffix]), "val_loss": float(row["val_loss" + suffix]),
+        "reason": f"epoch {epoch}{' (EMA weights)' if suffix else ''} has the {GOAL[metric]}imum {metric} "
+                  f"({row[metric + suffix]:.4f}) of {len(history)} epochs; its {other} is {row[other + suffix]:.4f}",
         "source": str(source), "tta": list(tta),
     }
     tables.write_selection(selection_out, selection)

@@ -36,6 +36,7 @@ from .select import GOAL
 log = logging.getLogger("imageclf.train")
 
 HISTORY_COLUMNS = list(tables.HISTORY)
+EMA_COLUMNS = ["val_loss_ema", "val_acc_ema"]  # with train.ema.enabled: the EMA weights' evaluation
 # Checkpoints kept while training: the best epoch by each selection metric (select.py's goals).
 KEPT = GOAL
 
@@ -94,6 +95,16 @@ def make_optimizer(model: nn.Module, cfg: dict):
     if cfg["name"] == "adamw":
         return torch.optim.AdamW(groups, **common)
     return torch.optim.SGD(groups, momentum=cfg.get("momentum", 0.9), **common)
+
+
+def make_ema(model: nn.Module, cfg: dict):
+    """An exponential moving average of the weights (and of BatchNorm's statistics), updated after
+    every optimizer step, as torchvision's reference scripts keep one; None when switched off."""
+    if not cfg["enabled"]:
+        return None
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg["decay"]), use_buffers=True)
 
 
 def warm_up(optimizer, epoch: int, warmup_epochs: int) -> None:
@@ -226,6 +237,7 @@ def train(run_config_path, index: dict, out_dir, state_dir=None, threads: int = 
     scheduler = make_scheduler(optimizer, tcfg["scheduler"], tcfg["epochs"] - warmup)
     scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
     criterion = nn.CrossEntropyLoss(label_smoothing=tcfg["label_smoothing"])
+    ema = make_ema(model, tcfg["ema"])
 
     fingerprint = {"config_hash": config_hash(cfg),
                    "index_hash": index_hash(index["train"], index["val"], index["classes"]),
@@ -242,6 +254,8 @@ def train(run_config_path, index: dict, out_dir, state_dir=None, threads: int = 
             scheduler.load_state_dict(state["scheduler"])
         if scaler is not None and state.get("scaler"):
             scaler.load_state_dict(state["scaler"])
+        if ema is not None:
+            ema.load_state_dict(state["ema"])
         history, best = list(state["history"]), dict(state["best"])
         start_epoch = int(state["epoch"]) + 1
         log.info("resuming %s from %s after epoch %d", cfg["variant"], state_path, state["epoch"])
@@ -269,8 +283,12 @@ def train(run_config_path, index: dict, out_dir, state_dir=None, threads: int = 
             net, train_loader, optimizer, criterion, device, mixup_alpha=tcfg["mixup_alpha"], rng=rng,
             generator=generator, precision=precision, channels_last=channels_last, scaler=scaler,
             augment=augment, label=f"epoch {epoch}/{tcfg['epochs']}", world_size=dist.world_size,
+            after_step=(lambda: ema.update_parameters(model)) if ema is not None else None,
         )
         stats.update(engine.evaluate(model, val_loader, device, precision, channels_last))
+        if ema is not None:
+            ema_stats = engine.evaluate(ema.module, val_loader, device, precision, channels_last)
+            stats.update({f"{name}_ema": value for name, value in ema_stats.items()})
         if epoch > warmup:
             step_scheduler(scheduler, stats["val_loss"])
         seconds = time.perf_counter() - epoch_start
@@ -278,6 +296,7 @@ def train(run_config_path, index: dict, out_dir, state_dir=None, threads: int = 
             "epoch": epoch, "train_loss": stats["train_loss"], "val_loss": stats["val_loss"],
             "val_acc": stats["val_acc"], "lr": lr, "seconds": round(seconds, 3),
             "images_per_s": round(stats["train_images"] * dist.world_size / max(stats["train_seconds"], 1e-9), 2),
+            **{name: stats[name] for name in EMA_COLUMNS if name in stats},
         }
         history.append(row)
         mean_epoch = sum(r["seconds"] for r in history[-5:]) / len(history[-5:])
@@ -288,26 +307,33 @@ def train(run_config_path, index: dict, out_dir, state_dir=None, threads: int = 
             epoch, tcfg["epochs"], row["train_loss"], row["val_loss"], row["val_acc"], lr,
             row["images_per_s"], seconds, eta // 60, eta % 60,
         )
+        if ema is not None:
+            log.info("epoch %d/%d  EMA of the weights: val_loss %.4f  val_acc %.4f", epoch, tcfg["epochs"],
+                     row["val_loss_ema"], row["val_acc_ema"])
         if dist.is_main:
             meta = {"variant": cfg["variant"], "seed": seed, "epoch": epoch, "classes": classes,
                     "val_acc": row["val_acc"], "val_loss": row["val_loss"], "config_hash": fingerprint["config_hash"]}
             for metric in KEPT:
-                if improved(metric, row[metric], best[metric]):
-                    best[metric] = row[metric]
-                    torch_save({"model": model.state_dict(), "meta": meta}, state_dir / f"best_{metric}.pt")
+                # the trained weights first, then their EMA: a tie keeps the trained weights
+                for weights, key, net_ in (("model", metric, model), ("ema", f"{metric}_ema", ema and ema.module)):
+                    if key in row and improved(metric, row[key], best[metric]):
+                        best[metric] = row[key]
+                        torch_save({"model": net_.state_dict(), "meta": {**meta, "weights": weights}},
+                                   state_dir / f"best_{metric}.pt")
             torch_save(
                 {
                     **fingerprint, "epoch": epoch, "model": model.state_dict(),
                     "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict() if scheduler is not None else {},
                     "scaler": scaler.state_dict() if scaler is not None else {},
+                    "ema": ema.state_dict() if ema is not None else {},
                     "history": history, "best": best,
                 },
                 state_path,
             )
         dist.barrier()
 
-    frame = pd.DataFrame(history, columns=HISTORY_COLUMNS)
+    frame = pd.DataFrame(history, columns=HISTORY_COLUMNS + (EMA_COLUMNS if ema is not None else []))
     if dist.is_main:
         checkpoints = out_dir / "checkpoints"
         checkpoints.mkdir(parents=True, exist_ok=True)
