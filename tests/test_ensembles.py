@@ -3,7 +3,6 @@
 import numpy as np
 import pandas as pd
 import pytest
-
 from imageclf import ablation, ensemble, stats, tables
 
 CLASSES = ["a", "b", "c"]

@@ -156,3 +156,18 @@ def test_sigkilled_training_resumes_bit_identically(tmp_path, workers):
     assert_same_run(run_dir, tmp_path / "uninterrupted")
     history = pd.read_csv(run_dir / "history.csv")
     assert history["epoch"].tolist() == [1, 2, 3, 4]
+
+
+def test_each_epoch_is_written_for_tensorboard(prepared, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    tmp, run_config = prepared
+    history = train.train(run_config, index_files(tmp / "index"), tmp / "a", threads=1,
+                          tensorboard_dir=tmp / "tb" / "full" / "seed0")
+    events = EventAccumulator(str(tmp / "tb" / "full" / "seed0"))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"train_loss", "val_loss", "val_acc", "lr", "images_per_s"} <= tags
+    values = [event.value for event in events.Scalars("val_acc")]
+    assert [event.step for event in events.Scalars("val_acc")] == history["epoch"].tolist()
+    assert values == pytest.approx(history["val_acc"].tolist())

@@ -97,6 +97,34 @@ def make_optimizer(model: nn.Module, cfg: dict):
     return torch.optim.SGD(groups, momentum=cfg.get("momentum", 0.9), **common)
 
 
+class Scalars:
+    """Each epoch's scalars as TensorBoard event files (`tensorboard --logdir logs/tensorboard`
+    compares runs while they train). Without the tensorboard package: one log line, nothing else."""
+
+    def __init__(self, folder):
+        self.writer = None
+        if folder is None:
+            return
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            log.info("TensorBoard curves are off: `pip install tensorboard` to watch runs live")
+            return
+        self.writer = SummaryWriter(log_dir=str(folder))
+
+    def add(self, row: dict) -> None:
+        if self.writer is None:
+            return
+        for name, value in row.items():
+            if name != "epoch":
+                self.writer.add_scalar(name, value, row["epoch"])
+        self.writer.flush()
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
 def make_ema(model: nn.Module, cfg: dict):
     """An exponential moving average of the weights (and of BatchNorm's statistics), updated after
     every optimizer step, as torchvision's reference scripts keep one; None when switched off."""
@@ -187,12 +215,13 @@ def load_resume_state(path: Path, expected: dict) -> dict | None:
 
 
 def train(run_config_path, index: dict, out_dir, state_dir=None, threads: int = 1,
-          train_cache=None, val_cache=None, num_workers: int = 0) -> pd.DataFrame:
+          train_cache=None, val_cache=None, num_workers: int = 0, tensorboard_dir=None) -> pd.DataFrame:
     """Train one run; write history.csv, checkpoints/best_{val_acc,val_loss}.pt and run.json.
 
     index: {"train": train.csv, "val": val.csv, "classes": classes.csv} of the index stage.
     num_workers: DataLoader worker processes (train.num_workers, which is not part of the run
-    config: it changes the speed, never the results)."""
+    config: it changes the speed, never the results).
+    tensorboard_dir: where each epoch's scalars go as TensorBoard event files (None: nowhere)."""
     cfg = load_run_config(run_config_path)
     tcfg, out_dir = cfg["train"], Path(out_dir)
     state_dir = Path(state_dir) if state_dir else out_dir / "resume"
@@ -260,6 +289,7 @@ def train(run_config_path, index: dict, out_dir, state_dir=None, threads: int = 
         start_epoch = int(state["epoch"]) + 1
         log.info("resuming %s from %s after epoch %d", cfg["variant"], state_path, state["epoch"])
 
+    scalars = Scalars(tensorboard_dir if dist.is_main else None)
     net = model
     if dist.world_size > 1:
         net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
@@ -299,6 +329,7 @@ def train(run_config_path, index: dict, out_dir, state_dir=None, threads: int = 
             **{name: stats[name] for name in EMA_COLUMNS if name in stats},
         }
         history.append(row)
+        scalars.add({name: value for name, value in row.items() if name != "seconds"})
         mean_epoch = sum(r["seconds"] for r in history[-5:]) / len(history[-5:])
         eta = mean_epoch * (tcfg["epochs"] - epoch)
         log.info(
@@ -333,6 +364,7 @@ def train(run_config_path, index: dict, out_dir, state_dir=None, threads: int = 
             )
         dist.barrier()
 
+    scalars.close()
     frame = pd.DataFrame(history, columns=HISTORY_COLUMNS + (EMA_COLUMNS if ema is not None else []))
     if dist.is_main:
         checkpoints = out_dir / "checkpoints"
@@ -363,10 +395,11 @@ def main(argv=None) -> None:
     parser.add_argument("--num-workers", type=int, default=0, help="DataLoader worker processes")
     parser.add_argument("--train-cache", nargs=2, metavar=("PIXELS", "META"), help="decoded-image cache")
     parser.add_argument("--val-cache", nargs=2, metavar=("PIXELS", "META"))
+    parser.add_argument("--tensorboard-dir", default=None, help="TensorBoard event files of each epoch's scalars")
     add_log_argument(parser)
     args = parser.parse_args(argv)
     setup_logging(args.log_file)
     keep_freed_memory()
     index = {"train": args.train_index, "val": args.val_index, "classes": args.classes}
     train(args.run_config, index, args.out_dir, args.state_dir, args.threads, args.train_cache, args.val_cache,
-          args.num_workers)
+          args.num_workers, args.tensorboard_dir)

@@ -83,9 +83,11 @@ rule train:
         state_dir=lambda wildcards, output: os.path.join(
             os.path.dirname(output.history), "resume"
         ),
+        # a log, not an output: `tensorboard --logdir logs/tensorboard` while runs train
+        tensorboard=lambda wildcards: f"logs/tensorboard/{wildcards.variant}/seed{wildcards.seed}",
     shell:
         "{params.launcher} train --run-config {input.config:q} --train-index {input.train:q} "
         "--val-index {input.val:q} --classes {input.classes:q} --out-dir {params.out_dir:q} "
         "--state-dir {params.state_dir:q} --threads {threads} "
         "--num-workers {resources.loader_workers} {params.train_cache} {params.val_cache} "
-        "--log-file {log:q}"
+        "--tensorboard-dir {params.tensorboard:q} --log-file {log:q}"
