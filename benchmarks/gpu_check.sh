@@ -46,6 +46,10 @@ if ! "$VENV/bin/python" -c "import snakemake, jsonschema" 2>/dev/null; then
     fi
     "$VENV/bin/python" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir "$REPO"/.whl/*.whl
 fi
+if ! "$VENV/bin/python" -c "import setuptools, wheel" 2>/dev/null; then  # to build this project offline
+    "$VENV/bin/python" -m pip install -q --no-index --no-deps --no-compile "$REPO"/.whl/setuptools-*.whl \
+        "$REPO"/.whl/wheel-*.whl
+fi
 "$VENV/bin/python" -m pip install -q --no-index --no-deps --no-build-isolation --no-compile -e "$REPO"
 export PATH="$VENV/bin:$PATH"
 cd "$REPO"  # python -m benchmarks.* below

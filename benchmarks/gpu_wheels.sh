@@ -65,4 +65,6 @@ for pin in $PINS; do
         python3 -m pip wheel -q --no-deps -w "$DEST" "$pin"
     fi
 done
+# What installing this project (pyproject.toml) needs without build isolation on a host without internet
+python3 -m pip download -q --no-deps --only-binary=:all: -d "$DEST" "setuptools>=64" wheel
 echo "$(ls "$DEST"/*.whl | wc -l) wheels, $(du -sh "$DEST" | cut -f1), in $DEST"
