@@ -37,7 +37,8 @@ def scan(root: Path, splits) -> dict[str, tuple[int, int, int, int]]:
     """relative path -> (size, mtime_ns, ctime_ns, inode) of every file under root/<split>/,
     junk (hidden files, Thumbs.db, ...) left out, as the index leaves it out."""
     found = {}
-    stack = [root / split for split in splits]
+    prefix = len(os.path.join(str(root), ""))  # entry paths start with root/: cut it off (relpath is slow)
+    stack = [os.path.join(str(root), split) for split in splits]
     while stack:
         folder = stack.pop()
         try:
@@ -48,19 +49,18 @@ def scan(root: Path, splits) -> dict[str, tuple[int, int, int, int]]:
             if is_junk(entry.name):
                 continue
             if entry.is_dir():
-                stack.append(Path(entry.path))
+                stack.append(entry.path)
             else:
                 info = entry.stat()
-                found[os.path.relpath(entry.path, root)] = (info.st_size, info.st_mtime_ns, info.st_ctime_ns,
-                                                            info.st_ino)
+                found[entry.path[prefix:]] = (info.st_size, info.st_mtime_ns, info.st_ctime_ns, info.st_ino)
     return found
 
 
 def stat_digest(root: Path, stats: dict) -> str:
-    digest = hashlib.sha256(str(root.resolve()).encode())
-    for name in sorted(stats):
-        digest.update(f"{name}\0{stats[name]}\n".encode())
-    return digest.hexdigest()
+    """A digest of the files' metadata in the order the scan met them: only the fast path's key (the
+    same order on an unchanged folder); another order just takes the slower, still exact, path."""
+    lines = "".join(f"{name}\0{stat}\n" for name, stat in stats.items())
+    return hashlib.sha256(f"{root.resolve()}\n{lines}".encode()).hexdigest()
 
 
 def content_digest(hashes: dict[str, str]) -> str:
