@@ -188,3 +188,26 @@ def test_training_never_sees_a_batch_of_one(tmp_path):
     write_json(tmp_path / "config.json", C.run_config(cfg, "full", 0))
     history = train.train(tmp_path / "config.json", index_files(tmp_path / "idx"), tmp_path / "run")
     assert len(history) == 1 and np.isfinite(history["train_loss"]).all()
+
+
+def test_a_relative_root_that_does_not_exist_names_the_folder_it_was_resolved_against(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(DataError) as error:
+        index.run("my_data", tmp_path / "t.csv", tmp_path / "v.csv", tmp_path / "c.csv")
+    assert f"folder my_data does not exist (resolved against {tmp_path}" in str(error.value)
+
+
+def test_warnings_reach_the_console_and_everything_the_log(tmp_path):
+    """What a rule shows: the log file has every line, the console the warnings (a discarded
+    resume state, skipped files) and errors."""
+    import subprocess
+
+    root = build(tmp_path / "data", ["x", "y"])
+    (root / "train" / "x" / "Thumbs.db").write_bytes(b"junk")
+    log = tmp_path / "index.log"
+    result = subprocess.run(["imageclf", "index", "--root", str(root), "--train-out", str(tmp_path / "t.csv"),
+                             "--val-out", str(tmp_path / "v.csv"), "--classes-out", str(tmp_path / "c.csv"),
+                             "--log-file", str(log)], capture_output=True, text=True)
+    assert result.returncode == 0
+    assert "skipped 1 file(s) that are not data" in result.stderr and "indexed 2 classes" not in result.stderr
+    assert "skipped 1 file(s)" in log.read_text() and "indexed 2 classes" in log.read_text()
