@@ -87,12 +87,13 @@ def test_an_image_size_the_architecture_cannot_take_is_refused():
 
 def test_small_images_and_known_traps_are_warned_about(caplog):
     cfg = user_config(arch="mobilenet_v3_small", weights="none")
-    cfg["train"]["image_size"] = 32
+    cfg["train"]["image_size"] = 48
     with caplog.at_level(logging.WARNING, logger="imageclf"):
         C.effective_config(cfg)
     messages = " ".join(r.getMessage() for r in caplog.records)
-    assert "32 px is far below the 224 px" in messages and "last feature map is about 1 x 1" in messages
+    assert "48 px is far below the 224 px" in messages and "last feature map is about 1 x 1" in messages
     assert "BatchNorm momentum of 0.01" in messages
+    assert messages.count("BatchNorm momentum") == 1  # once, not once per variant
 
 
 def test_normalize_can_take_the_weights_own_statistics():

@@ -182,6 +182,16 @@ def count_classes(config: dict) -> int:
         return 100
 
 
+WARNED: set[str] = set()  # configuration warnings already given in this process
+
+
+def warn_once(message: str) -> None:
+    """A configuration warning, once per process however many variants share the cause."""
+    if message not in WARNED:
+        WARNED.add(message)
+        log.warning(message)
+
+
 def check_model(merged: dict, variant: str, num_classes: int, cache) -> dict | None:
     """Refuse, before any job runs, a model the recipe cannot train: an unknown architecture, a
     head it cannot take, an image size it rejects, more parameters than model.max_params, or
@@ -205,13 +215,13 @@ def check_model(merged: dict, variant: str, num_classes: int, cache) -> dict | N
                           f"{num_classes} classes has {found['parameters']:,} parameters, over the budget of "
                           f"{model['max_params']:,}")
     if size * 4 <= found["built_size"]:
-        log.warning("train.image_size %s: %d px is far below the %d px %s was built for; its last feature "
-                    "map is about %d x %d. Upsampling small images often helps (README, Backbones).",
-                    where, size, found["built_size"], model["arch"], max(1, size // 32), max(1, size // 32))
+        warn_once(f"train.image_size: {size} px is far below the {found['built_size']} px {model['arch']} was "
+                  f"built for; its last feature map is about {max(1, size // 32)} x {max(1, size // 32)}. "
+                  "Upsampling small images may help (README: Beyond the recipe).")
     if model["weights"].lower() == "none" and model["arch"].startswith("mobilenet_v3"):
-        log.warning("model %s: %s from scratch keeps torchvision's BatchNorm momentum of 0.01, so its "
-                    "running statistics lag for many epochs: eval accuracy can sit at chance while the "
-                    "train loss falls (README, Backbones)", where, model["arch"])
+        warn_once(f"model: {model['arch']} from scratch keeps torchvision's BatchNorm momentum of 0.01, so its "
+                  "running statistics lag for many epochs: eval accuracy can sit at chance while the train "
+                  "loss falls (README: Beyond the recipe).")
     check_weights(model["arch"], model["weights"], variant, found["weights"])
     normalize = merged["augment"]["normalize"]
     if normalize == "weights":
