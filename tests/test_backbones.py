@@ -88,6 +88,7 @@ def test_an_image_size_the_architecture_cannot_take_is_refused():
 def test_small_images_and_known_traps_are_warned_about(caplog):
     cfg = user_config(arch="mobilenet_v3_small", weights="none")
     cfg["train"]["image_size"] = 48
+    C.WARNED.clear()  # said once per process: this test wants to hear it
     with caplog.at_level(logging.WARNING, logger="imageclf"):
         C.effective_config(cfg)
     messages = " ".join(r.getMessage() for r in caplog.records)
