@@ -136,3 +136,11 @@ def test_warmup_and_backbone_scale_set_the_learning_rates():
     assert len(plain.param_groups) == 1 and plain.param_groups[0]["lr"] == 0.01
     warm_up(plain, 1, warmup_epochs=0)
     assert plain.param_groups[0]["lr"] == 0.01
+
+
+def test_the_head_is_found_after_sync_batchnorm_conversion():
+    model = models.build_model("resnet18", 10, head="mlp", mlp_hidden=32)
+    before = {id(p) for p in models.head_parameters(model)}
+    converted = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    after = {id(p) for p in models.head_parameters(converted)}
+    assert len(after) == len(before) == 6  # both Linear layers and the BatchNorm: weight and bias each

@@ -124,6 +124,9 @@ def test_an_edit_that_keeps_the_meaning_reruns_nothing(finished):
     overlay["variants"] = {"full": {}, "no_mlp": {"model": {"head": "linear"}},
                            "no_mixup": {"train": {"mixup_alpha": 0.0}}}
     overlay["augment"]["rotation"] = {"degrees": 15.0}
+    # checks that decide whether the index fails, never what it writes
+    overlay["data"].update(on_leak="error", max_image_pixels=200_000_000)
+    overlay["model"]["max_params"] = 90_000_000
     changed = write_overlay(base / "same_meaning.yaml", overlay)
     result = snakemake(workdir, changed, "all", "-n")
     assert result.returncode == 0, result.stderr[-2000:]

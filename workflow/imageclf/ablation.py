@@ -94,7 +94,7 @@ def summarize(runs: pd.DataFrame, predictions, reference: str, samples: int) -> 
             boot = stats.paired_bootstrap(ref, other, samples=samples)
             test = stats.mcnemar_exact(stats.majority_correct(ref), stats.majority_correct(other))
             # seed-to-seed noise is measured only where the reference or the variant has several runs
-            one_run_each = len(reference_seeds) == 1 and (len(seeds) == 1 and kind == "variant")
+            one_run_each = len(reference_seeds) == 1 and len(seeds) == 1  # an ensemble is one row too
             row.update({
                 f"{split}_diff": boot["diff"], f"{split}_ci_low": boot["ci_low"],
                 f"{split}_ci_high": boot["ci_high"], f"{split}_mcnemar_p": test["p_value"],

@@ -19,6 +19,7 @@ Torch-free: the Snakefile imports it while building the DAG.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import sys
@@ -30,7 +31,13 @@ from .io_utils import file_sha256, write_text
 
 log = logging.getLogger("imageclf.datafiles")
 
-RECORD_HEADER = "# imageclf data record v1"
+RECORD_HEADER = "# imageclf data record v2"
+UNREADABLE = (-1, -1, -1, -1)  # the stat of a file that cannot be stat-ed: the index job names it
+
+
+def utf8(text: str) -> bytes:
+    """File names as bytes, also those that are not valid UTF-8 (os.scandir escapes those)."""
+    return text.encode("utf-8", "surrogateescape")
 
 
 def scan(root: Path, splits) -> dict[str, tuple[int, int, int, int]]:
@@ -45,60 +52,89 @@ def scan(root: Path, splits) -> dict[str, tuple[int, int, int, int]]:
             entries = list(os.scandir(folder))
         except (FileNotFoundError, NotADirectoryError):
             continue
+        except OSError:  # unreadable folder, symlink loop: the index job reports it
+            found[folder[prefix:]] = UNREADABLE
+            continue
         for entry in entries:
             if is_junk(entry.name):
                 continue
-            if entry.is_dir():
-                stack.append(entry.path)
-            else:
+            try:
+                if entry.is_dir():
+                    stack.append(entry.path)
+                    continue
                 info = entry.stat()
                 found[entry.path[prefix:]] = (info.st_size, info.st_mtime_ns, info.st_ctime_ns, info.st_ino)
+            except OSError:  # a broken symlink, a file that vanished: the index job reports it
+                found[entry.path[prefix:]] = UNREADABLE
     return found
+
+
+def path_of(root: Path, name: str) -> Path:
+    """A record name back to its file: relative to root, or an extra file's own path after //."""
+    return Path(name[2:]) if name.startswith("//") else root / name
 
 
 def stat_digest(root: Path, stats: dict) -> str:
     """A digest of the files' metadata in the order the scan met them: only the fast path's key (the
     same order on an unchanged folder); another order just takes the slower, still exact, path."""
     lines = "".join(f"{name}\0{stat}\n" for name, stat in stats.items())
-    return hashlib.sha256(f"{root.resolve()}\n{lines}".encode()).hexdigest()
+    return hashlib.sha256(utf8(f"{root.resolve()}\n{lines}")).hexdigest()
 
 
 def content_digest(hashes: dict[str, str]) -> str:
     digest = hashlib.sha256()
     for name in sorted(hashes):
-        digest.update(f"{name}\0{hashes[name]}\n".encode())
+        digest.update(utf8(f"{name}\0{hashes[name]}\n"))
     return digest.hexdigest()
+
+
+def hash_file(path: Path) -> str:
+    try:
+        return file_sha256(path)
+    except OSError as error:  # the index job names the file; here it only has to count as changed
+        return f"unreadable:{error.errno}"
 
 
 def read_record(path: Path) -> tuple[str, str, dict]:
     """(stat digest, content digest, {relative path: (stat tuple, sha256)}) or empty ones."""
     try:
-        lines = path.read_text().splitlines()
-    except FileNotFoundError:
+        lines = path.read_text().split("\n")  # not splitlines(): it also splits at \r, \x0c, U+2028
+    except (FileNotFoundError, UnicodeDecodeError):
         return "", "", {}
     if len(lines) < 2 or lines[0] != RECORD_HEADER:
         return "", "", {}
-    stat_hex, content_hex = lines[1].split("\t")
-    entries = {}
-    for line in lines[2:]:
-        name, size, mtime, ctime, inode, sha = line.rsplit("\t", 5)
-        entries[name] = ((int(size), int(mtime), int(ctime), int(inode)), sha)
+    try:
+        stat_hex, content_hex = lines[1].split("\t")
+        entries = {}
+        for line in lines[2:]:
+            if line:
+                name, stat, sha = json.loads(line)  # names JSON-quoted: any character, also \t and \n
+                entries[name] = (tuple(stat), sha)
+    except ValueError:  # a damaged record is only a cache: read the files again
+        return "", "", {}
     return stat_hex, content_hex, entries
 
 
 def write_record(path: Path, stat_hex: str, content_hex: str, stats: dict, hashes: dict) -> None:
     lines = [RECORD_HEADER, f"{stat_hex}\t{content_hex}"]
-    lines += ["\t".join([name, *map(str, stats[name]), hashes[name]]) for name in sorted(stats)]
+    lines += [json.dumps([name, list(stats[name]), hashes[name]]) for name in sorted(stats)]
     write_text(path, "\n".join(lines) + "\n")
 
 
-def update_stamp(root, splits, stamp, record, threads: int = 4) -> str:
+def update_stamp(root, splits, stamp, record, threads: int = 4, extra_files=()) -> str:
     """Bring `stamp` up to date with the contents of root/<splits>; returns the content digest.
 
     The stamp is written only when its digest changes, so its modification time says when the
-    contents last changed. `record` is the stat-and-hash cache (see the module docstring)."""
+    contents last changed. `record` is the stat-and-hash cache (see the module docstring).
+    extra_files: further files watched the same way (the test labels), by their own path."""
     root, stamp, record = Path(root), Path(stamp), Path(record)
     stats = scan(root, splits)
+    for extra in extra_files:
+        try:
+            info = os.stat(extra)
+            stats[f"//{os.path.abspath(extra)}"] = (info.st_size, info.st_mtime_ns, info.st_ctime_ns, info.st_ino)
+        except OSError:
+            stats[f"//{os.path.abspath(extra)}"] = UNREADABLE
     stat_hex = stat_digest(root, stats)
     old_stat_hex, old_content_hex, entries = read_record(record)
     if stat_hex == old_stat_hex:  # nothing touched since the last look: the common, fast case
@@ -111,7 +147,7 @@ def update_stamp(root, splits, stamp, record, threads: int = 4) -> str:
             print(f"imageclf: reading {len(changed):,} new or changed files under {root} to notice "
                   "content changes (once)", file=sys.stderr)
         with ThreadPoolExecutor(max_workers=threads) as pool:
-            hashes.update(zip(changed, pool.map(lambda name: file_sha256(root / name), changed)))
+            hashes.update(zip(changed, pool.map(lambda name: hash_file(path_of(root, name)), changed)))
         content_hex = content_digest(hashes)
         write_record(record, stat_hex, content_hex, stats, hashes)
     try:

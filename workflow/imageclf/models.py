@@ -159,6 +159,8 @@ def build_model(arch: str, num_classes: int, head: str = "mlp", weights: str = "
                 f"model.weights '{weights}' does not fit {arch}: missing {missing[:3]}, "
                 f"unexpected {unexpected[:3]}"
             )
+    if arch in NO_AUX_LOGITS and state is not None and not looks_like_path(weights):
+        model.transform_input = True  # as torchvision sets it for its ImageNet weights of these models
     attach_head(model, num_classes, head, mlp_hidden, dropout)
     return model
 
@@ -174,7 +176,8 @@ def final_classifier_of_head(model: nn.Module) -> tuple[str, nn.Module]:
     name, module = final_classifier(model)
     parent_name = name.rpartition(".")[0]
     parent = model.get_submodule(parent_name) if parent_name else model
-    if isinstance(parent, nn.Sequential) and len(parent) == 5 and isinstance(parent[1], nn.BatchNorm1d):
+    # _BatchNorm: also after convert_sync_batchnorm, which makes it a SyncBatchNorm
+    if isinstance(parent, nn.Sequential) and len(parent) == 5 and isinstance(parent[1], nn.modules.batchnorm._BatchNorm):
         return parent_name, parent
     return name, module
 

@@ -103,8 +103,14 @@ def data_stamps():
     stamps = {group: f"{INDEX}/data_{group}.sha256" for group in DATA_GROUPS}
     if workflow.is_main_process:
         for group, splits in DATA_GROUPS.items():
+            # the test labels are watched by content too (cp -p keeps an old mtime)
+            labels = test_labels_input() if group == "test" else []
             update_stamp(
-                root, splits, stamps[group], f".snakemake/imageclf/data_{group}.tsv"
+                root,
+                splits,
+                stamps[group],
+                f".snakemake/imageclf/data_{group}.tsv",
+                extra_files=labels,
             )
     return stamps
 

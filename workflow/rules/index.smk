@@ -16,14 +16,16 @@ rule index:
     resources:
         mem_mb=stage_resources("index")["mem_mb"],
         runtime=stage_resources("index")["runtime"],
-    params:
-        root=CFG["data"]["root"],
+        # Resources, not params: params are rerun triggers, and these only decide whether the
+        # index fails, never what it writes; rewriting train.csv would retrain every run.
         on_leak=CFG["data"]["on_leak"],
         max_pixels=CFG["data"]["max_image_pixels"],
+    params:
+        root=os.path.normpath(CFG["data"]["root"]),  # ./data and data are the same folder
     shell:
         "imageclf index --root {params.root:q} --train-out {output.train:q} "
         "--val-out {output.val:q} --classes-out {output.classes:q} "
-        "--on-leak {params.on_leak} --max-image-pixels {params.max_pixels} "
+        "--on-leak {resources.on_leak} --max-image-pixels {resources.max_pixels} "
         "--threads {threads} --log-file {log:q}"
 
 
@@ -61,7 +63,7 @@ rule index_test:
         mem_mb=stage_resources("index")["mem_mb"],
         runtime=stage_resources("index")["runtime"],
     params:
-        root=CFG["data"]["root"],
+        root=os.path.normpath(CFG["data"]["root"]),
         test_labels=test_labels_flag,
         on_leak=CFG["data"]["on_leak"],
         max_pixels=CFG["data"]["max_image_pixels"],
