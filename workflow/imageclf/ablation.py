@@ -120,8 +120,9 @@ def markdown(table: pd.DataFrame, reference: str) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for _, r in table.iterrows():
         loss = f"{r.val_loss_mean:.4f}" + ("" if pd.isna(r.val_loss_sd) else f" ± {r.val_loss_sd:.4f}")
+        epoch = "n/a" if pd.isna(r.selected_epoch_mean) else f"{r.selected_epoch_mean:.1f}"  # ensembles
         cells = [r.variant, str(r.runs), f"{r.parameters:,}", pct(r.val_acc_mean, r.val_acc_sd), loss,
-                 f"{r.selected_epoch_mean:.1f}", f"{r.train_minutes_mean:.1f}"]
+                 epoch, f"{r.train_minutes_mean:.1f}"]
         if has_test:
             cells.insert(5, pct(r.test_acc_mean, r.test_acc_sd))
         for split in (["val", "test"] if has_test else ["val"]):
