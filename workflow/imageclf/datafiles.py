@@ -129,12 +129,12 @@ def update_stamp(root, splits, stamp, record, threads: int = 4, extra_files=()) 
     extra_files: further files watched the same way (the test labels), by their own path."""
     root, stamp, record = Path(root), Path(stamp), Path(record)
     stats = scan(root, splits)
-    for extra in extra_files:
+    for extra in extra_files:  # by the path as given: a relative one stays valid in a copied project
         try:
             info = os.stat(extra)
-            stats[f"//{os.path.abspath(extra)}"] = (info.st_size, info.st_mtime_ns, info.st_ctime_ns, info.st_ino)
+            stats[f"//{extra}"] = (info.st_size, info.st_mtime_ns, info.st_ctime_ns, info.st_ino)
         except OSError:
-            stats[f"//{os.path.abspath(extra)}"] = UNREADABLE
+            stats[f"//{extra}"] = UNREADABLE
     stat_hex = stat_digest(root, stats)
     old_stat_hex, old_content_hex, entries = read_record(record)
     if stat_hex == old_stat_hex:  # nothing touched since the last look: the common, fast case

@@ -62,14 +62,14 @@ rule index_test:
     resources:
         mem_mb=stage_resources("index")["mem_mb"],
         runtime=stage_resources("index")["runtime"],
+        on_leak=CFG["data"]["on_leak"],  # checks, not rerun triggers (see rule index)
+        max_pixels=CFG["data"]["max_image_pixels"],
     params:
         root=os.path.normpath(CFG["data"]["root"]),
         test_labels=test_labels_flag,
-        on_leak=CFG["data"]["on_leak"],
-        max_pixels=CFG["data"]["max_image_pixels"],
     shell:
         "imageclf index_test --root {params.root:q} --train-index {input.train:q} "
         "--val-index {input.val:q} --classes {input.classes:q} {params.test_labels} "
         "--test-out {output.test:q} --summary-out {output.summary:q} "
-        "--leaks-out {output.leaks:q} --on-leak {params.on_leak} "
-        "--max-image-pixels {params.max_pixels} --threads {threads} --log-file {log:q}"
+        "--leaks-out {output.leaks:q} --on-leak {resources.on_leak} "
+        "--max-image-pixels {resources.max_pixels} --threads {threads} --log-file {log:q}"
