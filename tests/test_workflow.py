@@ -33,6 +33,9 @@ def finished(tmp_path_factory):
     make_dataset(base / "my data")
     # the data set given relative to the working directory, so a copy of `base` is a whole project
     overlay = tiny_overlay(Path("../my data"), seeds=[0, 1])
+    # both seeds of full averaged; and full's seed 0 with test-time flips: the TTA row of the table
+    overlay["ensembles"] = {"full_x2": {"variants": ["full"]},
+                            "full_hflip": {"variants": ["full"], "seeds": [0], "tta": ["hflip"]}}
     configfile = write_overlay(base / "tiny.yaml", overlay)
     workdir = base / "work dir"
     result = snakemake(workdir, configfile, "all")
@@ -79,7 +82,9 @@ def test_every_stage_wrote_its_files(finished):
 def test_ablation_table_and_plots(finished):
     workdir, _, _ = finished
     table = pd.read_csv(workdir / "results/ablation/table.csv")
-    assert table["variant"].tolist() == ["full", "no_mlp", "no_mixup"]
+    assert table["variant"].tolist() == ["full", "no_mlp", "no_mixup", "full_x2", "full_hflip"]
+    assert table["kind"].tolist() == ["variant"] * 3 + ["ensemble"] * 2
+    table = table[table["kind"] == "variant"]
     assert table["runs"].tolist() == [2, 2, 2]  # mean ± sd over the two seeds
     assert table["val_acc_sd"].notna().all() and table["test_acc_sd"].notna().all()
     runs = pd.read_csv(workdir / "results/ablation/runs.csv")
@@ -98,6 +103,19 @@ def test_ablation_table_and_plots(finished):
         assert (workdir / f"results/plots/{name}.png").read_bytes()[:4] == b"\x89PNG"
     worst = pd.read_csv(workdir / "results/plots/worst_classes.csv")
     assert len(worst) == 10 and worst["error_rate"].is_monotonic_decreasing
+
+
+def test_ensembles_and_test_time_views_have_their_predictions(finished):
+    workdir, _, _ = finished
+    plain = tables.read_predictions(workdir / "results/predict/full/seed0/test.csv")
+    flipped = tables.read_predictions(workdir / "results/predict/full/seed0/tta-hflip/test.csv")
+    single = tables.read_predictions(workdir / "results/predict/ensemble/full_hflip/test.csv")
+    pd.testing.assert_frame_equal(flipped, single)  # an ensemble of one run is that run
+    probs = [c for c in plain.columns if c.startswith("prob_")]
+    assert list(flipped.columns) == list(plain.columns) and not plain[probs].equals(flipped[probs])
+    both = tables.read_predictions(workdir / "results/predict/ensemble/full_x2/val.csv")
+    seeds = [tables.read_predictions(workdir / f"results/predict/full/seed{s}/val.csv") for s in (0, 1)]
+    assert ((both[probs] - (seeds[0][probs] + seeds[1][probs]) / 2).abs() < 2e-6).all().all()
 
 
 def test_nothing_reruns_after_a_full_run(finished):

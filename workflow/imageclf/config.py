@@ -142,8 +142,10 @@ def effective_config(config: dict, cache_dir: str | Path | None = None) -> dict:
             f"ablation.reference '{config['ablation']['reference']}' is not one of the "
             f"variants {sorted(config['variants'])}"
         )
-    config = {**config, "ensembles": {name: {"variants": spec["variants"], "seeds": spec.get("seeds") or config["seeds"]}
-                                      for name, spec in (config.get("ensembles") or {}).items() if spec is not None}}
+    config = {**config, "ensembles": {
+        name: {"variants": spec["variants"], "seeds": spec.get("seeds") or config["seeds"],
+               "tta": spec["tta"] if spec.get("tta") is not None else config["predict"]["tta"]}
+        for name, spec in (config.get("ensembles") or {}).items() if spec is not None}}
     for name, spec in config["ensembles"].items():
         unknown = [v for v in spec["variants"] if v not in config["variants"]]
         if unknown:

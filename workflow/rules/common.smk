@@ -184,14 +184,28 @@ def run_names(variants=None, seeds=None):
     )
 
 
+def views_name(views):
+    """A tta-<views> folder name: hflip, hflip+vflip, or none."""
+    return "+".join(views) or "none"
+
+
+def prediction_path(variant, seed, split, views):
+    """A run's predictions with these test-time views: the run's own predictions when the views
+    are predict.tta's, else those of the predict_views rule."""
+    folder = PRED.format(variant=variant, seed=seed)
+    if list(views) == list(CFG["predict"]["tta"]):
+        return f"{folder}/{split}.csv"
+    return f"{folder}/tta-{views_name(views)}/{split}.csv"
+
+
 def ensemble_members(wildcards):
-    """Prediction files of an ensemble's member runs, for one split."""
+    """Prediction files of an ensemble's member runs, for one split, with its views."""
     spec = ENSEMBLES[wildcards.name]
-    return expand(
-        f"{PRED}/{wildcards.split}.csv",
-        variant=spec["variants"],
-        seed=spec["seeds"],
-    )
+    return [
+        prediction_path(variant, seed, wildcards.split, spec["tta"])
+        for variant in spec["variants"]
+        for seed in spec["seeds"]
+    ]
 
 
 def ensemble_paths(split):

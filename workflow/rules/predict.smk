@@ -35,6 +35,25 @@ rule predict:
         "{params.cache} --tta {params.tta} --log-file {log:q}"
 
 
+use rule predict as predict_views with:
+    output:
+        f"{PRED}/tta-{{views}}/{{split}}.csv",
+    log:
+        "logs/predict/{variant}/seed{seed}_{split}_tta-{views}.log",
+    benchmark:
+        "logs/benchmarks/predict/{variant}/seed{seed}_{split}_tta-{views}.tsv"
+    wildcard_constraints:
+        views=r"none|[a-z]+(\+[a-z]+)*",
+    params:
+        batch_size=CFG["predict"]["batch_size"],
+        cache=cache_flag("cache", lambda wildcards: wildcards.split),
+        test_labels=test_labels_flag,
+        # the views of an ensemble whose `tta` differs from predict.tta
+        tta=lambda wildcards: (
+            "" if wildcards.views == "none" else wildcards.views.replace("+", " ")
+        ),
+
+
 rule ensemble:
     """The mean class probabilities of an ensemble's member runs (config `ensembles`)."""
     input:
