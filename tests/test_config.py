@@ -202,3 +202,20 @@ def test_home_folder_in_paths_is_expanded(tmp_path, monkeypatch):
     assert out["data"]["root"] == str(tmp_path / "course")
     assert out["data"]["test_labels"] == str(tmp_path / "course" / "test_labels.csv")
     assert C.effective_config(user_config())["data"]["test_labels"] is None  # no labels stays no labels
+
+
+def test_ensembles_are_checked_and_take_their_defaults():
+    cfg = user_config()
+    cfg["seeds"] = [0, 1]
+    cfg["predict"]["tta"] = ["vflip"]
+    cfg["ensembles"] = {"both": {"variants": ["full", "no_mlp"]}, "flip": {"variants": ["full"], "tta": []}}
+    out = C.effective_config(cfg)["ensembles"]
+    assert out["both"] == {"variants": ["full", "no_mlp"], "seeds": [0, 1], "tta": ["vflip"]}
+    assert out["flip"]["tta"] == []
+    cfg["ensembles"] = {"bad": {"variants": ["nope"]}}
+    with pytest.raises(C.ConfigError, match=r"ensembles.bad.variants: \['nope'\] are not variants"):
+        C.effective_config(cfg)
+    cfg["ensembles"] = {}
+    cfg["submission"]["ensemble"] = "missing"
+    with pytest.raises(C.ConfigError, match="submission.ensemble 'missing'"):
+        C.effective_config(cfg)
