@@ -98,10 +98,7 @@ def facts(arch: str, head: str, hidden: int, num_classes: int, image_size: int, 
             stored = json.loads(Path(cache).read_text())
         except (OSError, ValueError):
             stored = {}
-        from importlib.metadata import version
-
-        current = f"torch {version('torch')}, torchvision {version('torchvision')}"
-        if key in stored and stored[key].get("versions") == current:
+        if key in stored and stored[key].get("versions") == versions():
             return stored[key]
     found = measure(arch, head, hidden, num_classes, image_size)
     if cache is not None and found.get("known"):

@@ -40,6 +40,11 @@ def utf8(text: str) -> bytes:
     return text.encode("utf-8", "surrogateescape")
 
 
+def signature(info: os.stat_result) -> tuple[int, int, int, int]:
+    """What says a file may have changed: size, modification time, change time, inode."""
+    return info.st_size, info.st_mtime_ns, info.st_ctime_ns, info.st_ino
+
+
 def scan(root: Path, splits) -> dict[str, tuple[int, int, int, int]]:
     """relative path -> (size, mtime_ns, ctime_ns, inode) of every file under root/<split>/,
     junk (hidden files, Thumbs.db, ...) left out, as the index leaves it out."""
@@ -62,8 +67,7 @@ def scan(root: Path, splits) -> dict[str, tuple[int, int, int, int]]:
                 if entry.is_dir():
                     stack.append(entry.path)
                     continue
-                info = entry.stat()
-                found[entry.path[prefix:]] = (info.st_size, info.st_mtime_ns, info.st_ctime_ns, info.st_ino)
+                found[entry.path[prefix:]] = signature(entry.stat())
             except OSError:  # a broken symlink, a file that vanished: the index job reports it
                 found[entry.path[prefix:]] = UNREADABLE
     return found
@@ -131,8 +135,7 @@ def update_stamp(root, splits, stamp, record, threads: int = 4, extra_files=()) 
     stats = scan(root, splits)
     for extra in extra_files:  # by the path as given: a relative one stays valid in a copied project
         try:
-            info = os.stat(extra)
-            stats[f"//{extra}"] = (info.st_size, info.st_mtime_ns, info.st_ctime_ns, info.st_ino)
+            stats[f"//{extra}"] = signature(os.stat(extra))
         except OSError:
             stats[f"//{extra}"] = UNREADABLE
     stat_hex = stat_digest(root, stats)

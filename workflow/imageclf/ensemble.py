@@ -29,11 +29,7 @@ def average(members: list[pd.DataFrame], classes: list[str], names: list[str]) -
         if tables.probability_columns(frame) != columns:
             raise DataError(f"{name}: its classes differ from the index's ({columns[:3]}...)")
     probs = np.mean([frame[columns].to_numpy(dtype=np.float64) for frame in members], axis=0)
-    labels = first["label"].tolist()
-    predicted = [classes[i] for i in probs.argmax(1)]
-    out = pd.DataFrame({"image_name": first["image_name"], "label": labels, "pred_label": predicted,
-                        "correct": [(p == t) if t else None for p, t in zip(predicted, labels)]})
-    return pd.concat([out, pd.DataFrame(probs.round(6), columns=columns)], axis=1)
+    return tables.predictions_table(first["image_name"], first["label"], probs, classes)
 
 
 def run(member_paths: list[str], classes_csv, out_csv) -> pd.DataFrame:

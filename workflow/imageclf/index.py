@@ -56,7 +56,6 @@ class Listing:
     """Files found under one split, with what is wrong and what was skipped."""
 
     def __init__(self):
-        self.pairs: list[tuple[Path, str]] = []  # every split's, in split order
         self.by_split: dict[str, list[tuple[Path, str]]] = {}
         self.problems: list[str] = []
         self.skipped: list[Path] = []
@@ -69,9 +68,13 @@ class Listing:
             (self.skipped if is_junk(path.name) else found).append(path)
         return found
 
+    @property
+    def pairs(self) -> list[tuple[Path, str]]:
+        """Every split's (path, label) pairs, in split order."""
+        return [pair for pairs in self.by_split.values() for pair in pairs]
+
     def add_file(self, split: str, path: Path, label: str) -> None:
         if is_image_name(path.name):
-            self.pairs.append((path, label))
             self.by_split.setdefault(split, []).append((path, label))
         else:
             self.problems.append(f"{path}: not an image file (an extension Pillow reads, such as .jpg, "
@@ -91,7 +94,6 @@ def list_split(root: Path, split: str, listing: Listing) -> None:
             else:
                 listing.add_file(split, path, "")
         return
-    before = len(listing.pairs)
     for class_dir in listing.entries(split_dir):
         if not class_dir.is_dir():
             listing.problems.append(f"{class_dir}: a file directly in {split}/; images belong in {split}/<label>/")
@@ -104,7 +106,7 @@ def list_split(root: Path, split: str, listing: Listing) -> None:
                 listing.problems.append(f"{path}: a folder inside a class folder; images belong in {split}/<label>/")
             else:
                 listing.add_file(split, path, class_dir.name)
-    if len(listing.pairs) == before and not listing.problems:
+    if not listing.by_split.get(split) and not listing.problems:
         listing.problems.append(f"{split_dir}: no class folders with images")
 
 

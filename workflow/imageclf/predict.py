@@ -10,8 +10,6 @@ import argparse
 import logging
 import time
 
-import numpy as np
-import pandas as pd
 import torch
 
 from . import data, engine, presets, tables
@@ -24,19 +22,6 @@ from .logs import add_log_argument, setup_logging
 from .models import load_trained_model
 
 log = logging.getLogger("imageclf.predict")
-
-
-def prediction_frame(frame: pd.DataFrame, probs: np.ndarray, classes: list[str]) -> pd.DataFrame:
-    pred = [classes[i] for i in probs.argmax(1)]
-    labels = frame["label"].astype(str).tolist()
-    out = pd.DataFrame({
-        "image_name": frame["image_name"].astype(str).tolist(),
-        "label": labels,
-        "pred_label": pred,
-        "correct": [(p == t) if t else None for p, t in zip(pred, labels)],
-    })
-    prob_cols = pd.DataFrame(probs.round(6), columns=[f"{tables.PROB_PREFIX}{c}" for c in classes])
-    return pd.concat([out, prob_cols], axis=1).sort_values("image_name", kind="stable").reset_index(drop=True)
 
 
 def predict(run_config_path, model_path, index_csv, classes_csv, out_csv, test_labels=None,
@@ -63,7 +48,7 @@ def predict(run_config_path, model_path, index_csv, classes_csv, out_csv, test_l
     start = time.perf_counter()
     probs, _ = engine.predict_probabilities(model, loader, device, precision, channels_last, views=tuple(tta))
     seconds = time.perf_counter() - start
-    result = prediction_frame(frame, probs, classes)
+    result = tables.predictions_table(frame["image_name"], frame["label"], probs, classes)
     tables.write_predictions(out_csv, result)
     known = result["correct"].dropna()
     acc = float(known.astype(bool).mean()) if len(known) else float("nan")

@@ -137,6 +137,19 @@ def write_predictions(path, frame: pd.DataFrame) -> None:
     write_table(path, frame, PREDICTIONS)
 
 
+def predictions_table(image_names, labels, probs: np.ndarray, classes: list[str]) -> pd.DataFrame:
+    """The predictions format from class probabilities (images x classes): predicted label,
+    whether it is right (empty where the label is unknown), prob_<class>; sorted by image_name."""
+    labels = [str(label) for label in labels]
+    predicted = [classes[i] for i in probs.argmax(1)]
+    out = pd.DataFrame({
+        "image_name": [str(name) for name in image_names], "label": labels, "pred_label": predicted,
+        "correct": [(p == t) if t else None for p, t in zip(predicted, labels)],
+    })
+    prob_cols = pd.DataFrame(probs.round(6), columns=[f"{PROB_PREFIX}{c}" for c in classes])
+    return pd.concat([out, prob_cols], axis=1).sort_values("image_name", kind="stable").reset_index(drop=True)
+
+
 def probability_columns(frame: pd.DataFrame) -> list[str]:
     return [name for name in frame.columns if name.startswith(PROB_PREFIX)]
 
