@@ -5,7 +5,7 @@ import os
 
 from snakemake.utils import min_version
 
-min_version("8.0")
+min_version("9.0")
 
 
 # The defaults sit next to this file; --configfile overlays are merged over them.
@@ -18,6 +18,7 @@ report: "workflow/report/workflow.rst"
 include: "workflow/rules/common.smk"
 include: "workflow/rules/demo.smk"
 include: "workflow/rules/index.smk"
+include: "workflow/rules/weights.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/select.smk"
 include: "workflow/rules/predict.smk"

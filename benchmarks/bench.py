@@ -33,7 +33,8 @@ import torch
 import yaml
 from imageclf import cache, data, engine, models, tables
 from imageclf.allocator import keep_freed_memory
-from imageclf.config import effective_config, execution_settings, run_config
+from imageclf.checks import checked_config
+from imageclf.config import execution_settings, run_config
 from imageclf.logs import setup_logging
 from imageclf.train import make_optimizer, training_dataset
 from PIL import Image
@@ -260,7 +261,7 @@ def main(argv=None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         for size in args.sizes:
-            effective = effective_config(dict(user) if size == "demo" else recipe_config(user))
+            effective = checked_config(dict(user) if size == "demo" else recipe_config(user))
             cfg = run_config(effective, args.variant, 0)
             if size != "demo":
                 cfg["train"]["image_size"] = int(size)

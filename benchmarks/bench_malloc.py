@@ -20,7 +20,8 @@ import pandas as pd
 import torch
 import yaml
 from imageclf import allocator, engine, tables
-from imageclf.config import effective_config, run_config
+from imageclf.checks import checked_config
+from imageclf.config import run_config
 from imageclf.logs import setup_logging
 
 REPO = Path(__file__).resolve().parents[1]
@@ -31,7 +32,7 @@ def measure(config_path: str, size: int, batch_size: int, precision: str, steps:
     from .bench import model_and_step, recipe_config  # the bench's step, without data loading
 
     user = yaml.safe_load(Path(config_path).read_text())
-    cfg = run_config(effective_config(recipe_config(user)), "full", 0)
+    cfg = run_config(checked_config(recipe_config(user)), "full", 0)
     device = torch.device("cpu")
     channels_last = engine.resolve_channels_last("auto", precision, device)
     _, step = model_and_step(cfg, device, precision, channels_last)

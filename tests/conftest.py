@@ -36,6 +36,16 @@ def torch_hub_with_recipe_weights(tmp_path_factory):
         os.environ["TORCH_HOME"] = previous
 
 
+def course_layout() -> str:
+    """A folder laid out like the course data set's train/ (100 class folders, as the config
+    checks count them), made once per test session; the folders hold no images."""
+    root = Path(os.environ["TORCH_HOME"]).parent / "course_layout"
+    if not root.is_dir():
+        for label in range(100):
+            (root / "train" / f"{label:03d}").mkdir(parents=True)
+    return str(root)
+
+
 # 12 classes, so the numeric order ("2" < "10") differs from the string order ("10" < "2").
 N_CLASSES = 12
 

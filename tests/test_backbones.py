@@ -8,9 +8,10 @@ import pytest
 import torch
 import torchvision
 import yaml
-from conftest import REPO
+from conftest import REPO, course_layout
+from imageclf import checks, models
 from imageclf import config as C
-from imageclf import models
+from imageclf.checks import checked_config
 from imageclf.train import make_optimizer
 from torch import nn
 
@@ -20,7 +21,7 @@ FAMILIES = ["resnet18", "mobilenet_v3_small", "efficientnet_b0", "regnet_x_400mf
 
 def user_config(**model):
     cfg = copy.deepcopy(RECIPE)
-    cfg["data"]["root"] = "/data/course"
+    cfg["data"]["root"] = course_layout()
     cfg["model"].update(model)
     return cfg
 
@@ -60,37 +61,37 @@ def test_the_reference_model_keeps_its_parameter_count():
 
 
 def test_any_registry_name_is_accepted_and_others_are_named():
-    C.effective_config(user_config(arch="convnext_tiny", weights="none"))
+    checked_config(user_config(arch="convnext_tiny", weights="none"))
     with pytest.raises(C.ConfigError, match="'resnet51' is not a torchvision classification model"):
-        C.effective_config(user_config(arch="resnet51", weights="none"))
+        checked_config(user_config(arch="resnet51", weights="none"))
 
 
 def test_a_model_over_the_budget_is_refused_with_its_count():
     with pytest.raises(C.ConfigError, match=r"vgg16 .* has 136,410,532 parameters, over the budget of 100,000,000"):
-        C.effective_config(user_config(arch="vgg16", weights="none"))
+        checked_config(user_config(arch="vgg16", weights="none"))
     cfg = user_config(arch="resnet50", weights="none", max_params=20_000_000)
     with pytest.raises(C.ConfigError, match="24,609,444 parameters"):
-        C.effective_config(cfg)
+        checked_config(cfg)
     # the budget is a check, not part of a run: raising it retrains nothing
     low, high = user_config(max_params=30_000_000), user_config(max_params=90_000_000)
-    assert C.run_config(C.effective_config(low), "full", 0) == C.run_config(C.effective_config(high), "full", 0)
+    assert C.run_config(checked_config(low), "full", 0) == C.run_config(checked_config(high), "full", 0)
 
 
 def test_an_image_size_the_architecture_cannot_take_is_refused():
     cfg = user_config(arch="vit_b_16", weights="none")
     cfg["train"]["image_size"] = 192
     with pytest.raises(C.ConfigError, match="vit_b_16 does not take 192 x 192 images"):
-        C.effective_config(cfg)
+        checked_config(cfg)
     cfg["train"]["image_size"] = 224
-    C.effective_config(cfg)
+    checked_config(cfg)
 
 
 def test_small_images_and_known_traps_are_warned_about(caplog):
     cfg = user_config(arch="mobilenet_v3_small", weights="none")
     cfg["train"]["image_size"] = 48
-    C.WARNED.clear()  # said once per process: this test wants to hear it
+    checks.WARNED.clear()  # said once per process: this test wants to hear it
     with caplog.at_level(logging.WARNING, logger="imageclf"):
-        C.effective_config(cfg)
+        checked_config(cfg)
     messages = " ".join(r.getMessage() for r in caplog.records)
     assert "48 px is far below the 224 px" in messages and "last feature map is about 1 x 1" in messages
     assert "BatchNorm momentum of 0.01" in messages
@@ -100,19 +101,19 @@ def test_small_images_and_known_traps_are_warned_about(caplog):
 def test_normalize_can_take_the_weights_own_statistics():
     cfg = user_config(arch="resnet50", weights="DEFAULT")
     cfg["augment"]["normalize"] = "weights"
-    run = C.run_config(C.effective_config(cfg), "full", 0)
+    run = C.run_config(checked_config(cfg), "full", 0)
     assert run["augment"]["normalize"] == {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
     cfg["model"]["weights"] = "none"
     with pytest.raises(C.ConfigError, match="'weights' needs model.weights to be a torchvision weights name"):
-        C.effective_config(cfg)
+        checked_config(cfg)
 
 
 def test_facts_are_cached_between_runs(tmp_path):
     cfg = user_config(arch="regnet_x_400mf", weights="none")
-    C.effective_config(cfg, cache_dir=tmp_path)
+    checked_config(cfg, cache_dir=tmp_path)
     cached = (tmp_path / "architectures.json").read_text()
     assert "regnet_x_400mf" in cached
-    C.effective_config(cfg, cache_dir=tmp_path)
+    checked_config(cfg, cache_dir=tmp_path)
     assert (tmp_path / "architectures.json").read_text() == cached
 
 

@@ -9,6 +9,7 @@ import yaml
 from conftest import REPO, index_dataset, index_files, make_dataset, tiny_overlay
 from imageclf import batch_augment, cache, presets, train
 from imageclf import config as C
+from imageclf.checks import checked_config
 from imageclf.io_utils import write_json
 from torchvision.transforms import v2
 
@@ -163,7 +164,7 @@ def test_training_with_device_augmentation_cached_or_not(tmp_path):
     index_dataset(tmp_path / "data", tmp_path / "index")
     overlay = tiny_overlay(tmp_path / "data", train={"epochs": 1, "augment_on": "device"})
     overlay["augment"] = {}  # the full recipe chain, colour ops included
-    cfg = C.effective_config(C.deep_merge(copy.deepcopy(RECIPE), overlay))
+    cfg = checked_config(C.deep_merge(copy.deepcopy(RECIPE), overlay))
     run = C.run_config(cfg, "full", 0)
     write_json(tmp_path / "config.json", run)
     mode = cache.cache_mode(run["augment"], "train", run["train"]["cache_margin"], "device")

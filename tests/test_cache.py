@@ -18,7 +18,7 @@ AUGMENT = yaml.safe_load((REPO / "config.yaml").read_text())["augment"]
 
 def augment_off():
     augment = copy.deepcopy(AUGMENT)
-    for key, _ in presets.PRE_RESIZE_OPS:
+    for key in presets.PRE_RESIZE_BUILDERS:
         augment[key]["enabled"] = False
     augment["random_erasing"]["enabled"] = False
     return augment

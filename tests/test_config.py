@@ -4,20 +4,21 @@ import copy
 
 import pytest
 import yaml
-from conftest import REPO
+from conftest import REPO, course_layout
 from imageclf import config as C
+from imageclf.checks import checked_config
 
 RECIPE = yaml.safe_load((REPO / "config.yaml").read_text())
 
 
-def user_config(root="/data/course"):
+def user_config(root=None):
     cfg = copy.deepcopy(RECIPE)
-    cfg["data"]["root"] = root
+    cfg["data"]["root"] = root or course_layout()
     return cfg
 
 
 def test_defaults_are_the_reference_recipe():
-    cfg = C.effective_config(user_config())
+    cfg = checked_config(user_config())
     assert cfg["model"] == {"arch": "resnet50", "weights": "IMAGENET1K_V2", "head": "mlp",
                             "mlp_hidden": 512, "dropout": 0.5, "max_params": 100_000_000}
     t = cfg["train"]
@@ -30,14 +31,14 @@ def test_defaults_are_the_reference_recipe():
 
 
 def test_demo_overlay_applies_only_to_the_demo():
-    demo = C.effective_config(copy.deepcopy(RECIPE))
+    demo = checked_config(copy.deepcopy(RECIPE))
     assert demo["model"]["weights"] == "none" and demo["train"]["epochs"] < 100
     assert demo["train"]["label_smoothing"] == 0.1  # untouched recipe values stay
-    assert C.effective_config(user_config())["train"]["epochs"] == 100
+    assert checked_config(user_config())["train"]["epochs"] == 100
 
 
 def test_variants_are_overlays_over_the_recipe():
-    cfg = C.effective_config(user_config())
+    cfg = checked_config(user_config())
     no_mlp = C.run_config(cfg, "no_mlp", 0)
     no_mixup = C.run_config(cfg, "no_mixup", 1)
     assert no_mlp["model"]["head"] == "linear" and no_mlp["train"]["mixup_alpha"] == 0.2
@@ -53,7 +54,7 @@ def test_a_number_written_0_or_0_0_gives_the_same_run():
     as_float["variants"]["no_mixup"] = {"train": {"mixup_alpha": 0.0}}
     as_int["augment"]["rotation"]["degrees"] = 15
     as_float["augment"]["rotation"] = {"degrees": 15.0, "enabled": True}  # same keys, other order
-    runs = [C.run_config(C.effective_config(cfg), "no_mixup", 0) for cfg in (as_int, as_float)]
+    runs = [C.run_config(checked_config(cfg), "no_mixup", 0) for cfg in (as_int, as_float)]
     assert runs[0] == runs[1] and repr(runs[0]) == repr(runs[1])
     assert C.config_hash(runs[0]) == C.config_hash(runs[1])
     assert runs[0]["train"]["epochs"] == 100 and isinstance(runs[0]["train"]["epochs"], int)  # integers stay
@@ -69,17 +70,17 @@ def test_a_deleted_key_is_named_at_configuration_time(delete, named):
     cfg = user_config()
     delete(cfg)
     with pytest.raises(C.ConfigError) as error:
-        C.effective_config(cfg)
+        checked_config(cfg)
     assert named in str(error.value)
 
 
 def test_a_variant_may_leave_keys_out_but_not_misspell_them():
     cfg = user_config()
     cfg["variants"]["small"] = {"augment": {"rotation": {"enabled": False}}}  # no degrees: fine
-    assert C.run_config(C.effective_config(cfg), "small", 0)["augment"]["rotation"]["degrees"] == 15
+    assert C.run_config(checked_config(cfg), "small", 0)["augment"]["rotation"]["degrees"] == 15
     cfg["variants"]["small"] = {"augment": {"rotaton": {"enabled": False}}}
     with pytest.raises(C.ConfigError, match="variants.small.augment: Additional properties"):
-        C.effective_config(cfg)
+        checked_config(cfg)
 
 
 @pytest.mark.parametrize("batch_size, devices", [(1, 1), (4, 4)])
@@ -88,27 +89,44 @@ def test_batches_of_one_image_are_refused(batch_size, devices):
     cfg["train"]["batch_size"] = batch_size
     cfg["train"]["devices"] = devices
     with pytest.raises(C.ConfigError, match="train.batch_size"):
-        C.effective_config(cfg)
+        checked_config(cfg)
 
 
 def test_a_weights_name_the_architecture_lacks_lists_its_names():
     cfg = user_config()
     cfg["variants"]["v2"] = {"model": {"arch": "resnet18", "weights": "IMAGENET1K_V2"}}
     with pytest.raises(C.ConfigError, match=r"resnet18 has no weights 'IMAGENET1K_V2'.*IMAGENET1K_V1"):
-        C.effective_config(cfg)
+        checked_config(cfg)
 
 
-def test_weights_that_cannot_be_downloaded_name_the_file_and_folder(tmp_path, monkeypatch):
+def test_reading_the_configuration_never_touches_the_network(tmp_path, monkeypatch):
+    """Offline and without the weights file, the configuration still reads (the weights rule
+    fetches the file, on the submitting machine), and no connection is opened."""
+    import socket
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("the configuration opened a network connection")
+
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty_hub"))
-    monkeypatch.setattr(C, "can_reach", lambda url, timeout=3.0: False)  # as on an offline node
-    with pytest.raises(C.ConfigError) as error:
-        C.effective_config(user_config())
-    message = str(error.value)
-    assert "resnet50-11ad3fa6.pth" in message and str(tmp_path / "empty_hub" / "hub" / "checkpoints") in message
-    folder = tmp_path / "empty_hub" / "hub" / "checkpoints"
-    folder.mkdir(parents=True)
-    (folder / "resnet50-11ad3fa6.pth").write_bytes(b"")  # put where the message says: accepted
-    C.effective_config(user_config())
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    cfg = checked_config(user_config())
+    assert cfg[C.RESOLVED]["full"]["weights_url"].endswith("/resnet50-11ad3fa6.pth")
+
+
+def test_numbers_given_as_text_are_taken_as_the_schema_type():
+    """Snakemake's --config 'train={epochs: 2}' hands the 2 over as text."""
+    cfg = user_config()
+    cfg["train"].update(epochs="2", mixup_alpha="0.5", label_smoothing="0")
+    cfg["train"]["ema"]["enabled"] = "true"
+    cfg["seeds"] = ["0", "1"]
+    effective = C.effective_config(cfg)
+    assert effective["train"]["epochs"] == 2 and effective["train"]["mixup_alpha"] == 0.5
+    assert effective["train"]["ema"]["enabled"] is True and effective["seeds"] == [0, 1]
+    assert C.run_config(effective, "full", 0)["train"]["label_smoothing"] == 0.0
+    cfg["train"]["epochs"] = "two"
+    with pytest.raises(C.ConfigError, match="train.epochs: 'two' is not of type 'integer'"):
+        C.effective_config(cfg)
 
 
 def test_relative_paths_are_reported_with_their_folder(tmp_path, monkeypatch):
@@ -116,14 +134,14 @@ def test_relative_paths_are_reported_with_their_folder(tmp_path, monkeypatch):
     cfg = user_config()
     cfg["data"]["test_labels"] = "labels/test.csv"
     with pytest.raises(C.ConfigError, match=f"'labels/test.csv' \\(relative to {tmp_path}\\) does not exist"):
-        C.effective_config(cfg)
+        checked_config(cfg)
 
 
 
 def test_worker_count_is_an_execution_setting_not_part_of_the_run():
     cfg = user_config()
     cfg["variants"]["no_mixup"] = {"train": {"mixup_alpha": 0, "num_workers": 6}}
-    cfg = C.effective_config(cfg)
+    cfg = checked_config(cfg)
     assert "num_workers" not in C.run_config(cfg, "full", 0)["train"]
     assert C.execution_settings(cfg, "full") == {"num_workers": 2}
     assert C.execution_settings(cfg, "no_mixup") == {"num_workers": 6}  # a variant may set its own
@@ -146,62 +164,59 @@ def test_schema_names_the_bad_key(edit, named):
     cfg = user_config()
     edit(cfg)
     with pytest.raises(C.ConfigError) as error:
-        C.effective_config(cfg)
+        checked_config(cfg)
     assert named in str(error.value)
-
-
-def test_numbers_in_quotes_get_a_hint_about_snakemake_config():
-    cfg = user_config()
-    cfg["train"].update(epochs="2")  # what --config train='{epochs: 2}' hands over
-    with pytest.raises(C.ConfigError) as error:
-        C.effective_config(cfg)
-    assert "train.epochs: '2' is not of type 'integer'" in str(error.value)
-    assert "--configfile" in str(error.value)
-    cfg = user_config()
-    cfg["train"].update(epochs=[2])  # a wrong type that is not text: no hint
-    with pytest.raises(C.ConfigError) as error:
-        C.effective_config(cfg)
-    assert "--configfile" not in str(error.value)
 
 
 def test_null_removes_a_variant():
     cfg = user_config()
     cfg["variants"]["no_mixup"] = None
-    assert list(C.effective_config(cfg)["variants"]) == ["full", "no_mlp"]
+    assert list(checked_config(cfg)["variants"]) == ["full", "no_mlp"]
 
 
 def test_submission_must_name_a_trained_run():
     cfg = user_config()
     cfg["submission"]["variant"] = "nope"
     with pytest.raises(C.ConfigError, match="submission.variant 'nope'"):
-        C.effective_config(cfg)
+        checked_config(cfg)
     cfg = user_config()
     cfg["submission"]["seed"] = 7
     with pytest.raises(C.ConfigError, match="submission.seed 7 is not in seeds"):
-        C.effective_config(cfg)
+        checked_config(cfg)
 
 
-def test_missing_weights_file_fails_at_config_time(tmp_path):
+def resnet18_state_file(path):
+    import torch
+    import torchvision
+
+    torch.save(torchvision.models.resnet18(weights=None).state_dict(), path)
+    return str(path)
+
+
+def test_missing_or_unfitting_weights_file_fails_at_config_time(tmp_path):
     cfg = user_config()
-    cfg["variants"]["local"] = {"model": {"weights": str(tmp_path / "missing.pth")}}
+    cfg["variants"]["local"] = {"model": {"arch": "resnet18", "weights": str(tmp_path / "missing.pth")}}
     with pytest.raises(C.ConfigError, match=r"model.weights \(variant 'local'\): file '.*missing.pth' does not exist"):
-        C.effective_config(cfg)
+        checked_config(cfg)
     (tmp_path / "missing.pth").write_bytes(b"")
-    C.effective_config(cfg)
+    with pytest.raises(C.ConfigError, match=r"missing.pth does not fit resnet18: not a loadable weights file"):
+        checked_config(cfg)
+    resnet18_state_file(tmp_path / "missing.pth")
+    checked_config(cfg)
 
 
 def test_home_folder_in_paths_is_expanded(tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path))
-    (tmp_path / "weights.pth").write_bytes(b"")
-    (tmp_path / "course").mkdir()
+    resnet18_state_file(tmp_path / "weights.pth")
+    (tmp_path / "course" / "train" / "a").mkdir(parents=True)
     (tmp_path / "course" / "test_labels.csv").write_text("image_name,label\n")
     cfg = user_config(root="~/course")
     cfg["data"]["test_labels"] = "~/course/test_labels.csv"
-    cfg["model"]["weights"] = "~/weights.pth"  # checked for existence at config time: found
-    out = C.effective_config(cfg)
+    cfg["model"].update(arch="resnet18", weights="~/weights.pth")  # checked at config time: found
+    out = checked_config(cfg)
     assert out["data"]["root"] == str(tmp_path / "course")
     assert out["data"]["test_labels"] == str(tmp_path / "course" / "test_labels.csv")
-    assert C.effective_config(user_config())["data"]["test_labels"] is None  # no labels stays no labels
+    assert checked_config(user_config())["data"]["test_labels"] is None  # no labels stays no labels
 
 
 def test_ensembles_are_checked_and_take_their_defaults():
@@ -209,13 +224,13 @@ def test_ensembles_are_checked_and_take_their_defaults():
     cfg["seeds"] = [0, 1]
     cfg["predict"]["tta"] = ["vflip"]
     cfg["ensembles"] = {"both": {"variants": ["full", "no_mlp"]}, "flip": {"variants": ["full"], "tta": []}}
-    out = C.effective_config(cfg)["ensembles"]
+    out = checked_config(cfg)["ensembles"]
     assert out["both"] == {"variants": ["full", "no_mlp"], "seeds": [0, 1], "tta": ["vflip"]}
     assert out["flip"]["tta"] == []
     cfg["ensembles"] = {"bad": {"variants": ["nope"]}}
     with pytest.raises(C.ConfigError, match=r"ensembles.bad.variants: \['nope'\] are not variants"):
-        C.effective_config(cfg)
+        checked_config(cfg)
     cfg["ensembles"] = {}
     cfg["submission"]["ensemble"] = "missing"
     with pytest.raises(C.ConfigError, match="submission.ensemble 'missing'"):
-        C.effective_config(cfg)
+        checked_config(cfg)

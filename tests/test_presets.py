@@ -53,3 +53,9 @@ def test_train_chain_output_shape_on_a_real_image():
     torch.manual_seed(0)
     out = presets.train_transform(RECIPE["augment"], 64)(Image.new("RGB", (120, 90), (10, 200, 30)))
     assert out.shape == (3, 64, 64) and torch.isfinite(out).all()
+
+
+def test_every_pre_resize_op_of_the_config_has_a_builder():
+    from imageclf.config import PRE_RESIZE_OP_KEYS
+
+    assert sorted(presets.PRE_RESIZE_BUILDERS) == sorted(PRE_RESIZE_OP_KEYS)

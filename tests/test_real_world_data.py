@@ -13,6 +13,7 @@ import yaml
 from conftest import REPO, class_image, index_dataset, index_files, save_image, tiny_overlay
 from imageclf import cache, data, index, tables, train
 from imageclf import config as C
+from imageclf.checks import checked_config
 from imageclf.errors import DataError
 from imageclf.images import image_extensions, open_image
 from imageclf.io_utils import write_json, write_text
@@ -183,7 +184,7 @@ def test_training_never_sees_a_batch_of_one(tmp_path):
     root = build(tmp_path / "data", ["a", "b", "c"], per_split=(("train", 3), ("val", 1)))
     index_dataset(root, tmp_path / "idx")
     recipe = yaml.safe_load((REPO / "config.yaml").read_text())
-    cfg = C.effective_config(C.deep_merge(recipe, tiny_overlay(root, data={"test_labels": None}, train={"epochs": 1, "batch_size": 2,
+    cfg = checked_config(C.deep_merge(recipe, tiny_overlay(root, data={"test_labels": None}, train={"epochs": 1, "batch_size": 2,
                                                                             "image_size": 16})))
     write_json(tmp_path / "config.json", C.run_config(cfg, "full", 0))
     history = train.train(tmp_path / "config.json", index_files(tmp_path / "idx"), tmp_path / "run")

@@ -12,6 +12,7 @@ import torch
 from conftest import REPO, index_dataset, index_files, make_dataset, snakemake, tiny_overlay, write_overlay
 from imageclf import config as C
 from imageclf import train
+from imageclf.checks import checked_config
 from imageclf.io_utils import write_json
 
 COMPARED = ["epoch", "train_loss", "val_loss", "val_acc", "lr"]  # all but wall-clock columns
@@ -21,7 +22,7 @@ COMPARED = ["epoch", "train_loss", "val_loss", "val_acc", "lr"]  # all but wall-
 def prepared(tmp_path):
     make_dataset(tmp_path / "data")
     index_dataset(tmp_path / "data", tmp_path / "index")
-    cfg = C.effective_config(C.deep_merge(
+    cfg = checked_config(C.deep_merge(
         __import__("yaml").safe_load((REPO / "config.yaml").read_text()),
         tiny_overlay(tmp_path / "data", train={"epochs": 3}),
     ))

@@ -14,6 +14,7 @@ STAGES = {
     "demo": ("demo", "main", "write the demo data set (scikit-learn's digits) in the course layout"),
     "index": ("index", "main", "index and check train/ and val/: train.csv, val.csv, classes.csv"),
     "index_test": ("index", "main_test", "index test/, check test labels and leaks: test.csv, summary, leaks"),
+    "weights": ("weights", "main", "put torchvision's weights file for model.weights in place (hub cache or download)"),
     "cache": ("cache", "main", "decode and resize one split once into a memory-mapped file"),
     "train": ("train", "main", "train one run (variant, seed); resumes after a crash"),
     "select": ("select", "main", "pick a run's checkpoint by select.metric"),

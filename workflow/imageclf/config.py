@@ -6,7 +6,6 @@ import copy
 import functools
 import hashlib
 import json
-import logging
 import os
 from pathlib import Path
 
@@ -14,8 +13,7 @@ import jsonschema
 import yaml
 
 from .errors import ConfigError
-
-log = logging.getLogger("imageclf.config")
+from .io_utils import write_json
 
 SCHEMA_PATH = Path(__file__).resolve().parent / "schemas" / "config.schema.yaml"
 
@@ -27,8 +25,9 @@ RUN_SECTIONS = ("model", "augment", "train")
 # changing them, say on moving to a bigger machine, retrains nothing. The train job gets them as
 # arguments (execution_settings).
 EXECUTION_ONLY = {"train": ("num_workers",)}
-# Added by effective_config: per variant, the normalisation of `augment.normalize: weights`.
-RESOLVED = "resolved_normalize"
+# Added by checks.checked_config, per variant: the normalisation of `augment.normalize: weights`
+# ("normalize") and the download address of torchvision weights named by model.weights ("weights_url").
+RESOLVED = "resolved"
 # Checked before any job runs, never part of a run: raising the budget retrains nothing.
 CHECK_ONLY = {"model": ("max_params",)}
 # The augmentation ops that run before Resize, in the reference order (presets.py builds them).
@@ -92,11 +91,6 @@ def validate(config: dict, where: str = "config", partial: bool = False, prefix:
                 continue
             key = dotted(error.absolute_path, prefix) or "(top level)"
             lines.append(f"  {key}: {error.message}")
-        if any(error.validator == "type" and isinstance(error.instance, str) and len(error.absolute_path) > 1
-               for error in errors):
-            # Snakemake parses a --config value with YAML's base loader: inside a dict, 2 stays '2'.
-            lines.append("  (a number or true/false in quotes: values inside a --config KEY='{...}' dict "
-                         "arrive as text; put them in a --configfile YAML instead)")
         raise ConfigError(f"invalid {where}:\n" + "\n".join(lines))
 
 
@@ -106,11 +100,14 @@ def is_demo(config: dict) -> bool:
     return bool(root) and Path(config["data"]["root"]) == Path(root)
 
 
-def effective_config(config: dict, cache_dir: str | Path | None = None) -> dict:
+def effective_config(config: dict) -> dict:
     """Validate the user's config, apply the demo overlay when data.root is the demo, and check
-    what can be checked before any job runs (variants, models, weights, files named in the config).
+    that the names it uses (variants, seeds, ensembles) agree. Files and models it names are
+    checked by checks.checked_config.
 
-    cache_dir: where facts about architectures are kept between runs (architectures.py)."""
+    Values that arrive as text (Snakemake's --config KEY='{epochs: 2}' gives '2') are taken as
+    the type the schema asks for when they read as it."""
+    config = typed(config, schema())
     validate(config)
     # `~/course_data` as a shell would read it (Snakemake hands config values over as they are)
     data = config["data"]
@@ -119,7 +116,7 @@ def effective_config(config: dict, cache_dir: str | Path | None = None) -> dict:
     if is_demo(config):
         overlay = config["demo"].get("overlay") or {}
         validate(overlay, partial=True, prefix="demo.overlay")
-        config = deep_merge(config, overlay)
+        config = typed(deep_merge(config, overlay), schema())
         validate(config, where="config after the demo overlay")
     # `variants: {name: null}` in an overlay drops that variant (overlays can only add keys).
     config = {**config, "variants": {k: v for k, v in config["variants"].items() if v is not None}}
@@ -158,85 +155,24 @@ def effective_config(config: dict, cache_dir: str | Path | None = None) -> dict:
     chosen = config["submission"]["ensemble"]
     if chosen is not None and chosen not in config["ensembles"]:
         raise ConfigError(f"submission.ensemble '{chosen}' is not one of the ensembles {sorted(config['ensembles'])}")
-    labels = config["data"]["test_labels"]
-    if labels and not is_demo(config) and not Path(labels).is_file():  # the demo's is made by a rule
-        raise ConfigError(f"data.test_labels: file {described(labels)} does not exist")
-    num_classes = count_classes(config)
-    cache = Path(cache_dir) / "architectures.json" if cache_dir else None
-    resolved = {}
-    for variant in config["variants"]:
-        merged = variant_sections(config, variant)
-        if merged["train"]["batch_size"] // merged["train"]["devices"] < 2:
-            raise ConfigError(
-                f"train.batch_size (variant '{variant}'): {merged['train']['batch_size']} images over "
-                f"{merged['train']['devices']} devices leaves fewer than 2 per device; BatchNorm needs 2")
-        resolved[variant] = check_model(merged, variant, num_classes, cache)
-    # augment.normalize: weights -> the mean and std of the variant's weights (a run config is concrete)
-    return {**config, RESOLVED: resolved}
+    return config
 
 
-def count_classes(config: dict) -> int:
-    """Class folders under data.root/train (the report's 100 while the folder is not there yet)."""
-    train = Path(config["data"]["root"]) / "train"
-    try:
-        return sum(1 for entry in train.iterdir() if entry.is_dir() and not entry.name.startswith(".")) or 100
-    except OSError:
-        return 100
-
-
-WARNED: set[str] = set()  # configuration warnings already given in this process
-
-
-def warn_once(message: str) -> None:
-    """A configuration warning, once per process however many variants share the cause."""
-    if message not in WARNED:
-        WARNED.add(message)
-        log.warning(message)
-
-
-def check_model(merged: dict, variant: str, num_classes: int, cache) -> dict | None:
-    """Refuse, before any job runs, a model the recipe cannot train: an unknown architecture, a
-    head it cannot take, an image size it rejects, more parameters than model.max_params, or
-    weights that cannot be had. Warn about known traps. Returns the normalisation to use when
-    augment.normalize is 'weights' (else None)."""
-    from .architectures import facts
-
-    model, size = merged["model"], merged["train"]["image_size"]
-    where = f"(variant '{variant}')"
-    found = facts(model["arch"], model["head"], model["mlp_hidden"], num_classes, size, cache)
-    if not found["known"]:
-        raise ConfigError(f"model.arch {where}: '{model['arch']}' is not a torchvision classification model; "
-                          f"choose one of {found['architectures']}")
-    if found["head_error"]:
-        raise ConfigError(f"model.head {where}: {found['head_error']}")
-    if found["size_error"]:
-        raise ConfigError(f"train.image_size {where}: {model['arch']} does not take {size} x {size} images "
-                          f"({found['size_error']}); it was built for {found['built_size']} px")
-    if found["parameters"] > model["max_params"]:
-        raise ConfigError(f"model.max_params {where}: {model['arch']} with a {model['head']} head for "
-                          f"{num_classes} classes has {found['parameters']:,} parameters, over the budget of "
-                          f"{model['max_params']:,}")
-    if size * 4 <= found["built_size"]:
-        warn_once(f"train.image_size: {size} px is far below the {found['built_size']} px {model['arch']} was "
-                  f"built for; its last feature map is about {max(1, size // 32)} x {max(1, size // 32)}. "
-                  "Upsampling small images may help (README: Beyond the recipe).")
-    if model["weights"].lower() == "none" and model["arch"].startswith("mobilenet_v3"):
-        warn_once(f"model: {model['arch']} from scratch keeps torchvision's BatchNorm momentum of 0.01, so its "
-                  "running statistics lag for many epochs: eval accuracy can sit at chance while the train "
-                  "loss falls (README: Beyond the recipe).")
-    check_weights(model["arch"], model["weights"], variant, found["weights"])
-    normalize = merged["augment"]["normalize"]
-    if normalize == "weights":
-        if model["weights"] not in found["weights"]:
-            raise ConfigError(f"augment.normalize {where}: 'weights' needs model.weights to be a torchvision "
-                              f"weights name of {model['arch']} ({sorted(found['weights'])}), not '{model['weights']}'")
-        return {"mean": found["mean"], "std": found["std"]}
-    return None
-
-
-def described(path) -> str:
-    """A path as the user wrote it, with the folder a relative one was resolved against."""
-    return f"'{path}'" if Path(path).is_absolute() else f"'{path}' (relative to {Path.cwd()})"
+def conform(value, node: dict, leaf, sort_keys: bool):
+    """`value` with `leaf(value, node)` applied to every scalar, walking the schema beside it."""
+    while isinstance(node, dict) and "$ref" in node:
+        node = resolve(node["$ref"])
+    if not isinstance(node, dict):
+        return value
+    if isinstance(value, dict):
+        properties, extra = node.get("properties", {}), node.get("additionalProperties")
+        keys = sorted(value) if sort_keys else list(value)
+        return {key: conform(value[key], properties.get(key, extra if isinstance(extra, dict) else {}), leaf, sort_keys)
+                for key in keys}
+    if isinstance(value, list):
+        items = node.get("items", {})
+        return [conform(item, items, leaf, sort_keys) for item in value]
+    return leaf(value, node)
 
 
 def canonical(value, node: dict, sort_keys: bool = True):
@@ -246,30 +182,50 @@ def canonical(value, node: dict, sort_keys: bool = True):
     Snakemake compares a job's params as text: so `mixup_alpha: 0` and `mixup_alpha: 0.0`, or the
     same keys in another order, give the same run config, the same params of its run_config job
     and the same config hash. An edit that keeps the meaning retrains nothing."""
-    while isinstance(node, dict) and "$ref" in node:
-        node = resolve(node["$ref"])
-    if not isinstance(node, dict):
-        return value
-    if isinstance(value, dict):
-        properties, extra = node.get("properties", {}), node.get("additionalProperties")
-        keys = sorted(value) if sort_keys else list(value)
-        return {key: canonical(value[key], properties.get(key, extra if isinstance(extra, dict) else {}), sort_keys)
-                for key in keys}
-    if isinstance(value, list):
-        items = node.get("items", {})
-        return [canonical(item, items, sort_keys) for item in value]
-    if isinstance(value, int) and not isinstance(value, bool) and is_number_type(node):
-        return float(value)
-    return value
+
+    def as_float(scalar, leaf_node):
+        if isinstance(scalar, int) and not isinstance(scalar, bool) and is_number_type(leaf_node):
+            return float(scalar)
+        return scalar
+
+    return conform(value, node, as_float, sort_keys)
+
+
+def typed(value, node: dict):
+    """`value` with each text that the schema wants as a number, true/false or null read as YAML
+    reads it, when that gives the wanted type (Snakemake's --config hands `{epochs: 2}` over with
+    '2' as text); any other text stays as it is, for the validation to name."""
+
+    def from_text(scalar, leaf_node):
+        types = schema_types(leaf_node)
+        if not isinstance(scalar, str) or "string" in types or not types:
+            return scalar
+        try:
+            parsed = yaml.safe_load(scalar)
+        except yaml.YAMLError:
+            return scalar
+        wanted = {"integer": int, "number": (int, float), "boolean": bool, "null": type(None)}
+        fits = any(isinstance(parsed, wanted[t]) and not (t != "boolean" and isinstance(parsed, bool))
+                   for t in types if t in wanted)
+        return parsed if fits else scalar
+
+    return conform(value, node, from_text, sort_keys=False)
+
+
+def schema_types(node: dict) -> list[str]:
+    """The JSON types a schema node allows, through oneOf/anyOf and $ref."""
+    types = node.get("type")
+    types = [types] if isinstance(types, str) else list(types or [])
+    for sub in node.get("oneOf", []) + node.get("anyOf", []):
+        types += schema_types(resolve(sub["$ref"]) if "$ref" in sub else sub)
+    if "enum" in node:
+        types += sorted({{bool: "boolean", int: "integer", float: "number", str: "string", type(None): "null"}
+                         .get(type(v), "string") for v in node["enum"]})
+    return types
 
 
 def is_number_type(node: dict) -> bool:
-    types = node.get("type")
-    types = [types] if isinstance(types, str) else (types or [])
-    if "number" in types:
-        return True
-    return any(is_number_type(resolve(sub["$ref"]) if "$ref" in sub else sub)
-               for sub in node.get("oneOf", []) + node.get("anyOf", []))
+    return "number" in schema_types(node)
 
 
 def resolve(ref: str) -> dict:
@@ -279,68 +235,15 @@ def resolve(ref: str) -> dict:
     return node
 
 
-def looks_like_path(weights: str) -> bool:
-    return weights.endswith((".pth", ".pt")) or "/" in weights
-
-
-def hub_checkpoints() -> Path:
-    """torch.hub's download folder, found as torch.hub.get_dir() finds it (without importing torch)."""
-    if os.environ.get("TORCH_HOME"):
-        home = Path(os.path.expanduser(os.environ["TORCH_HOME"]))
-    else:
-        home = Path(os.path.expanduser(os.environ.get("XDG_CACHE_HOME", "~/.cache"))) / "torch"
-    return home / "hub" / "checkpoints"
-
-
-def check_weights(arch: str, weights: str, variant: str, names: dict) -> None:
-    """Fail now, not after the index and other runs, on weights that cannot be had: a file that
-    is not there, a name the architecture lacks, a download this machine cannot make.
-
-    names: the architecture's weights names and their download addresses."""
-    if weights.lower() == "none":
-        return
-    if looks_like_path(weights):
-        if not Path(weights).expanduser().is_file():
-            raise ConfigError(
-                f"model.weights (variant '{variant}'): file {described(weights)} does not exist; give a path "
-                "to a state dict, a torchvision weights name such as IMAGENET1K_V2, or none")
-        return
-    if weights not in names:
-        raise ConfigError(f"model.weights (variant '{variant}'): {arch} has no weights '{weights}'; "
-                          f"its weights are {sorted(names)}, or give a .pth file, or none")
-    url = names[weights]
-    folder = hub_checkpoints()
-    filename = os.path.basename(url)
-    if (folder / filename).is_file() or can_reach(url):
-        return
-    raise ConfigError(
-        f"model.weights (variant '{variant}'): {arch} weights {weights} are not downloaded yet "
-        f"({folder / filename} is absent) and {url} cannot be reached from this machine. Download "
-        f"{filename} where there is internet and put it in {folder}/ (or set TORCH_HOME), or give a "
-        "local .pth file, or none")
-
-
-def can_reach(url: str, timeout: float = 3.0) -> bool:
-    """Whether a TCP connection to the URL's host opens (no data is fetched)."""
-    import socket
-    from urllib.parse import urlparse
-
-    parsed = urlparse(url)
-    try:
-        with socket.create_connection((parsed.hostname, parsed.port or 443), timeout=timeout):
-            return True
-    except OSError:
-        return False
-
-
 def run_config(config: dict, variant: str, seed: int) -> dict:
     """The complete configuration of one training run: recipe + variant overlay + seed."""
     if variant not in config["variants"]:
         raise ConfigError(f"unknown variant '{variant}'; known: {sorted(config['variants'])}")
     merged = variant_sections(config, variant)
     user = {key: value for key, value in config.items() if key != RESOLVED}
+    merged = {section: typed(merged[section], schema()["properties"][section]) for section in RUN_SECTIONS}
     validate(deep_merge(user, merged), where=f"config of variant '{variant}'")
-    normalize = config.get(RESOLVED, {}).get(variant)
+    normalize = config.get(RESOLVED, {}).get(variant, {}).get("normalize")
     if normalize:
         merged["augment"] = {**merged["augment"], "normalize": normalize}
     merged = canonical(merged, schema())
@@ -376,6 +279,4 @@ def load_run_config(path: str | Path) -> dict:
 
 
 def write_run_config(path: str | Path, run: dict) -> None:
-    from .io_utils import write_json
-
     write_json(path, run)

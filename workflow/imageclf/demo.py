@@ -19,6 +19,8 @@ from .logs import add_log_argument, setup_logging
 
 log = logging.getLogger("imageclf.demo")
 
+NUM_CLASSES = 10  # the digits 0-9
+
 
 def digit_images(size: int) -> tuple[list[Image.Image], np.ndarray]:
     from sklearn.datasets import load_digits

@@ -29,7 +29,6 @@ from .io_utils import file_sha256
 from .logs import add_log_argument, setup_logging
 
 LABELLED = ("train", "val")
-SPLITS = ("train", "val", "test")
 MAX_LISTED_PROBLEMS = 25
 SNAKEMAKE_TIMESTAMP = ".snakemake_timestamp"
 
@@ -127,11 +126,25 @@ def report_skipped(skipped: list[Path]) -> None:
                     "for example %s", len(skipped), skipped[0])
 
 
-def scan(root: Path, splits, what: str) -> Listing:
+def require_root(root: Path) -> None:
+    """The one error for a data.root that is not a folder."""
     if not root.is_dir():
-        raise DataError(f"data.root: folder {root} does not exist (resolved against {Path.cwd()}; "
-                        "set data.root in your config)" if not root.is_absolute() else
-                        f"data.root: folder {root} does not exist (set data.root in your config)")
+        where = "" if root.is_absolute() else f" (relative to {Path.cwd()})"
+        raise DataError(f"data.root: folder '{root}'{where} does not exist; set data.root to a folder "
+                        "with train/<label>/, val/<label>/ and test/")
+
+
+def class_folders(root: Path) -> list[str]:
+    """The class names under root/train/, listed by the index's own rules (junk skipped), in the
+    class order; [] when there is no train/ folder yet."""
+    train = root / "train"
+    if not train.is_dir():
+        return []
+    return sort_class_names(path.name for path in Listing().entries(train) if path.is_dir())
+
+
+def scan(root: Path, splits, what: str) -> Listing:
+    require_root(root)
     listing = Listing()
     for split in splits:
         list_split(root, split, listing)

@@ -1,4 +1,4 @@
-"""The classifier: a torchvision ResNet backbone with an MLP or linear head."""
+"""The classifier: any torchvision classification backbone with an MLP or linear head."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import torch
 import torchvision
 from torch import nn
 
-from .config import looks_like_path
 from .errors import WeightsError
+from .weights import fit_problems, hub_checkpoints, is_local_file, state_dict_of
 
 log = logging.getLogger("imageclf.models")
 
@@ -47,22 +47,8 @@ def load_checkpoint_file(path: str | Path) -> dict:
     except Exception as error:  # unpickling errors come in many types
         raise WeightsError(
             f"{path}: not a loadable weights file (torch.load with weights_only=True refused "
-            f"it: {str(error).splitlines()[0]})"
+            f"it: {(str(error).strip().splitlines() or [type(error).__name__])[0]})"
         ) from error
-
-
-def backbone_state_dict(weights: str) -> dict | None:
-    """State dict for the backbone named by model.weights, or None for 'none'."""
-    if weights.lower() == "none":
-        return None
-    if looks_like_path(weights):
-        state = load_checkpoint_file(weights)
-        if isinstance(state, dict) and isinstance(state.get("model"), dict):
-            state = state["model"]
-        if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-            raise WeightsError(f"{weights}: not a state dict (a mapping of names to tensors)")
-        return state
-    return None
 
 
 # Builders whose auxiliary classifiers would make training return a tuple: built without them.
@@ -116,12 +102,15 @@ def attach_head(model: nn.Module, num_classes: int, head: str, hidden: int, drop
     return name
 
 
-def pretrained_state(arch: str, weights: str) -> dict | None:
-    """The state dict named by model.weights (None for 'none'), downloaded into the torch hub
-    cache when it is a torchvision weights name."""
-    local = backbone_state_dict(weights)
-    if local is not None or weights.lower() == "none":
-        return local
+def pretrained_state(arch: str, weights: str, weights_file: str | Path | None = None) -> dict | None:
+    """The state dict named by model.weights (None for 'none'), read from a file, never downloaded.
+
+    weights_file: the file the `weights` rule put in place for a torchvision weights name (by
+    default the torch hub cache's copy); a local model.weights file is read where it is."""
+    if weights.lower() == "none":
+        return None
+    if is_local_file(weights):
+        return state_dict_of(load_checkpoint_file(weights), weights)
     try:
         enum = torchvision.models.get_model_weights(arch)[weights]
     except KeyError as error:
@@ -129,37 +118,29 @@ def pretrained_state(arch: str, weights: str) -> dict | None:
             f"model.weights '{weights}' is neither a file nor a torchvision weights name "
             f"for {arch} ({[w.name for w in torchvision.models.get_model_weights(arch)]})"
         ) from error
-    log.info("loading %s weights %s (torch hub cache: %s)", arch, weights, torch.hub.get_dir())
-    try:
-        return enum.get_state_dict(progress=False, check_hash=True, weights_only=True)
-    except OSError as error:  # URLError included: no internet on this node
-        folder = Path(torch.hub.get_dir()) / "checkpoints"
-        raise WeightsError(
-            f"model.weights {weights}: cannot download {enum.url} ({error}); download "
-            f"{Path(enum.url).name} where there is internet and put it in {folder}/") from error
+    path = Path(weights_file) if weights_file else hub_checkpoints() / Path(enum.url).name
+    if not path.is_file():
+        raise WeightsError(f"model.weights {weights}: {path} does not exist (the `weights` rule puts it there)")
+    log.info("loading %s weights %s from %s", arch, weights, path)
+    # torchvision's own loader, pointed at the file: it finds it and never downloads
+    return enum.get_state_dict(model_dir=str(path.parent), file_name=path.name, progress=False, weights_only=True)
 
 
 def build_model(arch: str, num_classes: int, head: str = "mlp", weights: str = "none",
-                mlp_hidden: int = 512, dropout: float = 0.5) -> nn.Module:
+                mlp_hidden: int = 512, dropout: float = 0.5, weights_file: str | Path | None = None) -> nn.Module:
     """A torchvision classification model with pretrained weights loaded (all but its final
     classifier), then that classifier replaced by our head."""
     model = backbone(arch)
     classifier, _ = final_classifier(model)
-    state = pretrained_state(arch, weights)
+    state = pretrained_state(arch, weights, weights_file)
     if state is not None:
-        prefix = classifier + "."
-        kept = {k: v for k, v in state.items() if not k.startswith(prefix) and not k.startswith(AUX_PREFIXES)}
-        try:
-            missing, unexpected = model.load_state_dict(kept, strict=False)
-        except RuntimeError as error:  # tensors of the wrong shape
-            raise WeightsError(f"model.weights '{weights}' does not fit {arch}: {first_detail(error)}") from error
-        missing = [k for k in missing if not k.startswith(prefix)]
-        if missing or unexpected:
-            raise WeightsError(
-                f"model.weights '{weights}' does not fit {arch}: missing {missing[:3]}, "
-                f"unexpected {unexpected[:3]}"
-            )
-    if arch in NO_AUX_LOGITS and state is not None and not looks_like_path(weights):
+        skip = (classifier + ".", *AUX_PREFIXES)
+        expected = {name: tuple(tensor.shape) for name, tensor in model.state_dict().items()}
+        problems = fit_problems(state, expected, skip)
+        if problems:
+            raise WeightsError(f"model.weights '{weights}' does not fit {arch}: {'; '.join(problems)}")
+        model.load_state_dict({k: v for k, v in state.items() if not k.startswith(skip)}, strict=False)
+    if arch in NO_AUX_LOGITS and state is not None and not is_local_file(weights):
         model.transform_input = True  # as torchvision sets it for its ImageNet weights of these models
     attach_head(model, num_classes, head, mlp_hidden, dropout)
     return model
@@ -182,11 +163,12 @@ def final_classifier_of_head(model: nn.Module) -> tuple[str, nn.Module]:
     return name, module
 
 
-def model_from_config(model_cfg: dict, num_classes: int, pretrained: bool = True) -> nn.Module:
+def model_from_config(model_cfg: dict, num_classes: int, pretrained: bool = True,
+                      weights_file: str | Path | None = None) -> nn.Module:
     return build_model(
         model_cfg["arch"], num_classes, head=model_cfg["head"],
         weights=model_cfg["weights"] if pretrained else "none",
-        mlp_hidden=model_cfg["mlp_hidden"], dropout=model_cfg["dropout"],
+        mlp_hidden=model_cfg["mlp_hidden"], dropout=model_cfg["dropout"], weights_file=weights_file,
     )
 
 

@@ -1,6 +1,6 @@
 """Image transforms built from the `augment` and `train.image_size` config keys.
 
-The training chain follows the reference order exactly (RECIPE.md): geometric and colour ops on
+The training chain follows the reference order exactly (docs/recipe.md): geometric and colour ops on
 the full-size image, then Resize((size, size)), float conversion, RandomErasing, Normalize.
 """
 
@@ -11,29 +11,18 @@ from torchvision.transforms import v2
 
 from .config import PRE_RESIZE_OP_KEYS, op_enabled
 
-# (config key, builder) in the reference order; ops before the resize work on the PIL image.
-PRE_RESIZE_OPS = (
-    ("horizontal_flip", lambda c: v2.RandomHorizontalFlip(p=c["p"])),
-    ("vertical_flip", lambda c: v2.RandomVerticalFlip(p=c["p"])),
-    ("rotation", lambda c: v2.RandomRotation(degrees=c["degrees"])),
-    (
-        "affine",
-        lambda c: v2.RandomAffine(
-            degrees=c["degrees"], translate=tuple(c["translate"]), scale=tuple(c["scale"])
-        ),
+# The builder of each op that works on the PIL image before the resize, by config key; their
+# order is config.PRE_RESIZE_OP_KEYS (the reference order), which the cache reads too.
+PRE_RESIZE_BUILDERS = {
+    "horizontal_flip": lambda c: v2.RandomHorizontalFlip(p=c["p"]),
+    "vertical_flip": lambda c: v2.RandomVerticalFlip(p=c["p"]),
+    "rotation": lambda c: v2.RandomRotation(degrees=c["degrees"]),
+    "affine": lambda c: v2.RandomAffine(degrees=c["degrees"], translate=tuple(c["translate"]), scale=tuple(c["scale"])),
+    "color_jitter": lambda c: v2.ColorJitter(
+        brightness=c["brightness"], contrast=c["contrast"], saturation=c["saturation"], hue=c["hue"]
     ),
-    (
-        "color_jitter",
-        lambda c: v2.ColorJitter(
-            brightness=c["brightness"], contrast=c["contrast"],
-            saturation=c["saturation"], hue=c["hue"],
-        ),
-    ),
-    ("rand_augment", lambda c: v2.RandAugment(num_ops=c["num_ops"], magnitude=c["magnitude"])),
-)
-
-
-assert tuple(key for key, _ in PRE_RESIZE_OPS) == PRE_RESIZE_OP_KEYS
+    "rand_augment": lambda c: v2.RandAugment(num_ops=c["num_ops"], magnitude=c["magnitude"]),
+}
 
 
 def random_erasing(c: dict) -> v2.RandomErasing:
@@ -49,7 +38,7 @@ def to_float_and_normalize(augment: dict) -> tuple[list, v2.Normalize]:
 
 def train_transform(augment: dict, image_size: int) -> v2.Compose:
     """The reference training chain; ops switched off in the config are left out."""
-    ops = [build(augment[key]) for key, build in PRE_RESIZE_OPS if op_enabled(augment, key)]
+    ops = [PRE_RESIZE_BUILDERS[key](augment[key]) for key in PRE_RESIZE_OP_KEYS if op_enabled(augment, key)]
     ops.append(v2.Resize((image_size, image_size), antialias=True))
     to_float, normalize = to_float_and_normalize(augment)
     ops += to_float

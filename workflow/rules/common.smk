@@ -2,10 +2,14 @@ import shlex
 import os
 from pathlib import Path
 
+import yaml
+
 # The workflow's logic is the installed `imageclf` package (pyproject.toml; `pip install -e .`).
+from imageclf.checks import checked_config
 from imageclf.config import (
+    RESOLVED,
     ConfigError,
-    effective_config,
+    deep_merge,
     execution_settings,
     is_demo,
     run_config,
@@ -13,9 +17,14 @@ from imageclf.config import (
 )
 from imageclf.cache import cache_mode
 from imageclf.datafiles import update_stamp
+from imageclf.weights import is_local_file, stamp_name, update_stamp as weights_stamp
 
+# The workflow's own defaults under the user's settings: as a Snakemake module given a partial
+# `config:`, the module's configfile directive is not read, so they are merged here.
+with open(os.path.join(workflow.basedir, "config.yaml")) as defaults:
+    USER_CONFIG = deep_merge(yaml.safe_load(defaults), config)
 try:
-    CFG = effective_config(config, cache_dir=".snakemake/imageclf")
+    CFG = checked_config(USER_CONFIG, cache_dir=".snakemake/imageclf")
 except ConfigError as error:
     raise WorkflowError(str(error))
 
@@ -93,13 +102,7 @@ def data_stamps():
     """
     if is_demo(CFG):
         return {}
-    root = Path(CFG["data"]["root"])
-    if not root.is_dir():
-        where = "" if root.is_absolute() else f" (relative to {Path.cwd()})"
-        raise WorkflowError(
-            f"data.root: folder '{root}'{where} does not exist; set data.root to a folder "
-            "with train/<label>/, val/<label>/ and test/"
-        )
+    root = Path(CFG["data"]["root"])  # a folder: checked_config made sure
     stamps = {group: f"{INDEX}/data_{group}.sha256" for group in DATA_GROUPS}
     if workflow.is_main_process:
         for group, splits in DATA_GROUPS.items():
@@ -116,6 +119,60 @@ def data_stamps():
 
 
 DATA_STAMPS = data_stamps()
+
+WEIGHTS = "results/weights"
+
+
+def local_weights_stamps():
+    """A content stamp for each local model.weights file, brought up to date before the DAG is
+    built: replacing the file retrains the variants that use it; a touch retrains nothing.
+    """
+    paths = {
+        run_config(CFG, variant, SEEDS[0])["model"]["weights"] for variant in VARIANTS
+    }
+    stamps = {}
+    for path in sorted(p for p in paths if is_local_file(p)):
+        stamps[path] = f"{WEIGHTS}/local/{stamp_name(path)}"
+        if workflow.is_main_process:
+            weights_stamp(
+                path, stamps[path], f".snakemake/imageclf/weights_{stamp_name(path)}"
+            )
+    return stamps
+
+
+LOCAL_WEIGHTS_STAMPS = local_weights_stamps()
+
+
+def weights_input(wildcards):
+    """What a run's model.weights is as a file of the workflow: the torchvision weights file put
+    in place by the weights rule, the stamp of a local file, or nothing for none."""
+    url = CFG[RESOLVED][wildcards.variant]["weights_url"]
+    if url:
+        return {"weights": f"{WEIGHTS}/{os.path.basename(url)}"}
+    path = run_config(CFG, wildcards.variant, int(wildcards.seed))["model"]["weights"]
+    if path in LOCAL_WEIGHTS_STAMPS:
+        return {"weights_stamp": LOCAL_WEIGHTS_STAMPS[path]}
+    return {}
+
+
+def weights_flag(wildcards, input):
+    """A params function: --weights-file PATH for torchvision weights, or nothing."""
+    if "weights" not in input.keys():
+        return ""
+    return f"--weights-file {shlex.quote(str(input.weights))}"
+
+
+def weights_url(wildcards):
+    """The download address of the torchvision weights file named `wildcards.file`."""
+    for resolved in CFG[RESOLVED].values():
+        if (
+            resolved["weights_url"]
+            and os.path.basename(resolved["weights_url"]) == wildcards.file
+        ):
+            return resolved["weights_url"]
+    raise WorkflowError(
+        f"{WEIGHTS}/{wildcards.file}: no variant's model.weights names this file"
+    )
 
 
 def data_stamp(group):
