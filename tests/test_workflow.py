@@ -207,7 +207,7 @@ def test_a_new_test_image_reruns_only_the_test_side(finished, tmp_path):
     trained = {path: path.stat().st_mtime_ns for path in (workdir / "results/train").rglob("*") if path.is_file()}
     result = snakemake(workdir, configfile, "all")
     assert result.returncode == 0, result.stderr[-3000:]
-    submission = tables.read_submission(workdir / "results/submission.csv")
+    submission = tables.read_table(workdir / "results/submission.csv", tables.SUBMISSION, "submission")
     assert "zz_new" in set(submission["image_name"])
     assert trained == {path: path.stat().st_mtime_ns for path in (workdir / "results/train").rglob("*")
                        if path.is_file()}

@@ -50,7 +50,7 @@ class BatchAugment:
     def draw(self, seeds, height: int, width: int) -> list[list]:
         """Each sample's parameters for every op, drawn as the op's own forward() would draw them.
 
-        Cheap but not free (about 0.07 ms a sample), so the DataLoader workers do it (collate)."""
+        Cheap but not free (docs/performance.md), so the DataLoader workers do it (collate)."""
         # make_params reads only the shape of the image it is given: the op's input at its position
         shape_of, steps = torch.empty((3, height, width), dtype=torch.uint8), []
         for op, drawer in zip(self.ops, self.drawers):
@@ -60,7 +60,7 @@ class BatchAugment:
         drawn = []
         with torch.random.fork_rng(devices=[]):  # leave the caller's random stream untouched
             for seed in seeds:
-                torch.default_generator.manual_seed(int(seed))  # CPU only: torch.manual_seed costs 0.2 ms
+                torch.default_generator.manual_seed(int(seed))  # CPU only: torch.manual_seed seeds every backend
                 drawn.append([drawer(shape) if drawer else None for drawer, shape in steps])
         return drawn
 
@@ -208,7 +208,7 @@ def affine_batch(images: torch.Tensor, matrices: list, interpolation, fill_value
     scale_to_unit = to_device([0.5 * width, 0.5 * height], torch.float32, device)
     coeff = (theta.transpose(1, 2) / scale_to_unit).unsqueeze(-1)  # (batch, x|y|1, u|v, 1)
     # torchvision's grid is (x, y, 1) @ coeff per image (bmm); written out, in the same order of
-    # float operations, it is bit-identical on CPU and 1.7x faster than a bmm with so small a K
+    # float operations, it is bit-identical on CPU and faster than a bmm with so small a K
     u = (x * coeff[:, 0, 0] + y * coeff[:, 1, 0]) + coeff[:, 2, 0]
     v = (x * coeff[:, 0, 1] + y * coeff[:, 1, 1]) + coeff[:, 2, 1]
     grid = torch.stack((u, v), -1)
@@ -243,7 +243,7 @@ def grayscale(images: torch.Tensor) -> torch.Tensor:
 def as_input_dtype(values: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
     """uint8 conversion (truncation) of a result in [0, 255], or the same values kept in float when
     `images` is a float batch of whole numbers (ColorJitter keeps one float copy across its steps).
-    The values are never negative, so floor is the truncation (and 7x faster than trunc on CPU)."""
+    The values are never negative, so floor is the truncation (and faster than trunc on CPU)."""
     return values.to(torch.uint8) if images.dtype == torch.uint8 else values.floor_()
 
 

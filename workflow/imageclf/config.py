@@ -142,7 +142,7 @@ def effective_config(config: dict) -> dict:
     config = {**config, "ensembles": {
         name: {"variants": spec["variants"], "seeds": spec.get("seeds") or config["seeds"],
                "tta": spec["tta"] if spec.get("tta") is not None else config["predict"]["tta"]}
-        for name, spec in (config.get("ensembles") or {}).items() if spec is not None}}
+        for name, spec in config["ensembles"].items() if spec is not None}}
     for name, spec in config["ensembles"].items():
         unknown = [v for v in spec["variants"] if v not in config["variants"]]
         if unknown:

@@ -52,7 +52,7 @@ class ImageDataset(Dataset):
             else:
                 with torch.random.fork_rng(devices=[]):
                     # The transforms draw from the CPU generator; torch.manual_seed would also seed
-                    # every accelerator backend, at 0.2 ms a call.
+                    # every accelerator backend, which costs more than the draw (docs/performance.md).
                     torch.default_generator.manual_seed(seed)
                     tensor = self.transform(image)
         return (tensor, self.targets[index], seed) if self.pass_seed else (tensor, self.targets[index])
@@ -94,7 +94,7 @@ class SeededSampler(Sampler):
 
 
 def limit_worker_threads(_worker_id: int) -> None:
-    # Workers that each ask for all cores make the machine thrash (MEASUREMENTS.md).
+    # Workers that each ask for all cores make the machine thrash (docs/performance.md).
     torch.set_num_threads(1)
 
 

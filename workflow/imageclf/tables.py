@@ -154,10 +154,6 @@ def probability_columns(frame: pd.DataFrame) -> list[str]:
     return [name for name in frame.columns if name.startswith(PROB_PREFIX)]
 
 
-def read_submission(path) -> pd.DataFrame:
-    return read_table(path, SUBMISSION, "submission")
-
-
 def write_submission(path, frame: pd.DataFrame) -> None:
     write_table(path, frame, SUBMISSION)
 

@@ -21,7 +21,7 @@ from imageclf.weights import is_local_file, stamp_name, update_stamp as weights_
 
 # The workflow's own defaults under the user's settings: as a Snakemake module given a partial
 # `config:`, the module's configfile directive is not read, so they are merged here.
-with open(os.path.join(workflow.basedir, "config.yaml")) as defaults:
+with open(workflow.source_path("../../config.yaml")) as defaults:
     USER_CONFIG = deep_merge(yaml.safe_load(defaults), config)
 try:
     CFG = checked_config(USER_CONFIG, cache_dir=".snakemake/imageclf")
@@ -59,7 +59,7 @@ INDEX_FILES = {
 # What the labelled side (train/ and val/) and the test side (test/) of the data set hold: a
 # digest of their contents, rewritten only when it changes (imageclf/datafiles.py).
 DATA_GROUPS = {"labelled": ("train", "val"), "test": ("test",)}
-REPORT_DIR = os.path.join(workflow.basedir, "workflow", "report")
+REPORT_DIR = os.path.dirname(workflow.source_path("../report/workflow.rst"))
 
 
 def in_report(path, caption, category, **labels):
