@@ -1,8 +1,8 @@
 """The conda environment pins what pyproject.toml asks for, and the package's own version."""
 
 import re
-import tomllib
 
+import tomllib
 import yaml
 from conftest import REPO
 
