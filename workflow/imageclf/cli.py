@@ -15,6 +15,8 @@ STAGES = {
     "index": ("index", "main", "index and check train/ and val/: train.csv, val.csv, classes.csv"),
     "index_test": ("index", "main_test", "index test/, check test labels and leaks: test.csv, summary, leaks"),
     "weights": ("weights", "main", "put torchvision's weights file for model.weights in place (hub cache or download)"),
+    "folds": ("folds", "main", "assign every labelled image a cross-validation fold: folds.csv"),
+    "fold_index": ("folds", "main_split", "index files of one fold's run (train on the others, hold it out)"),
     "cache": ("cache", "main", "decode and resize one split once into a memory-mapped file"),
     "train": ("train", "main", "train one run (variant, seed); resumes after a crash"),
     "select": ("select", "main", "pick a run's checkpoint by select.metric"),

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import tables
+from . import folds, tables
 from .errors import DataError
 from .images import DEFAULT_MAX_PIXELS, image_extensions, is_image_name, is_junk, open_image
 from .io_utils import file_sha256
@@ -84,7 +84,8 @@ def list_split(root: Path, split: str, listing: Listing) -> None:
     """(path, label) pairs of one split into `listing`; label is '' for the flat test split."""
     split_dir = root / split
     if not split_dir.is_dir():
-        listing.problems.append(f"{split_dir}: missing split folder (expected {root}/{split}/)")
+        hint = "; or set data.val_fraction to hold out part of train/" if split == "val" else ""
+        listing.problems.append(f"{split_dir}: missing split folder (expected {root}/{split}/{hint})")
         return
     if split == "test":
         for path in listing.entries(split_dir):
@@ -178,10 +179,15 @@ def frame_of(pairs, results) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=list(tables.INDEX))
 
 
-def build_index(root, threads: int = 1, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> dict[str, pd.DataFrame]:
-    """train and val: one DataFrame each, and the class names (the `index` stage)."""
+def build_index(root, threads: int = 1, max_pixels: int | None = DEFAULT_MAX_PIXELS,
+                val_fraction: float | None = None, seed: int = 0) -> dict[str, pd.DataFrame]:
+    """train and val: one DataFrame each, and the class names (the `index` stage).
+
+    val_fraction: when there is no val/ folder, the share of each class of train/ held out as the
+    validation split, chosen by content (folds.holdout, with `seed`); None keeps val/ required."""
     root = Path(root)
-    listing = scan(root, LABELLED, "data set")
+    carve = val_fraction is not None and not (root / "val").is_dir()
+    listing = scan(root, ("train",) if carve else LABELLED, "data set")
     by_split = {split: listing.by_split.get(split, []) for split in LABELLED}
     classes = sort_class_names(label for _, label in by_split["train"])
     problems = []
@@ -200,7 +206,13 @@ def build_index(root, threads: int = 1, max_pixels: int | None = DEFAULT_MAX_PIX
         log.warning("%d train class(es) have no val images, so validation never checks them: %s",
                     len(without_val), ", ".join(repr(name) for name in without_val[:10]))
     results = inspect_all(listing.pairs, root, threads, max_pixels)
-    return {**{split: frame_of(by_split[split], results) for split in LABELLED}, "classes": classes}
+    frames = {split: frame_of(by_split[split], results) for split in LABELLED}
+    if carve:
+        held = folds.holdout(frames["train"], classes, val_fraction, seed)
+        frames = {"train": frames["train"][~held].reset_index(drop=True), "val": frames["train"][held].reset_index(drop=True)}
+        log.info("no val/ folder: %d of %d train images held out for validation (data.val_fraction %s)",
+                 len(frames["val"]), int(len(held)), val_fraction)
+    return {**frames, "classes": classes}
 
 
 def build_test(root, threads: int = 1, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> pd.DataFrame:
@@ -278,9 +290,9 @@ def summarize(frames: dict[str, pd.DataFrame], classes: list[str], test_labels: 
 
 
 def run(root, train_out, val_out, classes_out, on_leak="warn", threads=1,
-        max_pixels: int | None = DEFAULT_MAX_PIXELS) -> dict:
+        max_pixels: int | None = DEFAULT_MAX_PIXELS, val_fraction: float | None = None, seed: int = 0) -> dict:
     """The `index` stage: train/ and val/ into train.csv, val.csv and classes.csv."""
-    frames = build_index(root, threads=threads, max_pixels=max_pixels)
+    frames = build_index(root, threads=threads, max_pixels=max_pixels, val_fraction=val_fraction, seed=seed)
     check_leaks(find_leaks({split: frames[split] for split in LABELLED}), on_leak, "train and val")
     tables.write_index(train_out, frames["train"])
     tables.write_index(val_out, frames["val"])
@@ -321,9 +333,13 @@ def main(argv=None) -> None:
     parser.add_argument("--train-out", required=True)
     parser.add_argument("--val-out", required=True)
     parser.add_argument("--classes-out", required=True)
+    parser.add_argument("--val-fraction", type=float, default=None,
+                        help="without val/: hold out this share of train/ (data.val_fraction)")
+    parser.add_argument("--seed", type=int, default=0, help="the seed of that choice (cv.seed)")
     args = parser.parse_args(argv)
     setup_logging(args.log_file)
-    run(args.root, args.train_out, args.val_out, args.classes_out, args.on_leak, args.threads, args.max_image_pixels)
+    run(args.root, args.train_out, args.val_out, args.classes_out, args.on_leak, args.threads, args.max_image_pixels,
+        args.val_fraction, args.seed)
 
 
 def main_test(argv=None) -> None:

@@ -26,6 +26,7 @@ PROB_PREFIX = "prob_"  # then one float column per class, in class order
 HISTORY = {"epoch": "int", "train_loss": "float", "val_loss": "float", "val_acc": "float", "lr": "float",
            "seconds": "float", "images_per_s": "float"}
 SUBMISSION = {"image_name": "str", "pred_label": "str"}
+FOLDS = {**INDEX, "split": "str", "fold": "int"}  # every labelled image, its folder (train/val) and fold
 
 
 def read_table(path, columns: dict[str, str], what: str, extra: str | None = None,
@@ -97,6 +98,14 @@ def read_classes(path) -> list[str]:
 
 def write_classes(path, names: list[str]) -> None:
     write_table(path, pd.DataFrame({"index": range(len(names)), "name": names}), CLASSES)
+
+
+def read_folds(path) -> pd.DataFrame:
+    return read_table(path, FOLDS, "fold table (folds.csv of the index)")
+
+
+def write_folds(path, frame: pd.DataFrame) -> None:
+    write_table(path, frame, FOLDS)
 
 
 def read_test_labels_file(path) -> pd.DataFrame:

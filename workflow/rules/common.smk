@@ -120,6 +120,18 @@ def data_stamps():
 
 DATA_STAMPS = data_stamps()
 
+
+def carved_val_flags():
+    """--val-fraction and --seed when data.root has no val/ folder and data.val_fraction is set;
+    else nothing, so that the key and the seed, which then change nothing, rerun nothing.
+    """
+    fraction = CFG["data"]["val_fraction"]
+    has_val = is_demo(CFG) or (Path(CFG["data"]["root"]) / "val").is_dir()
+    if fraction is None or has_val:
+        return ""
+    return f"--val-fraction {fraction} --seed {CFG['cv']['seed']}"
+
+
 WEIGHTS = "results/weights"
 
 

@@ -22,9 +22,10 @@ rule index:
         max_pixels=CFG["data"]["max_image_pixels"],
     params:
         root=os.path.normpath(CFG["data"]["root"]),  # ./data and data are the same folder
+        val_split=carved_val_flags(),
     shell:
         "imageclf index --root {params.root:q} --train-out {output.train:q} "
-        "--val-out {output.val:q} --classes-out {output.classes:q} "
+        "--val-out {output.val:q} --classes-out {output.classes:q} {params.val_split} "
         "--on-leak {resources.on_leak} --max-image-pixels {resources.max_pixels} "
         "--threads {threads} --log-file {log:q}"
 

@@ -1,0 +1,128 @@
+"""Splits of the labelled images decided by their contents: k-fold cross-validation folds, and
+a validation split carved from train/ for data sets without val/.
+
+Both deal images out class by class (stratified), in an order that depends only on the seed and
+each image's SHA-256 (the index's `sha256` column), never on paths or listing order: renaming or
+moving a file, or any change to test/, moves nothing. Images with the same content form one
+group that always lands on one side, so no duplicate leaks between training and held-out images.
+A group whose copies carry different labels goes with the first of them in the class order.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import logging
+
+import pandas as pd
+
+from . import tables
+from .logs import add_log_argument, setup_logging
+
+log = logging.getLogger("imageclf.folds")
+
+
+def draw_key(seed: int, sha256: str) -> str:
+    """An image's place in the deal: a hash of the seed and its content."""
+    return hashlib.sha256(f"{seed}:{sha256}".encode()).hexdigest()
+
+
+def groups_by_class(index: pd.DataFrame, classes: list[str], seed: int) -> list[tuple[str, list[str]]]:
+    """(class, [content hash of each group, in dealing order]) per class, in class order."""
+    rank = {name: i for i, name in enumerate(classes)}
+    first_label = (index.assign(rank=index["label"].map(rank)).sort_values("rank", kind="stable")
+                   .drop_duplicates("sha256").set_index("sha256")["label"])
+    dealt = []
+    for name in classes:
+        hashes = first_label.index[first_label == name].tolist()
+        dealt.append((name, sorted(hashes, key=lambda sha: draw_key(seed, sha))))
+    return dealt
+
+
+def assign_folds(index: pd.DataFrame, classes: list[str], folds: int, seed: int) -> pd.Series:
+    """The fold (0 .. folds-1) of every row of `index` (the labelled images, with `label` and
+    `sha256`), stratified by class and balanced in size.
+
+    Each class's groups are dealt round robin, starting where the previous class stopped, so the
+    folds' sizes differ by at most one group overall. A class with fewer images than folds is
+    spread over as many folds as it has images (its other folds hold none of it): a warning."""
+    if folds < 2:
+        raise ValueError("cross-validation needs at least 2 folds")
+    fold_of, position = {}, 0
+    short = []
+    for name, hashes in groups_by_class(index, classes, seed):
+        if 0 < len(hashes) < folds:
+            short.append(f"{name!r} ({len(hashes)})")
+        for sha in hashes:
+            fold_of[sha] = position % folds
+            position += 1
+    if short:
+        log.warning("%d class(es) have fewer distinct images than the %d folds, so some folds hold none of "
+                    "them: %s", len(short), folds, ", ".join(short[:10]))
+    return index["sha256"].map(fold_of).astype(int)
+
+
+def holdout(index: pd.DataFrame, classes: list[str], fraction: float, seed: int) -> pd.Series:
+    """True for the rows of `index` (train/) that form the validation split: in each class, the
+    first round(fraction x its distinct images) groups in dealing order, at least one when the
+    class has two or more (so each such class is validated) and never all of them."""
+    held = set()
+    for _, hashes in groups_by_class(index, classes, seed):
+        count = min(len(hashes) - 1, max(1, round(fraction * len(hashes)))) if len(hashes) > 1 else 0
+        held.update(hashes[:count])
+    return index["sha256"].isin(held)
+
+
+def pooled(train: pd.DataFrame, val: pd.DataFrame) -> pd.DataFrame:
+    """train/ and val/ as one table of labelled images, each with the folder it came from."""
+    return pd.concat([train.assign(split="train"), val.assign(split="val")], ignore_index=True)
+
+
+def run(train_index, val_index, classes_csv, out_csv, folds: int, seed: int) -> pd.DataFrame:
+    """The `folds` stage: every labelled image (train/ and val/ pooled) with its fold."""
+    classes = tables.read_classes(classes_csv)
+    frame = pooled(tables.read_index(train_index), tables.read_index(val_index))
+    frame["fold"] = assign_folds(frame, classes, folds, seed)
+    tables.write_folds(out_csv, frame)
+    sizes = frame["fold"].value_counts().sort_index().tolist()
+    log.info("%d labelled images in %d folds of %s images (seed %d)", len(frame), folds, sizes, seed)
+    return frame
+
+
+def split_fold(folds_csv, fold: int | None, train_out, val_out) -> None:
+    """The `fold_index` stage: index files of one fold's run, its training images (every other
+    fold) and its held-out images (this fold); with no fold, every labelled image to train on and
+    none held out (a full fit)."""
+    frame = tables.read_folds(folds_csv)
+    held_out = frame["fold"] == fold if fold is not None else pd.Series(False, index=frame.index)
+    index_columns = list(tables.INDEX)
+    tables.write_index(train_out, frame.loc[~held_out, index_columns])
+    tables.write_index(val_out, frame.loc[held_out, index_columns])
+    log.info("fold %s: %d images to train on, %d held out", "all" if fold is None else fold,
+             int((~held_out).sum()), int(held_out.sum()))
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(prog="imageclf folds", description=run.__doc__)
+    parser.add_argument("--train-index", required=True)
+    parser.add_argument("--val-index", required=True)
+    parser.add_argument("--classes", required=True)
+    parser.add_argument("--out", required=True, help="folds.csv")
+    parser.add_argument("--folds", type=int, required=True, help="cv.folds")
+    parser.add_argument("--seed", type=int, required=True, help="cv.seed")
+    add_log_argument(parser)
+    args = parser.parse_args(argv)
+    setup_logging(args.log_file)
+    run(args.train_index, args.val_index, args.classes, args.out, args.folds, args.seed)
+
+
+def main_split(argv=None) -> None:
+    parser = argparse.ArgumentParser(prog="imageclf fold_index", description=split_fold.__doc__)
+    parser.add_argument("--folds-table", required=True, help="folds.csv")
+    parser.add_argument("--fold", type=int, default=None, help="the held-out fold (none: a full fit)")
+    parser.add_argument("--train-out", required=True)
+    parser.add_argument("--val-out", required=True)
+    add_log_argument(parser)
+    args = parser.parse_args(argv)
+    setup_logging(args.log_file)
+    split_fold(args.folds_table, args.fold, args.train_out, args.val_out)
