@@ -105,7 +105,7 @@ def test_bad_data_is_named_before_training(dataset, tmp_path, breakage, culprit)
 
 
 def test_missing_root_is_named(tmp_path):
-    with pytest.raises(DataError, match="data.root: folder .*nowhere does not exist"):
+    with pytest.raises(DataError, match="data.root: folder '.*nowhere' does not exist"):
         index_dataset(tmp_path / "nowhere", tmp_path / "idx")
 
 

@@ -195,7 +195,7 @@ def test_a_relative_root_that_does_not_exist_names_the_folder_it_was_resolved_ag
     monkeypatch.chdir(tmp_path)
     with pytest.raises(DataError) as error:
         index.run("my_data", tmp_path / "t.csv", tmp_path / "v.csv", tmp_path / "c.csv")
-    assert f"folder my_data does not exist (resolved against {tmp_path}" in str(error.value)
+    assert f"folder 'my_data' (relative to {tmp_path}) does not exist" in str(error.value)
 
 
 def test_warnings_reach_the_console_and_everything_the_log(tmp_path):
