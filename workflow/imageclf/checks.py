@@ -16,7 +16,7 @@ from pathlib import Path
 from . import demo, index
 from .architectures import facts
 from .config import RESOLVED, effective_config, is_demo, variant_sections
-from .errors import ConfigError, DataError, WeightsError
+from .errors import ConfigError, DataError, WeightsError, unknown_architecture
 from .io_utils import write_text
 from .weights import fit_problems, is_local_file, state_dict_of
 
@@ -87,8 +87,7 @@ def check_model(merged: dict, variant: str, num_classes: int, cache: Path | None
     found = facts(model["arch"], model["head"], model["mlp_hidden"], num_classes, size,
                   cache / "architectures.json" if cache else None)
     if not found["known"]:
-        raise ConfigError(f"model.arch {where}: '{model['arch']}' is not a torchvision classification model; "
-                          f"choose one of {found['architectures']}")
+        raise ConfigError(f"{unknown_architecture(model['arch'], found['architectures'])} {where}")
     if found["head_error"]:
         raise ConfigError(f"model.head {where}: {found['head_error']}")
     if found["size_error"]:

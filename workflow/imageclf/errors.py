@@ -22,3 +22,9 @@ class WeightsError(UserError):
 
 class SubmissionError(UserError):
     """The predictions do not cover the test split exactly; nothing was written."""
+
+
+def unknown_architecture(arch: str, known: list[str]) -> str:
+    """The one message for a model.arch torchvision does not have (the configuration check and
+    the model builder both give it)."""
+    return f"model.arch: '{arch}' is not a torchvision classification model; choose one of {known}"

@@ -9,7 +9,7 @@ import torch
 import torchvision
 from torch import nn
 
-from .errors import WeightsError
+from .errors import WeightsError, unknown_architecture
 from .weights import fit_problems, hub_checkpoints, is_local_file, state_dict_of
 
 log = logging.getLogger("imageclf.models")
@@ -64,8 +64,7 @@ def architectures() -> list[str]:
 def backbone(arch: str) -> nn.Module:
     """The architecture as torchvision builds it, randomly initialised, with its own classifier."""
     if arch not in architectures():
-        raise WeightsError(f"model.arch '{arch}' is not a torchvision classification model; "
-                           f"choose one of {architectures()}")
+        raise WeightsError(unknown_architecture(arch, architectures()))
     extra = {"aux_logits": False, "init_weights": True} if arch in NO_AUX_LOGITS else {}
     return torchvision.models.get_model(arch, weights=None, **extra)
 
