@@ -75,7 +75,7 @@ def test_resume_state_round_trip_restores_every_part(tmp_path):
     scheduler.step(2.0)  # no improvement: the learning rate drops (factor 0.1)
     fingerprint = {"config_hash": "abc", "index_hash": "def", "world_size": 1}
     history = [{"epoch": 1, "val_acc": 0.5}, {"epoch": 2, "val_acc": 0.6}]
-    state = checkpoints.resume_state(fingerprint, 2, model, optimizer, scheduler, None, None, history,
+    state = checkpoints.resume_state(fingerprint, {}, 2, model, optimizer, scheduler, None, None, history,
                                      {"val_acc": 0.6, "val_loss": 1.0})
     torch_save(state, tmp_path / "state.pt")
 
@@ -95,7 +95,7 @@ def test_resume_state_round_trip_restores_every_part(tmp_path):
 def test_resume_state_of_another_run_or_unreadable_is_discarded(tmp_path, caplog):
     model, optimizer, scheduler = parts(0)
     fingerprint = {"config_hash": "abc", "index_hash": "def", "world_size": 1}
-    torch_save(checkpoints.resume_state(fingerprint, 1, model, optimizer, scheduler, None, None, [], {}),
+    torch_save(checkpoints.resume_state(fingerprint, {}, 1, model, optimizer, scheduler, None, None, [], {}),
                tmp_path / "state.pt")
     assert checkpoints.load_resume_state(tmp_path / "absent.pt", fingerprint) is None
     with caplog.at_level("WARNING"):
@@ -105,3 +105,60 @@ def test_resume_state_of_another_run_or_unreadable_is_discarded(tmp_path, caplog
     with caplog.at_level("WARNING"):
         assert checkpoints.load_resume_state(tmp_path / "torn.pt", fingerprint) is None
     assert "cannot be read" in caplog.text
+
+
+def run_config(epochs=3, scheduler="plateau", lr=0.001):
+    return {"variant": "full", "seed": 0,
+            "train": {"epochs": epochs, "scheduler": {"name": scheduler}, "optimizer": {"lr": lr}}}
+
+
+def test_only_more_epochs_under_an_epoch_free_schedule_extend_a_run():
+    assert checkpoints.extension(run_config(3), run_config(5)) == (True, "train.epochs raised from 3 to 5")
+    assert checkpoints.extension(run_config(3, "none"), run_config(5, "none"))[0]
+    extends, why = checkpoints.extension(run_config(3, "cosine"), run_config(5, "cosine"))
+    assert not extends and why == "train.epochs raised from 3 to 5, but the cosine schedule depends on the epoch count"
+    extends, why = checkpoints.extension(run_config(5), run_config(3))
+    assert not extends and "train.epochs lowered from 5 to 3" in why
+    extends, why = checkpoints.extension(run_config(3), run_config(5, lr=0.01))
+    assert not extends and why == "changed: train.epochs, train.optimizer.lr"
+    extends, why = checkpoints.extension(run_config(3, "cosine"), run_config(3, "plateau"))
+    assert not extends and why == "changed: train.scheduler.name"
+
+
+def saved_state(tmp_path, config):
+    model, optimizer, scheduler = parts(0)
+    fingerprint = {"config_hash": str(config["train"]), "index_hash": "i", "world_size": 1}
+    torch_save(checkpoints.resume_state(fingerprint, config, 3, model, optimizer, scheduler, None, None, [], {}),
+               tmp_path / "state.pt")
+    return tmp_path / "state.pt"
+
+
+def test_load_resume_state_extends_or_says_why_it_does_not(tmp_path, caplog):
+    longer = run_config(5)
+    expected = {"config_hash": str(longer["train"]), "index_hash": "i", "world_size": 1}
+    with caplog.at_level("INFO"):
+        state = checkpoints.load_resume_state(saved_state(tmp_path, run_config(3)), expected, longer)
+    assert state is not None and state["epoch"] == 3
+    assert "extending full: train.epochs raised from 3 to 5; continuing from" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"):  # the same, but on two processes now: the process count is the reason
+        assert checkpoints.load_resume_state(tmp_path / "state.pt", {**expected, "world_size": 2}, longer) is None
+    assert "its world_size 1 differs from this run's 2; starting" in caplog.text
+    caplog.clear()
+    cosine = run_config(5, "cosine")
+    expected["config_hash"] = str(cosine["train"])
+    with caplog.at_level("WARNING"):
+        assert checkpoints.load_resume_state(saved_state(tmp_path, run_config(3, "cosine")), expected, cosine) is None
+    assert "discarding resume state" in caplog.text
+    assert "(train.epochs raised from 3 to 5, but the cosine schedule depends on the epoch count)" in caplog.text
+
+
+def test_restamp_updates_the_meta_of_the_kept_checkpoints(tmp_path):
+    keeper = checkpoints.Keeper(tmp_path)
+    keeper.offer({"val_acc": 0.5, "val_loss": 1.0}, {"epoch": 1, "config_hash": "old"},
+                 (("model", "", constant_model(1)),))
+    keeper.restamp({"config_hash": "new"})
+    for metric in checkpoints.KEPT:
+        kept = weights_of(keeper.path(metric))
+        assert kept["meta"] == {"epoch": 1, "config_hash": "new", "weights": "model"}
+        assert torch.all(kept["model"]["weight"] == 1)

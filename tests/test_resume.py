@@ -171,3 +171,49 @@ def test_each_epoch_is_written_for_tensorboard(prepared, tmp_path):
     values = [event.value for event in events.Scalars("val_acc")]
     assert [event.step for event in events.Scalars("val_acc")] == history["epoch"].tolist()
     assert values == pytest.approx(history["val_acc"].tolist())
+
+
+def with_train(tmp, run_config, name, **train_keys):
+    cfg = C.load_run_config(run_config)
+    cfg["train"].update(train_keys)
+    write_json(tmp / name, cfg)
+    return tmp / name
+
+
+def test_raising_the_epochs_of_a_finished_run_extends_it_bit_identically(prepared, caplog):
+    """plateau: the 2-epoch run is the first 2 epochs of the 3-epoch run, so the extension continues
+    from its resume state and ends as a run trained for 3 epochs from the start."""
+    from imageclf import select
+
+    tmp, run_config = prepared
+    short = with_train(tmp, run_config, "short.json", epochs=2, ema={"enabled": True, "decay": 0.9})
+    long = with_train(tmp, run_config, "long.json", epochs=3, ema={"enabled": True, "decay": 0.9})
+    first = train.train(short, index_files(tmp / "index"), tmp / "extended", threads=1)
+    with caplog.at_level("INFO"):
+        extended = train.train(long, index_files(tmp / "index"), tmp / "extended", threads=1)
+    assert "extending full: train.epochs raised from 2 to 3; continuing from" in caplog.text
+    assert "discarding" not in caplog.text
+    # epochs 1 and 2 were not trained again: their wall-clock times are the first run's
+    assert extended["seconds"].tolist()[:2] == first["seconds"].tolist() and len(extended) == 3
+    whole = train.train(long, index_files(tmp / "index"), tmp / "whole", threads=1)
+    columns = COMPARED + ["val_loss_ema", "val_acc_ema"]
+    pd.testing.assert_frame_equal(whole[columns], extended[columns], check_exact=True)
+    assert_same_run(tmp / "whole", tmp / "extended")
+    for metric in ("val_acc", "val_loss"):
+        assert select.best_epoch(extended, metric) == select.best_epoch(whole, metric)
+        meta = [torch.load(tmp / run / "checkpoints" / f"best_{metric}.pt", weights_only=True)["meta"]
+                for run in ("whole", "extended")]
+        assert meta[0] == meta[1]  # the kept checkpoints carry the 3-epoch run's config hash
+
+
+def test_raising_the_epochs_under_cosine_retrains_and_says_why(prepared, caplog):
+    tmp, run_config = prepared
+    short = with_train(tmp, run_config, "short.json", epochs=1, scheduler={**C.load_run_config(run_config)["train"]
+                                                                          ["scheduler"], "name": "cosine"})
+    long = with_train(tmp, short, "long.json", epochs=2)
+    train.train(short, index_files(tmp / "index"), tmp / "a", threads=1)
+    with caplog.at_level("INFO"):
+        history = train.train(long, index_files(tmp / "index"), tmp / "a", threads=1)
+    assert "train.epochs raised from 1 to 2, but the cosine schedule depends on the epoch count" in caplog.text
+    assert [r.levelname for r in caplog.records if "cosine schedule" in r.message] == ["WARNING"]  # on the console
+    assert "extending" not in caplog.text and history["epoch"].tolist() == [1, 2]

@@ -6,7 +6,8 @@ while the run trains (so a killed run keeps them) and copied to the run's checkp
 Resume state: everything a killed run needs to continue after its last finished epoch and end
 bit-identical to an uninterrupted run (the random streams are derived from (seed, epoch), so
 they need no saving). train.py writes it after every epoch; `load_resume_state` reads it back
-only when it comes from the same run (its fingerprint: config, index, process count).
+only when it comes from the same run (its fingerprint: config, index, process count), or from
+the same run with fewer epochs under a schedule that does not depend on them (an extension).
 """
 
 from __future__ import annotations
@@ -63,6 +64,13 @@ class Keeper:
                     improved_metrics.append(metric)
         return improved_metrics
 
+    def restamp(self, meta: dict) -> None:
+        """Update the meta of the kept checkpoints (an extended run's config_hash is the new one)."""
+        for metric in KEPT:
+            if self.path(metric).is_file():
+                kept = torch.load(self.path(metric), map_location="cpu", weights_only=True)
+                torch_save({**kept, "meta": {**kept["meta"], **meta}}, self.path(metric))
+
     def publish(self, folder) -> None:
         """Copy the kept checkpoints to `folder` (the run's checkpoints/, a Snakemake output)."""
         folder = Path(folder)
@@ -71,13 +79,14 @@ class Keeper:
             copy_file(self.path(metric), folder / f"best_{metric}.pt")
 
 
-def resume_state(fingerprint: dict, epoch: int, model, optimizer, scheduler, scaler, ema, history: list,
-                 best: dict) -> dict:
+def resume_state(fingerprint: dict, config: dict, epoch: int, model, optimizer, scheduler, scaler, ema,
+                 history: list, best: dict) -> dict:
     """The state written after `epoch` (loaded with weights_only=True: tensors, numbers, strings).
 
+    config: the run config, kept so that a later run can tell what changed (extension).
     scheduler, scaler, ema: None when the run has none (stored as {})."""
     return {
-        **fingerprint, "epoch": epoch, "model": model.state_dict(),
+        **fingerprint, "config": config, "epoch": epoch, "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict() if scheduler is not None else {},
         "scaler": scaler.state_dict() if scaler is not None else {},
@@ -86,8 +95,42 @@ def resume_state(fingerprint: dict, epoch: int, model, optimizer, scheduler, sca
     }
 
 
-def load_resume_state(path: Path, expected: dict) -> dict | None:
-    """The saved training state, or None (with a log line) when absent or from another config."""
+# Schedules that never look at train.epochs: a run of N epochs is the first N of a longer one.
+EPOCH_FREE_SCHEDULES = ("plateau", "none")
+
+
+def changed_keys(old, new, prefix: str = "") -> list[str]:
+    """The dotted keys whose values differ between two run configs."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        return [key for name in sorted(set(old) | set(new))
+                for key in changed_keys(old.get(name), new.get(name), f"{prefix}{name}.")]
+    return [] if old == new else [prefix.rstrip(".")]
+
+
+def extension(old: dict, new: dict) -> tuple[bool, str]:
+    """(whether a run under `new` may continue from a state saved under `old`, and why (not)).
+
+    It may when only train.epochs changed, upwards, and the schedule does not depend on it: then
+    the first epochs of the longer run are exactly the shorter run's."""
+    changed = changed_keys(old, new)
+    if changed != ["train.epochs"]:
+        return False, "changed: " + (", ".join(changed) or "the run config")
+    before, after = old["train"]["epochs"], new["train"]["epochs"]
+    if after < before:
+        return False, f"train.epochs lowered from {before} to {after}: a shorter run retrains"
+    schedule = new["train"]["scheduler"]["name"]
+    if schedule not in EPOCH_FREE_SCHEDULES:
+        return False, (f"train.epochs raised from {before} to {after}, but the {schedule} schedule "
+                       "depends on the epoch count")
+    return True, f"train.epochs raised from {before} to {after}"
+
+
+def load_resume_state(path: Path, expected: dict, config: dict | None = None) -> dict | None:
+    """The saved training state, or None (with a log line) when absent or from another run.
+
+    expected: this run's fingerprint (config_hash, index_hash, world_size). config: this run's
+    config; a state whose config differs only by fewer train.epochs, under a schedule that does
+    not depend on them, is returned too: the run extends the finished one (see `extension`)."""
     if not path.is_file():
         return None
     try:
@@ -96,14 +139,20 @@ def load_resume_state(path: Path, expected: dict) -> dict | None:
         log.warning("discarding resume state %s: it cannot be read (%s); starting from epoch 1", path,
                     str(error).splitlines()[0] if str(error) else type(error).__name__)
         return None
-    for key, value in expected.items():
-        if state.get(key) != value:
-            log.warning(
-                "discarding resume state %s: its %s %s differs from this run's %s; starting from epoch 1",
-                path, key, state.get(key), value,
-            )
-            return None
-    return state
+    differs = [key for key, value in expected.items() if state.get(key) != value]
+    if not differs:
+        return state
+    key, why = differs[0], ""
+    if key == "config_hash" and config is not None and "config" in state:
+        extends, why = extension(state["config"], config)
+        if extends and differs == ["config_hash"]:
+            log.info("extending %s: %s; continuing from %s after epoch %d", config.get("variant"), why, path,
+                     state["epoch"])
+            return state
+        key, why = (differs[1], "") if extends else (key, f" ({why})")  # then the index or processes differ
+    log.warning("discarding resume state %s: its %s %s differs from this run's %s%s; starting from epoch 1",
+                path, key, state.get(key), expected[key], why)
+    return None
 
 
 def restore(state: dict, model, optimizer, scheduler, scaler, ema) -> tuple[list, dict, int]:

@@ -170,6 +170,7 @@ def effective_config(config: dict, cache_dir: str | Path | None = None) -> dict:
             raise ConfigError(
                 f"train.batch_size (variant '{variant}'): {merged['train']['batch_size']} images over "
                 f"{merged['train']['devices']} devices leaves fewer than 2 per device; BatchNorm needs 2")
+        check_micro_batches(merged["train"], merged["train"]["devices"], variant)
         resolved[variant] = check_model(merged, variant, num_classes, cache)
     # augment.normalize: weights -> the mean and std of the variant's weights (a run config is concrete)
     return {**config, RESOLVED: resolved}
@@ -379,3 +380,14 @@ def write_run_config(path: str | Path, run: dict) -> None:
     from .io_utils import write_json
 
     write_json(path, run)
+
+
+def check_micro_batches(tcfg: dict, processes: int, where: str) -> None:
+    """train.accumulate_steps must split each process's batch into equal micro-batches of at least
+    2 images (BatchNorm in training mode needs two)."""
+    steps, per_process = tcfg["accumulate_steps"], tcfg["batch_size"] // processes
+    if per_process % steps or per_process // steps < 2:
+        raise ConfigError(
+            f"train.accumulate_steps (variant '{where}'): {steps} does not split the {per_process} images "
+            f"per process of train.batch_size {tcfg['batch_size']} into equal micro-batches of at least 2 "
+            "(BatchNorm needs 2); pick a divisor of the batch, at most half of it")

@@ -29,7 +29,7 @@ from torch import nn
 from . import batch_augment, checkpoints, data, engine, models, presets, tables
 from .allocator import keep_freed_memory
 from .cache import batch_input_size, open_cache
-from .config import config_hash, load_run_config
+from .config import check_micro_batches, config_hash, load_run_config
 from .io_utils import file_sha256, torch_save
 from .logs import add_log_argument, setup_logging
 
@@ -211,6 +211,7 @@ def make_loaders(cfg: dict, index: dict, classes: list[str], dist: Distributed, 
     if per_rank_batch < 2:
         raise ValueError(f"train.batch_size {tcfg['batch_size']} over {dist.world_size} processes leaves "
                          f"{per_rank_batch} image per process; BatchNorm needs at least 2")
+    check_micro_batches(tcfg, dist.world_size, where=str(cfg["variant"]))
     sampler = data.SeededSampler(len(train_set), seed, shuffle=True, rank=dist.rank, world_size=dist.world_size)
     pin = dist.device.type == "cuda"
     # A last batch of one image breaks BatchNorm (in training mode it needs two values per
@@ -282,7 +283,8 @@ def train(run_config_path, index: dict, out_dir, state_dir=None, threads: int = 
     criterion = nn.CrossEntropyLoss(label_smoothing=tcfg["label_smoothing"])
     ema = make_ema(model, tcfg["ema"])
 
-    # Resume after the last finished epoch of the same run, if one was interrupted.
+    # Resume after the last finished epoch of the same run, if one was interrupted, or extend
+    # the same run finished with fewer epochs (checkpoints.extension says when that is exact).
     fingerprint = {"config_hash": config_hash(cfg),
                    "index_hash": index_hash(index["train"], index["val"], index["classes"]),
                    "world_size": dist.world_size}
@@ -290,10 +292,13 @@ def train(run_config_path, index: dict, out_dir, state_dir=None, threads: int = 
     keeper = checkpoints.Keeper(state_dir)
     history: list[dict] = []
     start_epoch = 1
-    state = checkpoints.load_resume_state(state_path, fingerprint)
+    state = checkpoints.load_resume_state(state_path, fingerprint, cfg)
     if state is not None:
         history, keeper.best, start_epoch = checkpoints.restore(state, model, optimizer, scheduler, scaler, ema)
-        log.info("resuming %s from %s after epoch %d", cfg["variant"], state_path, state["epoch"])
+        if state["config_hash"] == fingerprint["config_hash"]:
+            log.info("resuming %s from %s after epoch %d", cfg["variant"], state_path, state["epoch"])
+        elif dist.is_main:  # an extension: the kept checkpoints now belong to this config
+            keeper.restamp({"config_hash": fingerprint["config_hash"]})
 
     scalars = Scalars(tensorboard_dir if dist.is_main else None)
     net = model
@@ -321,6 +326,8 @@ def train(run_config_path, index: dict, out_dir, state_dir=None, threads: int = 
             generator=generator, precision=precision, channels_last=channels_last, scaler=scaler,
             augment=loaders.augment, label=f"epoch {epoch}/{epochs}", world_size=dist.world_size,
             after_step=(lambda: ema.update_parameters(model)) if ema is not None else None,
+            cutmix_alpha=tcfg["cutmix_alpha"], mix_switch_prob=tcfg["mix_switch_prob"],
+            accumulate_steps=tcfg["accumulate_steps"], clip_grad_norm=tcfg["clip_grad_norm"],
         )
         stats.update(engine.evaluate(model, loaders.val, device, precision, channels_last))
         if ema is not None:
@@ -336,7 +343,7 @@ def train(run_config_path, index: dict, out_dir, state_dir=None, threads: int = 
             meta = {"variant": cfg["variant"], "seed": seed, "epoch": epoch, "classes": classes,
                     "val_acc": row["val_acc"], "val_loss": row["val_loss"], "config_hash": fingerprint["config_hash"]}
             keeper.offer(row, meta, (("model", "", model), ("ema", "_ema", ema and ema.module)))
-            torch_save(checkpoints.resume_state(fingerprint, epoch, model, optimizer, scheduler, scaler, ema,
+            torch_save(checkpoints.resume_state(fingerprint, cfg, epoch, model, optimizer, scheduler, scaler, ema,
                                                 history, keeper.best), state_path)
         dist.barrier()
 
