@@ -182,3 +182,22 @@ def test_accumulation_must_split_the_batch_into_parts_of_two_or_more():
     for steps, processes in [(3, 1), (64, 1), (32, 2)]:
         with pytest.raises(ConfigError, match=r"train.accumulate_steps \(variant 'full'\)"):
             C.check_micro_batches({**train, "accumulate_steps": steps}, processes, "full")
+
+
+@pytest.mark.slow
+def test_accumulation_and_clipping_under_two_processes(tmp_path):
+    """torchrun, DDP on gloo: micro-batches under no_sync, the last one all-reducing, then clipping."""
+    import pandas as pd
+    from conftest import make_dataset, snakemake, tiny_overlay, write_overlay
+
+    make_dataset(tmp_path / "data", train_per_class=10, val_per_class=2)
+    overlay = tiny_overlay(tmp_path / "data", train={"epochs": 2, "devices": 2, "batch_size": 16,
+                                                     "accumulate_steps": 2, "clip_grad_norm": 1.0,
+                                                     "cutmix_alpha": 1.0})
+    work = tmp_path / "work"
+    result = snakemake(work, write_overlay(tmp_path / "ddp.yaml", overlay), "results/train/full/seed0/history.csv",
+                       cores=2)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "batch 16 on cpu x2" in (work / "logs/train/full/seed0.log").read_text()
+    history = pd.read_csv(work / "results/train/full/seed0/history.csv")
+    assert history["epoch"].tolist() == [1, 2] and history["train_loss"].notna().all()

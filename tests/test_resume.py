@@ -217,3 +217,42 @@ def test_raising_the_epochs_under_cosine_retrains_and_says_why(prepared, caplog)
     assert "train.epochs raised from 1 to 2, but the cosine schedule depends on the epoch count" in caplog.text
     assert [r.levelname for r in caplog.records if "cosine schedule" in r.message] == ["WARNING"]  # on the console
     assert "extending" not in caplog.text and history["epoch"].tolist() == [1, 2]
+
+
+@pytest.mark.slow
+def test_raising_the_epochs_through_snakemake_extends_plateau_and_retrains_cosine(tmp_path):
+    """The run config changes, so Snakemake reruns the train job; the job itself extends the run
+    (plateau) or retrains it (cosine), and a dry run shows the train job either way."""
+    from conftest import planned_jobs
+
+    make_dataset(tmp_path / "data")
+    work, target = tmp_path / "work", "results/train/full/seed0/history.csv"
+    log = work / "logs/train/full/seed0.log"
+
+    def overlay(name, **train_keys):
+        return write_overlay(tmp_path / f"{name}.yaml", tiny_overlay(tmp_path / "data", train=train_keys))
+
+    short, longer = overlay("short", epochs=2), overlay("long", epochs=3)
+    assert snakemake(work, short, target, cores=1).returncode == 0
+    first = pd.read_csv(work / target)
+    dry = snakemake(work, longer, target, "-n", cores=1)
+    assert dry.returncode == 0 and planned_jobs(dry.stdout).get("train") == 1, dry.stdout[-2000:]
+    rerun = snakemake(work, longer, target, cores=1)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert "extending full: train.epochs raised from 2 to 3" in log.read_text()
+    extended = pd.read_csv(work / target)
+    assert extended["epoch"].tolist() == [1, 2, 3] and extended["seconds"].tolist()[:2] == first["seconds"].tolist()
+    run_dir = work / "results/train/full/seed0"
+    train.train(run_dir / "config.json", index_files(work / "results/index"), tmp_path / "whole", threads=1)
+    assert_same_run(run_dir, tmp_path / "whole")
+
+    # cosine stretches its curve over the epoch count: raising it retrains, and the console says why
+    cosine_short = overlay("cosine2", epochs=2, scheduler={"name": "cosine"})
+    cosine_long = overlay("cosine3", epochs=3, scheduler={"name": "cosine"})
+    assert snakemake(work, cosine_short, target, cores=1).returncode == 0
+    dry = snakemake(work, cosine_long, target, "-n", cores=1)
+    assert dry.returncode == 0 and planned_jobs(dry.stdout).get("train") == 1, dry.stdout[-2000:]
+    retrain = snakemake(work, cosine_long, target, cores=1)
+    assert retrain.returncode == 0, retrain.stderr[-3000:]
+    assert "but the cosine schedule depends on the epoch count" in retrain.stderr
+    assert "extending" not in log.read_text()
