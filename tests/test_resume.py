@@ -256,3 +256,27 @@ def test_raising_the_epochs_through_snakemake_extends_plateau_and_retrains_cosin
     assert retrain.returncode == 0, retrain.stderr[-3000:]
     assert "but the cosine schedule depends on the epoch count" in retrain.stderr
     assert "extending" not in log.read_text()
+
+
+def test_an_interrupted_run_with_cutmix_accumulation_and_clipping_resumes_bit_identically(prepared, monkeypatch):
+    """The levers' draws (mixup or CutMix per batch, the box) come from the epoch's seeded streams."""
+    tmp, run_config = prepared
+    levers = with_train(tmp, run_config, "levers.json", cutmix_alpha=1.0, mix_switch_prob=0.5,
+                        accumulate_steps=2, clip_grad_norm=1.0)
+    whole = train.train(levers, index_files(tmp / "index"), tmp / "whole", threads=1)
+    real_save = train.torch_save
+
+    def crash_after_epoch_two(obj, path):
+        real_save(obj, path)
+        if str(path).endswith("state.pt") and obj["epoch"] == 2:
+            raise KeyboardInterrupt("killed after epoch 2")
+
+    monkeypatch.setattr(train, "torch_save", crash_after_epoch_two)
+    with pytest.raises(KeyboardInterrupt):
+        train.train(levers, index_files(tmp / "index"), tmp / "resumed", threads=1)
+    monkeypatch.setattr(train, "torch_save", real_save)
+    resumed = train.train(levers, index_files(tmp / "index"), tmp / "resumed", threads=1)
+    pd.testing.assert_frame_equal(whole[COMPARED], resumed[COMPARED], check_exact=True)
+    assert_same_run(tmp / "whole", tmp / "resumed")
+    plain = train.train(run_config, index_files(tmp / "index"), tmp / "plain", threads=1)
+    assert not plain["train_loss"].equals(whole["train_loss"])  # the levers did change the training
