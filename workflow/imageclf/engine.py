@@ -115,7 +115,7 @@ def cutmix_batch(images, targets, alpha: float, rng: np.random.Generator, genera
     height, width = images.shape[-2:]
     top, bottom, left, right = cutmix_box(height, width, lam, rng)
     mixed = images.clone()
-    mixed[..., top:bottom, left:right] = images[perm][..., top:bottom, left:right]
+    mixed[..., top:bottom, left:right] = images[..., top:bottom, left:right][perm]  # copies the box only
     lam = 1.0 - (bottom - top) * (right - left) / (height * width)
     return mixed, targets, targets[perm], lam
 
