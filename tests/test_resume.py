@@ -172,3 +172,112 @@ def test_each_epoch_is_written_for_tensorboard(prepared, tmp_path):
     values = [event.value for event in events.Scalars("val_acc")]
     assert [event.step for event in events.Scalars("val_acc")] == history["epoch"].tolist()
     assert values == pytest.approx(history["val_acc"].tolist())
+
+
+def with_train(tmp, run_config, name, **train_keys):
+    cfg = C.load_run_config(run_config)
+    cfg["train"].update(train_keys)
+    write_json(tmp / name, cfg)
+    return tmp / name
+
+
+def test_raising_the_epochs_of_a_finished_run_extends_it_bit_identically(prepared, caplog):
+    """plateau: the 2-epoch run is the first 2 epochs of the 3-epoch run, so the extension continues
+    from its resume state and ends as a run trained for 3 epochs from the start."""
+    from imageclf import select
+
+    tmp, run_config = prepared
+    short = with_train(tmp, run_config, "short.json", epochs=2, ema={"enabled": True, "decay": 0.9})
+    long = with_train(tmp, run_config, "long.json", epochs=3, ema={"enabled": True, "decay": 0.9})
+    first = train.train(short, index_files(tmp / "index"), tmp / "extended", threads=1)
+    with caplog.at_level("INFO"):
+        extended = train.train(long, index_files(tmp / "index"), tmp / "extended", threads=1)
+    assert "extending full: train.epochs raised from 2 to 3; continuing from" in caplog.text
+    assert "discarding" not in caplog.text
+    # epochs 1 and 2 were not trained again: their wall-clock times are the first run's
+    assert extended["seconds"].tolist()[:2] == first["seconds"].tolist() and len(extended) == 3
+    whole = train.train(long, index_files(tmp / "index"), tmp / "whole", threads=1)
+    columns = COMPARED + ["val_loss_ema", "val_acc_ema"]
+    pd.testing.assert_frame_equal(whole[columns], extended[columns], check_exact=True)
+    assert_same_run(tmp / "whole", tmp / "extended")
+    for metric in ("val_acc", "val_loss"):
+        assert select.best_epoch(extended, metric) == select.best_epoch(whole, metric)
+        meta = [torch.load(tmp / run / "checkpoints" / f"best_{metric}.pt", weights_only=True)["meta"]
+                for run in ("whole", "extended")]
+        assert meta[0] == meta[1]  # the kept checkpoints carry the 3-epoch run's config hash
+
+
+def test_raising_the_epochs_under_cosine_retrains_and_says_why(prepared, caplog):
+    tmp, run_config = prepared
+    short = with_train(tmp, run_config, "short.json", epochs=1, scheduler={**C.load_run_config(run_config)["train"]
+                                                                          ["scheduler"], "name": "cosine"})
+    long = with_train(tmp, short, "long.json", epochs=2)
+    train.train(short, index_files(tmp / "index"), tmp / "a", threads=1)
+    with caplog.at_level("INFO"):
+        history = train.train(long, index_files(tmp / "index"), tmp / "a", threads=1)
+    assert "train.epochs raised from 1 to 2, but the cosine schedule depends on the epoch count" in caplog.text
+    assert [r.levelname for r in caplog.records if "cosine schedule" in r.message] == ["WARNING"]  # on the console
+    assert "extending" not in caplog.text and history["epoch"].tolist() == [1, 2]
+
+
+@pytest.mark.slow
+def test_raising_the_epochs_through_snakemake_extends_plateau_and_retrains_cosine(tmp_path):
+    """The run config changes, so Snakemake reruns the train job; the job itself extends the run
+    (plateau) or retrains it (cosine), and a dry run shows the train job either way."""
+    from conftest import planned_jobs
+
+    make_dataset(tmp_path / "data")
+    work, target = tmp_path / "work", "results/train/full/seed0/history.csv"
+    log = work / "logs/train/full/seed0.log"
+
+    def overlay(name, **train_keys):
+        return write_overlay(tmp_path / f"{name}.yaml", tiny_overlay(tmp_path / "data", train=train_keys))
+
+    short, longer = overlay("short", epochs=2), overlay("long", epochs=3)
+    assert snakemake(work, short, target, cores=1).returncode == 0
+    first = pd.read_csv(work / target)
+    dry = snakemake(work, longer, target, "-n", cores=1)
+    assert dry.returncode == 0 and planned_jobs(dry.stdout).get("train") == 1, dry.stdout[-2000:]
+    rerun = snakemake(work, longer, target, cores=1)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert "extending full: train.epochs raised from 2 to 3" in log.read_text()
+    extended = pd.read_csv(work / target)
+    assert extended["epoch"].tolist() == [1, 2, 3] and extended["seconds"].tolist()[:2] == first["seconds"].tolist()
+    run_dir = work / "results/train/full/seed0"
+    train.train(run_dir / "config.json", index_files(work / "results/index"), tmp_path / "whole", threads=1)
+    assert_same_run(run_dir, tmp_path / "whole")
+
+    # cosine stretches its curve over the epoch count: raising it retrains, and the console says why
+    cosine_short = overlay("cosine2", epochs=2, scheduler={"name": "cosine"})
+    cosine_long = overlay("cosine3", epochs=3, scheduler={"name": "cosine"})
+    assert snakemake(work, cosine_short, target, cores=1).returncode == 0
+    dry = snakemake(work, cosine_long, target, "-n", cores=1)
+    assert dry.returncode == 0 and planned_jobs(dry.stdout).get("train") == 1, dry.stdout[-2000:]
+    retrain = snakemake(work, cosine_long, target, cores=1)
+    assert retrain.returncode == 0, retrain.stderr[-3000:]
+    assert "but the cosine schedule depends on the epoch count" in retrain.stderr
+    assert "extending" not in log.read_text()
+
+
+def test_an_interrupted_run_with_cutmix_accumulation_and_clipping_resumes_bit_identically(prepared, monkeypatch):
+    """The levers' draws (mixup or CutMix per batch, the box) come from the epoch's seeded streams."""
+    tmp, run_config = prepared
+    levers = with_train(tmp, run_config, "levers.json", cutmix_alpha=1.0, mix_switch_prob=0.5,
+                        accumulate_steps=2, clip_grad_norm=1.0)
+    whole = train.train(levers, index_files(tmp / "index"), tmp / "whole", threads=1)
+    real_save = train.torch_save
+
+    def crash_after_epoch_two(obj, path):
+        real_save(obj, path)
+        if str(path).endswith("state.pt") and obj["epoch"] == 2:
+            raise KeyboardInterrupt("killed after epoch 2")
+
+    monkeypatch.setattr(train, "torch_save", crash_after_epoch_two)
+    with pytest.raises(KeyboardInterrupt):
+        train.train(levers, index_files(tmp / "index"), tmp / "resumed", threads=1)
+    monkeypatch.setattr(train, "torch_save", real_save)
+    resumed = train.train(levers, index_files(tmp / "index"), tmp / "resumed", threads=1)
+    pd.testing.assert_frame_equal(whole[COMPARED], resumed[COMPARED], check_exact=True)
+    assert_same_run(tmp / "whole", tmp / "resumed")
+    plain = train.train(run_config, index_files(tmp / "index"), tmp / "plain", threads=1)
+    assert not plain["train_loss"].equals(whole["train_loss"])  # the levers did change the training

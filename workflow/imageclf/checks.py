@@ -80,10 +80,6 @@ def check_model(merged: dict, variant: str, num_classes: int, cache: Path | None
     torchvision weights (else None)."""
     model, size = merged["model"], merged["train"]["image_size"]
     where = f"(variant '{variant}')"
-    if merged["train"]["batch_size"] // merged["train"]["devices"] < 2:
-        raise ConfigError(
-            f"train.batch_size {where}: {merged['train']['batch_size']} images over "
-            f"{merged['train']['devices']} devices leaves fewer than 2 per device; BatchNorm needs 2")
     found = facts(model["arch"], model["head"], model["mlp_hidden"], num_classes, size,
                   cache / "architectures.json" if cache else None)
     if not found["known"]:

@@ -155,6 +155,8 @@ def effective_config(config: dict) -> dict:
     chosen = config["submission"]["ensemble"]
     if chosen is not None and chosen not in config["ensembles"]:
         raise ConfigError(f"submission.ensemble '{chosen}' is not one of the ensembles {sorted(config['ensembles'])}")
+    for variant in config["variants"]:
+        check_batches(variant_sections(config, variant)["train"], variant)
     return config
 
 
@@ -280,3 +282,21 @@ def load_run_config(path: str | Path) -> dict:
 
 def write_run_config(path: str | Path, run: dict) -> None:
     write_json(path, run)
+
+
+def check_batches(tcfg: dict, variant: str, processes: int | None = None) -> None:
+    """The batch rules of one run, over `processes` training processes (train.devices by
+    default): train.batch_size divides evenly over them and leaves at least 2 images each, and
+    train.accumulate_steps splits each process's batch into equal micro-batches of at least 2
+    (BatchNorm in training mode needs two). The configuration check and training both ask."""
+    processes = processes or tcfg["devices"]
+    batch, where = tcfg["batch_size"], f"(variant '{variant}')"
+    if batch % processes or batch // processes < 2:
+        raise ConfigError(f"train.batch_size {where}: {batch} images over {processes} devices must divide evenly "
+                          "and leave at least 2 per device; BatchNorm needs 2")
+    steps, per_process = tcfg["accumulate_steps"], batch // processes
+    if per_process % steps or per_process // steps < 2:
+        raise ConfigError(
+            f"train.accumulate_steps {where}: {steps} does not split the {per_process} images "
+            f"per process of train.batch_size {batch} into equal micro-batches of at least 2 "
+            "(BatchNorm needs 2); pick a divisor of the batch, at most half of it")

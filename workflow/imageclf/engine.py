@@ -95,8 +95,65 @@ def mixup_batch(images, targets, alpha: float, rng: np.random.Generator, generat
     return mixed, targets, targets[perm], lam
 
 
+def cutmix_box(height: int, width: int, lam: float, rng: np.random.Generator) -> tuple[int, int, int, int]:
+    """(top, bottom, left, right) of CutMix's box: sides sqrt(1 - lam) of the image's, its centre
+    uniform over the image, clipped to the image (so a box near an edge is smaller)."""
+    ratio = float(np.sqrt(1.0 - lam))
+    cut_h, cut_w = int(height * ratio), int(width * ratio)
+    cy, cx = int(rng.integers(height)), int(rng.integers(width))
+    top, bottom = max(cy - cut_h // 2, 0), min(cy + cut_h // 2, height)
+    left, right = max(cx - cut_w // 2, 0), min(cx + cut_w // 2, width)
+    return top, bottom, left, right
+
+
+def cutmix_batch(images, targets, alpha: float, rng: np.random.Generator, generator: torch.Generator):
+    """CutMix (Yun et al. 2019): one lambda ~ Beta(alpha, alpha) per batch draws a box, which each
+    image takes from its partner by a permutation. The returned lambda is the weight of the
+    image's own label: 1 minus the box's area after clipping, as the images really are."""
+    lam = float(rng.beta(alpha, alpha))
+    perm = torch.randperm(images.shape[0], generator=generator).to(images.device)
+    height, width = images.shape[-2:]
+    top, bottom, left, right = cutmix_box(height, width, lam, rng)
+    mixed = images.clone()
+    mixed[..., top:bottom, left:right] = images[..., top:bottom, left:right][perm]  # copies the box only
+    lam = 1.0 - (bottom - top) * (right - left) / (height * width)
+    return mixed, targets, targets[perm], lam
+
+
+def mix_batch(images, targets, mixing: dict, rng: np.random.Generator, generator: torch.Generator):
+    """The batch mixed as `mixing` says ({"mixup_alpha", "cutmix_alpha", "mix_switch_prob"}), or
+    None when both are off. With both on, CutMix with probability mix_switch_prob, else mixup.
+    Each draw comes from `rng` and `generator` (seeded per epoch), so a resumed run repeats them;
+    with CutMix off the draws are mixup's alone, as before CutMix existed."""
+    mixup_alpha, cutmix_alpha = mixing.get("mixup_alpha", 0.0), mixing.get("cutmix_alpha", 0.0)
+    if mixup_alpha > 0 and cutmix_alpha > 0:
+        use_cutmix = float(rng.random()) < mixing["mix_switch_prob"]
+    else:
+        use_cutmix = cutmix_alpha > 0
+    if use_cutmix:
+        return cutmix_batch(images, targets, cutmix_alpha, rng, generator)
+    if mixup_alpha > 0:
+        return mixup_batch(images, targets, mixup_alpha, rng, generator)
+    return None
+
+
 def mixup_loss(criterion, outputs, targets_a, targets_b, lam: float):
     return lam * criterion(outputs, targets_a) + (1.0 - lam) * criterion(outputs, targets_b)
+
+
+def micro_batches(size: int, steps: int) -> list[tuple[int, int]]:
+    """(start, stop) of each micro-batch of a batch of `size` split `steps` ways (train.accumulate_steps).
+
+    A full batch splits into `steps` equal parts (the configuration check makes each at least 2
+    images). A short last batch splits into parts of ceil(size / steps), at least 2, and a lone
+    image left at its end joins the part before it: BatchNorm in training mode needs two images."""
+    if steps == 1:
+        return [(0, size)]
+    micro = max(-(-size // steps), 2)
+    bounds = [(start, min(start + micro, size)) for start in range(0, size, micro)]
+    if len(bounds) > 1 and bounds[-1][1] - bounds[-1][0] == 1:
+        bounds[-2:] = [(bounds[-2][0], size)]
+    return bounds
 
 
 CHECK_EVERY_ON_GPU = 50  # steps between reads of the loss on a GPU (each one waits for the GPU)
@@ -120,15 +177,25 @@ def log_progress(label: str, step: int, steps: int, seen: int, seconds: float, t
 def train_one_epoch(model, loader, optimizer, criterion, device, *, mixup_alpha: float,
                     rng: np.random.Generator, generator: torch.Generator, precision: str = "fp32",
                     channels_last: bool = False, scaler=None, augment=None, progress_every_s: float = 60.0,
-                    label: str = "", world_size: int = 1, after_step=None) -> dict:
-    """Returns the mean training loss (against the mixed targets when mixup is on) and speed.
+                    label: str = "", world_size: int = 1, after_step=None, cutmix_alpha: float = 0.0,
+                    mix_switch_prob: float = 0.5, accumulate_steps: int = 1, clip_grad_norm: float | None = None
+                    ) -> dict:
+    """Returns the mean training loss (against the mixed targets when mixup or CutMix is on) and speed.
 
     augment: a batch_augment.BatchAugment when the loader yields uint8 batches plus their drawn
     parameters (train.augment_on: device); the chain then runs here, on `device`.
     progress_every_s: a progress line (running loss, images/s, the epoch's ETA) at most this often;
     on a GPU each one waits for the GPU once, so keep it at tens of seconds.
+    accumulate_steps: each loader batch runs as this many micro-batches (forward and backward),
+    then the optimizer steps once, so the update is the whole batch's (each micro-batch's loss
+    weighted by its share of the images). Mixing is drawn for the whole batch first, so the draws
+    do not depend on the split. Under DDP only the last micro-batch all-reduces the gradients.
+    clip_grad_norm: the gradients' total norm is clipped to this before each step (after
+    unscaling under fp16); None: no clipping.
+    after_step: called after each optimizer step (e.g. the EMA of the weights).
     """
     model.train()
+    mixing = {"mixup_alpha": mixup_alpha, "cutmix_alpha": cutmix_alpha, "mix_switch_prob": mix_switch_prob}
     # The loss sum stays on the device (in float64, as a Python float would add it), so a GPU
     # step never waits for the GPU to finish the one before; the finiteness check reads it back
     # every step on the CPU, where that is free, and every CHECK_EVERY_ON_GPU steps elsewhere.
@@ -143,22 +210,40 @@ def train_one_epoch(model, loader, optimizer, criterion, device, *, mixup_alpha:
         images = to_device(images, device, channels_last)
         targets = targets.to(device, non_blocking=True)
         with autocast(device, precision):
-            if mixup_alpha > 0:
-                images, targets_a, targets_b, lam = mixup_batch(images, targets, mixup_alpha, rng, generator)
-                loss = mixup_loss(criterion, model(images), targets_a, targets_b, lam)
-            else:
-                loss = criterion(model(images), targets)
-        total_loss += loss.detach().double() * images.shape[0]
-        seen += images.shape[0]
+            mixed = mix_batch(images, targets, mixing, rng, generator)
+        if mixed is not None:
+            images, targets_a, targets_b, lam = mixed
+        size = images.shape[0]
+        optimizer.zero_grad(set_to_none=True)
+        parts = micro_batches(size, accumulate_steps)
+        for index, (first, stop) in enumerate(parts):
+            whole = len(parts) == 1  # the whole batch: no slicing, no loss weighting
+            part = slice(first, stop)
+            # DDP all-reduces the gradients in the backward of the last micro-batch only
+            syncs = index == len(parts) - 1 or not hasattr(model, "no_sync")
+            with contextlib.nullcontext() if syncs else model.no_sync():
+                with autocast(device, precision):
+                    outputs = model(images if whole else images[part])
+                    if mixed is not None:
+                        loss = mixup_loss(criterion, outputs, targets_a if whole else targets_a[part],
+                                          targets_b if whole else targets_b[part], lam)
+                    else:
+                        loss = criterion(outputs, targets if whole else targets[part])
+                total_loss += loss.detach().double() * (stop - first)
+                if not whole:
+                    loss = loss * ((stop - first) / size)
+                (scaler.scale(loss) if scaler is not None else loss).backward()
+        seen += size
         if step % check_every == 0:
             check_finite(total_loss)
-        optimizer.zero_grad(set_to_none=True)
+        if clip_grad_norm is not None:
+            if scaler is not None:
+                scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
+            torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad_norm)
         if scaler is not None:
-            scaler.scale(loss).backward()
             scaler.step(optimizer)
             scaler.update()
         else:
-            loss.backward()
             optimizer.step()
         if after_step is not None:  # e.g. the EMA of the weights
             after_step()

@@ -19,26 +19,24 @@ import platform
 import random
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
 import torch
 from torch import nn
 
-from . import batch_augment, data, engine, models, presets, tables
+from . import batch_augment, checkpoints, data, engine, models, presets, tables
 from .allocator import keep_freed_memory
 from .cache import batch_input_size, open_cache
-from .config import config_hash, load_run_config
-from .io_utils import copy_file, file_sha256, torch_save
+from .config import check_batches, config_hash, load_run_config
+from .io_utils import file_sha256, torch_save
 from .logs import add_log_argument, setup_logging
-from .select import GOAL
 
 log = logging.getLogger("imageclf.train")
 
 HISTORY_COLUMNS = list(tables.HISTORY)
 EMA_COLUMNS = ["val_loss_ema", "val_acc_ema"]  # with train.ema.enabled: the EMA weights' evaluation
-# Checkpoints kept while training: the best epoch by each selection metric (select.py's goals).
-KEPT = GOAL
 
 
 def seed_everything(seed: int) -> None:
@@ -160,13 +158,6 @@ def step_scheduler(scheduler, val_loss: float) -> None:
         scheduler.step()
 
 
-def improved(metric: str, value: float, best: float | None) -> bool:
-    """Strict improvement: ties keep the earlier epoch (select.py breaks ties the same way)."""
-    if best is None:
-        return True
-    return value > best if KEPT[metric] == "max" else value < best
-
-
 class Distributed:
     """Rank and world size from torchrun's environment; a no-op for a single process."""
 
@@ -194,24 +185,61 @@ class Distributed:
             torch.distributed.destroy_process_group()
 
 
-def load_resume_state(path: Path, expected: dict) -> dict | None:
-    """The saved training state, or None (with a log line) when absent or from another config."""
-    if not path.is_file():
-        return None
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # a torn or foreign file: start over rather than crash
-        log.warning("discarding resume state %s: it cannot be read (%s); starting from epoch 1", path,
-                    str(error).splitlines()[0] if str(error) else type(error).__name__)
-        return None
-    for key, value in expected.items():
-        if state.get(key) != value:
-            log.warning(
-                "discarding resume state %s: its %s %s differs from this run's %s; starting from epoch 1",
-                path, key, state.get(key), value,
-            )
-            return None
-    return state
+class Loaders(NamedTuple):
+    train: object
+    val: object
+    sampler: data.SeededSampler
+    augment: object  # a batch_augment.BatchAugment with train.augment_on: device, else None
+    train_images: int
+    val_images: int
+
+
+def make_loaders(cfg: dict, index: dict, classes: list[str], dist: Distributed, num_workers: int,
+                 train_cache=None, val_cache=None) -> Loaders:
+    """The run's training and validation loaders; each process gets its share of the batch."""
+    tcfg, seed = cfg["train"], int(cfg["seed"])
+    train_frame, val_frame = tables.read_index(index["train"]), tables.read_index(index["val"])
+    size = tcfg["image_size"]
+    train_set, augment = training_dataset(cfg, train_frame, classes, open_cache(train_cache, index["train"]))
+    val_set = data.ImageDataset(val_frame, classes, presets.eval_transform(cfg["augment"], size),
+                                open_cache(val_cache, index["val"]))
+    check_batches(tcfg, str(cfg["variant"]), dist.world_size)
+    per_rank_batch = tcfg["batch_size"] // dist.world_size
+    sampler = data.SeededSampler(len(train_set), seed, shuffle=True, rank=dist.rank, world_size=dist.world_size)
+    pin = dist.device.type == "cuda"
+    # A last batch of one image breaks BatchNorm (in training mode it needs two values per
+    # channel); drop that batch only then, so every other image of the epoch is still seen.
+    drop_last = len(sampler) % per_rank_batch == 1
+    train_loader = data.make_loader(train_set, per_rank_batch, num_workers, sampler, drop_last, pin,
+                                    augment.collate if augment else None)
+    val_loader = data.make_loader(val_set, tcfg["batch_size"], num_workers, pin_memory=pin)
+    return Loaders(train_loader, val_loader, sampler, augment, len(train_set), len(val_set))
+
+
+def epoch_row(epoch: int, stats: dict, lr: float, seconds: float, world_size: int) -> dict:
+    """One row of history.csv (tables.HISTORY, plus EMA_COLUMNS with train.ema)."""
+    return {
+        "epoch": epoch, "train_loss": stats["train_loss"], "val_loss": stats["val_loss"],
+        "val_acc": stats["val_acc"], "lr": lr, "seconds": round(seconds, 3),
+        "images_per_s": round(stats["train_images"] * world_size / max(stats["train_seconds"], 1e-9), 2),
+        **{name: stats[name] for name in EMA_COLUMNS if name in stats},
+    }
+
+
+def log_epoch(row: dict, history: list[dict], epochs: int) -> None:
+    """The epoch's console line (with an ETA from the last five epochs), and the EMA's."""
+    epoch = row["epoch"]
+    mean_epoch = sum(r["seconds"] for r in history[-5:]) / len(history[-5:])
+    eta = mean_epoch * (epochs - epoch)
+    log.info(
+        "epoch %d/%d  train_loss %.4f  val_loss %.4f  val_acc %.4f  lr %.2e  %.1f img/s  "
+        "%.1fs  ETA %dm%02ds",
+        epoch, epochs, row["train_loss"], row["val_loss"], row["val_acc"], row["lr"],
+        row["images_per_s"], row["seconds"], eta // 60, eta % 60,
+    )
+    if "val_loss_ema" in row:
+        log.info("epoch %d/%d  EMA of the weights: val_loss %.4f  val_acc %.4f", epoch, epochs,
+                 row["val_loss_ema"], row["val_acc_ema"])
 
 
 def train(run_config_path, index: dict, out_dir, state_dir=None, threads: int = 1,
@@ -229,31 +257,11 @@ def train(run_config_path, index: dict, out_dir, state_dir=None, threads: int = 
     if not dist.is_main:  # one progress log, not one per process
         logging.getLogger("imageclf").setLevel(logging.WARNING)
     torch.set_num_threads(max(1, threads // dist.world_size))
-    device, seed = dist.device, int(cfg["seed"])
-
+    device, seed, epochs = dist.device, int(cfg["seed"]), tcfg["epochs"]
     classes = tables.read_classes(index["classes"])
-    train_frame, val_frame = tables.read_index(index["train"]), tables.read_index(index["val"])
-    size = tcfg["image_size"]
-    train_set, augment = training_dataset(cfg, train_frame, classes, open_cache(train_cache, index["train"]))
-    val_set = data.ImageDataset(val_frame, classes, presets.eval_transform(cfg["augment"], size),
-                                open_cache(val_cache, index["val"]))
-    if tcfg["batch_size"] % dist.world_size:
-        raise ValueError(
-            f"train.batch_size {tcfg['batch_size']} must divide evenly over {dist.world_size} processes"
-        )
-    per_rank_batch = tcfg["batch_size"] // dist.world_size
-    if per_rank_batch < 2:
-        raise ValueError(f"train.batch_size {tcfg['batch_size']} over {dist.world_size} processes leaves "
-                         f"{per_rank_batch} image per process; BatchNorm needs at least 2")
-    sampler = data.SeededSampler(len(train_set), seed, shuffle=True, rank=dist.rank, world_size=dist.world_size)
-    pin = device.type == "cuda"
-    # A last batch of one image breaks BatchNorm (in training mode it needs two values per
-    # channel); drop that batch only then, so every other image of the epoch is still seen.
-    drop_last = len(sampler) % per_rank_batch == 1
-    train_loader = data.make_loader(train_set, per_rank_batch, num_workers, sampler, drop_last, pin,
-                                    augment.collate if augment else None)
-    val_loader = data.make_loader(val_set, tcfg["batch_size"], num_workers, pin_memory=pin)
+    loaders = make_loaders(cfg, index, classes, dist, num_workers, train_cache, val_cache)
 
+    # The recipe's parts, built in the same order from the same seed in every run.
     seed_everything(seed)
     model = models.model_from_config(cfg["model"], len(classes))
     n_params = models.count_parameters(model)
@@ -263,31 +271,27 @@ def train(run_config_path, index: dict, out_dir, state_dir=None, threads: int = 
     model = model.to(device, memory_format=engine.memory_format(channels_last))
     optimizer = make_optimizer(model, tcfg["optimizer"])
     warmup = tcfg["warmup_epochs"]
-    scheduler = make_scheduler(optimizer, tcfg["scheduler"], tcfg["epochs"] - warmup)
+    scheduler = make_scheduler(optimizer, tcfg["scheduler"], epochs - warmup)
     scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
     criterion = nn.CrossEntropyLoss(label_smoothing=tcfg["label_smoothing"])
     ema = make_ema(model, tcfg["ema"])
 
+    # Resume after the last finished epoch of the same run, if one was interrupted, or extend
+    # the same run finished with fewer epochs (checkpoints.extension says when that is exact).
     fingerprint = {"config_hash": config_hash(cfg),
                    "index_hash": index_hash(index["train"], index["val"], index["classes"]),
                    "world_size": dist.world_size}
-    state_path = state_dir / "state.pt"
-    state = load_resume_state(state_path, fingerprint)
+    state_path = state_dir / checkpoints.STATE_FILE
+    keeper = checkpoints.Keeper(state_dir)
     history: list[dict] = []
-    best: dict[str, float | None] = {metric: None for metric in KEPT}
     start_epoch = 1
+    state = checkpoints.load_resume_state(state_path, fingerprint, cfg)
     if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        if scheduler is not None:
-            scheduler.load_state_dict(state["scheduler"])
-        if scaler is not None and state.get("scaler"):
-            scaler.load_state_dict(state["scaler"])
-        if ema is not None:
-            ema.load_state_dict(state["ema"])
-        history, best = list(state["history"]), dict(state["best"])
-        start_epoch = int(state["epoch"]) + 1
-        log.info("resuming %s from %s after epoch %d", cfg["variant"], state_path, state["epoch"])
+        history, keeper.best, start_epoch = checkpoints.restore(state, model, optimizer, scheduler, scaler, ema)
+        if state["config_hash"] == fingerprint["config_hash"]:
+            log.info("resuming %s from %s after epoch %d", cfg["variant"], state_path, state["epoch"])
+        elif dist.is_main:  # an extension: the kept checkpoints now belong to this config
+            keeper.restamp({"config_hash": fingerprint["config_hash"]})
 
     scalars = Scalars(tensorboard_dir if dist.is_main else None)
     net = model
@@ -298,79 +302,48 @@ def train(run_config_path, index: dict, out_dir, state_dir=None, threads: int = 
         "run %s seed %d: %s (%s head, %d parameters), %d classes, %d train / %d val images, "
         "%d epochs, batch %d on %s x%d, %s%s, augment_on %s, %d DataLoader workers",
         cfg["variant"], seed, cfg["model"]["arch"], cfg["model"]["head"], n_params, len(classes),
-        len(train_set), len(val_set), tcfg["epochs"], tcfg["batch_size"], device, dist.world_size,
+        loaders.train_images, loaders.val_images, epochs, tcfg["batch_size"], device, dist.world_size,
         precision, ", channels_last" if channels_last else "", tcfg["augment_on"], num_workers,
     )
-    for epoch in range(start_epoch, tcfg["epochs"] + 1):
+    for epoch in range(start_epoch, epochs + 1):
+        # every random stream of the epoch derives from (seed, epoch): a resumed run repeats it
         seed_everything(data.epoch_seed(seed, epoch, stream=2))
-        sampler.set_epoch(epoch)
+        loaders.sampler.set_epoch(epoch)
         rng = np.random.default_rng(data.epoch_seed(seed, epoch, stream=3))
         generator = torch.Generator().manual_seed(data.epoch_seed(seed, epoch, stream=4))
         epoch_start = time.perf_counter()
         warm_up(optimizer, epoch, warmup)
         lr = optimizer.param_groups[-1]["lr"]  # the head's
         stats = engine.train_one_epoch(
-            net, train_loader, optimizer, criterion, device, mixup_alpha=tcfg["mixup_alpha"], rng=rng,
+            net, loaders.train, optimizer, criterion, device, mixup_alpha=tcfg["mixup_alpha"], rng=rng,
             generator=generator, precision=precision, channels_last=channels_last, scaler=scaler,
-            augment=augment, label=f"epoch {epoch}/{tcfg['epochs']}", world_size=dist.world_size,
+            augment=loaders.augment, label=f"epoch {epoch}/{epochs}", world_size=dist.world_size,
             after_step=(lambda: ema.update_parameters(model)) if ema is not None else None,
+            cutmix_alpha=tcfg["cutmix_alpha"], mix_switch_prob=tcfg["mix_switch_prob"],
+            accumulate_steps=tcfg["accumulate_steps"], clip_grad_norm=tcfg["clip_grad_norm"],
         )
-        stats.update(engine.evaluate(model, val_loader, device, precision, channels_last))
+        stats.update(engine.evaluate(model, loaders.val, device, precision, channels_last))
         if ema is not None:
-            ema_stats = engine.evaluate(ema.module, val_loader, device, precision, channels_last)
+            ema_stats = engine.evaluate(ema.module, loaders.val, device, precision, channels_last)
             stats.update({f"{name}_ema": value for name, value in ema_stats.items()})
         if epoch > warmup:
             step_scheduler(scheduler, stats["val_loss"])
-        seconds = time.perf_counter() - epoch_start
-        row = {
-            "epoch": epoch, "train_loss": stats["train_loss"], "val_loss": stats["val_loss"],
-            "val_acc": stats["val_acc"], "lr": lr, "seconds": round(seconds, 3),
-            "images_per_s": round(stats["train_images"] * dist.world_size / max(stats["train_seconds"], 1e-9), 2),
-            **{name: stats[name] for name in EMA_COLUMNS if name in stats},
-        }
+        row = epoch_row(epoch, stats, lr, time.perf_counter() - epoch_start, dist.world_size)
         history.append(row)
         scalars.add({name: value for name, value in row.items() if name != "seconds"})
-        mean_epoch = sum(r["seconds"] for r in history[-5:]) / len(history[-5:])
-        eta = mean_epoch * (tcfg["epochs"] - epoch)
-        log.info(
-            "epoch %d/%d  train_loss %.4f  val_loss %.4f  val_acc %.4f  lr %.2e  %.1f img/s  "
-            "%.1fs  ETA %dm%02ds",
-            epoch, tcfg["epochs"], row["train_loss"], row["val_loss"], row["val_acc"], lr,
-            row["images_per_s"], seconds, eta // 60, eta % 60,
-        )
-        if ema is not None:
-            log.info("epoch %d/%d  EMA of the weights: val_loss %.4f  val_acc %.4f", epoch, tcfg["epochs"],
-                     row["val_loss_ema"], row["val_acc_ema"])
-        if dist.is_main:
+        log_epoch(row, history, epochs)
+        if dist.is_main:  # keep the best epochs, then the state to resume after this one
             meta = {"variant": cfg["variant"], "seed": seed, "epoch": epoch, "classes": classes,
                     "val_acc": row["val_acc"], "val_loss": row["val_loss"], "config_hash": fingerprint["config_hash"]}
-            for metric in KEPT:
-                # the trained weights first, then their EMA: a tie keeps the trained weights
-                for weights, key, net_ in (("model", metric, model), ("ema", f"{metric}_ema", ema and ema.module)):
-                    if key in row and improved(metric, row[key], best[metric]):
-                        best[metric] = row[key]
-                        torch_save({"model": net_.state_dict(), "meta": {**meta, "weights": weights}},
-                                   state_dir / f"best_{metric}.pt")
-            torch_save(
-                {
-                    **fingerprint, "epoch": epoch, "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict() if scheduler is not None else {},
-                    "scaler": scaler.state_dict() if scaler is not None else {},
-                    "ema": ema.state_dict() if ema is not None else {},
-                    "history": history, "best": best,
-                },
-                state_path,
-            )
+            keeper.offer(row, meta, (("model", "", model), ("ema", "_ema", ema and ema.module)))
+            torch_save(checkpoints.resume_state(fingerprint, cfg, epoch, model, optimizer, scheduler, scaler, ema,
+                                                history, keeper.best), state_path)
         dist.barrier()
 
     scalars.close()
     frame = pd.DataFrame(history, columns=HISTORY_COLUMNS + (EMA_COLUMNS if ema is not None else []))
     if dist.is_main:
-        checkpoints = out_dir / "checkpoints"
-        checkpoints.mkdir(parents=True, exist_ok=True)
-        for metric in KEPT:
-            copy_file(state_dir / f"best_{metric}.pt", checkpoints / f"best_{metric}.pt")
+        keeper.publish(out_dir / "checkpoints")
         tables.write_run(out_dir / "run.json", {
             "variant": cfg["variant"], "seed": seed, "config": cfg, **fingerprint,
             "parameters": n_params, "classes": classes, "device": str(device),

@@ -1,0 +1,164 @@
+"""The checkpoint keeper and the resume state, on their own (test_resume.py runs them in training)."""
+
+import torch
+from imageclf import checkpoints
+from imageclf.io_utils import torch_save
+from torch import nn
+
+
+def weights_of(path):
+    return torch.load(path, weights_only=True)
+
+
+def constant_model(value: float) -> nn.Module:
+    model = nn.Linear(2, 2)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.fill_(value)
+    return model
+
+
+def offer(keeper, epoch, val_acc, val_loss, model, ema=None, ema_row=None):
+    row = {"epoch": epoch, "val_acc": val_acc, "val_loss": val_loss, **(ema_row or {})}
+    meta = {"epoch": epoch}
+    return keeper.offer(row, meta, (("model", "", model), ("ema", "_ema", ema)))
+
+
+def test_keeper_keeps_the_first_best_epoch_of_each_metric(tmp_path):
+    keeper = checkpoints.Keeper(tmp_path / "state")
+    assert offer(keeper, 1, 0.5, 1.0, constant_model(1)) == ["val_acc", "val_loss"]
+    assert offer(keeper, 2, 0.7, 1.2, constant_model(2)) == ["val_acc"]  # accuracy up, loss worse
+    assert offer(keeper, 3, 0.7, 0.8, constant_model(3)) == ["val_loss"]  # a tie keeps epoch 2
+    assert keeper.best == {"val_acc": 0.7, "val_loss": 0.8}
+    acc, loss = weights_of(keeper.path("val_acc")), weights_of(keeper.path("val_loss"))
+    assert acc["meta"] == {"epoch": 2, "weights": "model"} and torch.all(acc["model"]["weight"] == 2)
+    assert loss["meta"] == {"epoch": 3, "weights": "model"} and torch.all(loss["model"]["weight"] == 3)
+
+
+def test_keeper_prefers_the_trained_weights_to_an_equal_ema(tmp_path):
+    keeper = checkpoints.Keeper(tmp_path)
+    offer(keeper, 1, 0.5, 1.0, constant_model(1), constant_model(-1), {"val_acc_ema": 0.5, "val_loss_ema": 0.9})
+    acc, loss = weights_of(keeper.path("val_acc")), weights_of(keeper.path("val_loss"))
+    assert acc["meta"]["weights"] == "model" and torch.all(acc["model"]["weight"] == 1)  # tie: trained
+    assert loss["meta"]["weights"] == "ema" and torch.all(loss["model"]["weight"] == -1)  # EMA better
+    assert keeper.best == {"val_acc": 0.5, "val_loss": 0.9}
+
+
+def test_a_resumed_keeper_compares_with_the_saved_best(tmp_path):
+    keeper = checkpoints.Keeper(tmp_path, best={"val_acc": 0.9, "val_loss": 0.1})
+    assert offer(keeper, 4, 0.8, 0.2, constant_model(4)) == []
+    assert not keeper.path("val_acc").exists()
+
+
+def test_publish_copies_the_kept_checkpoints(tmp_path):
+    keeper = checkpoints.Keeper(tmp_path / "state")
+    offer(keeper, 1, 0.5, 1.0, constant_model(1))
+    keeper.publish(tmp_path / "run" / "checkpoints")
+    for metric in checkpoints.KEPT:
+        copied = tmp_path / "run" / "checkpoints" / f"best_{metric}.pt"
+        assert copied.read_bytes() == keeper.path(metric).read_bytes()
+
+
+def parts(seed: int):
+    torch.manual_seed(seed)
+    model = nn.Linear(3, 2)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.1)
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, patience=0)
+    return model, optimizer, scheduler
+
+
+def test_resume_state_round_trip_restores_every_part(tmp_path):
+    model, optimizer, scheduler = parts(0)
+    model(torch.ones(4, 3)).sum().backward()
+    optimizer.step()
+    scheduler.step(1.0)
+    scheduler.step(2.0)  # no improvement: the learning rate drops (factor 0.1)
+    fingerprint = {"config_hash": "abc", "index_hash": "def", "world_size": 1}
+    history = [{"epoch": 1, "val_acc": 0.5}, {"epoch": 2, "val_acc": 0.6}]
+    state = checkpoints.resume_state(fingerprint, {}, 2, model, optimizer, scheduler, None, None, history,
+                                     {"val_acc": 0.6, "val_loss": 1.0})
+    torch_save(state, tmp_path / "state.pt")
+
+    loaded = checkpoints.load_resume_state(tmp_path / "state.pt", fingerprint)
+    fresh_model, fresh_optimizer, fresh_scheduler = parts(1)
+    history_back, best, start = checkpoints.restore(loaded, fresh_model, fresh_optimizer, fresh_scheduler,
+                                                    None, None)
+    assert (history_back, best, start) == (history, {"val_acc": 0.6, "val_loss": 1.0}, 3)
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, fresh_model.state_dict()[key])
+    assert fresh_optimizer.param_groups[0]["lr"] == optimizer.param_groups[0]["lr"] < 0.1
+    moments = fresh_optimizer.state_dict()["state"][0]["exp_avg"]
+    assert torch.equal(moments, optimizer.state_dict()["state"][0]["exp_avg"])
+    assert fresh_scheduler.state_dict() == scheduler.state_dict()
+
+
+def test_resume_state_of_another_run_or_unreadable_is_discarded(tmp_path, caplog):
+    model, optimizer, scheduler = parts(0)
+    fingerprint = {"config_hash": "abc", "index_hash": "def", "world_size": 1}
+    torch_save(checkpoints.resume_state(fingerprint, {}, 1, model, optimizer, scheduler, None, None, [], {}),
+               tmp_path / "state.pt")
+    assert checkpoints.load_resume_state(tmp_path / "absent.pt", fingerprint) is None
+    with caplog.at_level("WARNING"):
+        assert checkpoints.load_resume_state(tmp_path / "state.pt", {**fingerprint, "world_size": 2}) is None
+    assert "its world_size 1 differs from this run's 2" in caplog.text
+    (tmp_path / "torn.pt").write_bytes((tmp_path / "state.pt").read_bytes()[:100])
+    with caplog.at_level("WARNING"):
+        assert checkpoints.load_resume_state(tmp_path / "torn.pt", fingerprint) is None
+    assert "cannot be read" in caplog.text
+
+
+def run_config(epochs=3, scheduler="plateau", lr=0.001):
+    return {"variant": "full", "seed": 0,
+            "train": {"epochs": epochs, "scheduler": {"name": scheduler}, "optimizer": {"lr": lr}}}
+
+
+def test_only_more_epochs_under_an_epoch_free_schedule_extend_a_run():
+    assert checkpoints.extension(run_config(3), run_config(5)) == (True, "train.epochs raised from 3 to 5")
+    assert checkpoints.extension(run_config(3, "none"), run_config(5, "none"))[0]
+    extends, why = checkpoints.extension(run_config(3, "cosine"), run_config(5, "cosine"))
+    assert not extends and why == "train.epochs raised from 3 to 5, but the cosine schedule depends on the epoch count"
+    extends, why = checkpoints.extension(run_config(5), run_config(3))
+    assert not extends and "train.epochs lowered from 5 to 3" in why
+    extends, why = checkpoints.extension(run_config(3), run_config(5, lr=0.01))
+    assert not extends and why == "changed: train.epochs, train.optimizer.lr"
+    extends, why = checkpoints.extension(run_config(3, "cosine"), run_config(3, "plateau"))
+    assert not extends and why == "changed: train.scheduler.name"
+
+
+def saved_state(tmp_path, config):
+    model, optimizer, scheduler = parts(0)
+    fingerprint = {"config_hash": str(config["train"]), "index_hash": "i", "world_size": 1}
+    torch_save(checkpoints.resume_state(fingerprint, config, 3, model, optimizer, scheduler, None, None, [], {}),
+               tmp_path / "state.pt")
+    return tmp_path / "state.pt"
+
+
+def test_load_resume_state_extends_or_says_why_it_does_not(tmp_path, caplog):
+    longer = run_config(5)
+    expected = {"config_hash": str(longer["train"]), "index_hash": "i", "world_size": 1}
+    with caplog.at_level("INFO"):
+        state = checkpoints.load_resume_state(saved_state(tmp_path, run_config(3)), expected, longer)
+    assert state is not None and state["epoch"] == 3
+    assert "extending full: train.epochs raised from 3 to 5; continuing from" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"):  # the same, but on two processes now: the process count is the reason
+        assert checkpoints.load_resume_state(tmp_path / "state.pt", {**expected, "world_size": 2}, longer) is None
+    assert "its world_size 1 differs from this run's 2; starting" in caplog.text
+    caplog.clear()
+    cosine = run_config(5, "cosine")
+    expected["config_hash"] = str(cosine["train"])
+    with caplog.at_level("WARNING"):
+        assert checkpoints.load_resume_state(saved_state(tmp_path, run_config(3, "cosine")), expected, cosine) is None
+    assert "discarding resume state" in caplog.text
+    assert "(train.epochs raised from 3 to 5, but the cosine schedule depends on the epoch count)" in caplog.text
+
+
+def test_restamp_updates_the_meta_of_the_kept_checkpoints(tmp_path):
+    keeper = checkpoints.Keeper(tmp_path)
+    keeper.offer({"val_acc": 0.5, "val_loss": 1.0}, {"epoch": 1, "config_hash": "old"},
+                 (("model", "", constant_model(1)),))
+    keeper.restamp({"config_hash": "new"})
+    for metric in checkpoints.KEPT:
+        kept = weights_of(keeper.path(metric))
+        assert kept["meta"] == {"epoch": 1, "config_hash": "new", "weights": "model"}
+        assert torch.all(kept["model"]["weight"] == 1)

@@ -1,0 +1,168 @@
+"""Checkpoint keeping and the resume state of one training run.
+
+Keeper: the best epoch by each selection metric (select.py's goals), kept in the state folder
+while the run trains (so a killed run keeps them) and copied to the run's checkpoints/ at the end.
+
+Resume state: everything a killed run needs to continue after its last finished epoch and end
+bit-identical to an uninterrupted run (the random streams are derived from (seed, epoch), so
+they need no saving). train.py writes it after every epoch; `load_resume_state` reads it back
+only when it comes from the same run (its fingerprint: config, index, process count), or from
+the same run with fewer epochs under a schedule that does not depend on them (an extension).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+
+from .io_utils import copy_file, torch_save
+from .select import GOAL
+
+log = logging.getLogger("imageclf.checkpoints")
+
+# Checkpoints kept while training: the best epoch by each selection metric (select.py's goals).
+KEPT = GOAL
+STATE_FILE = "state.pt"
+
+
+def improved(metric: str, value: float, best: float | None) -> bool:
+    """Strict improvement: ties keep the earlier epoch (select.py breaks ties the same way)."""
+    if best is None:
+        return True
+    return value > best if KEPT[metric] == "max" else value < best
+
+
+class Keeper:
+    """Keeps best_{metric}.pt in `folder`: the weights of the best epoch so far by each metric.
+
+    best: the best value of each metric so far ({metric: None} for a new run; a resumed run
+    passes the one its resume state holds)."""
+
+    def __init__(self, folder, best: dict | None = None):
+        self.folder = Path(folder)
+        self.best: dict[str, float | None] = dict(best) if best else {metric: None for metric in KEPT}
+
+    def path(self, metric: str) -> Path:
+        return self.folder / f"best_{metric}.pt"
+
+    def offer(self, row: dict, meta: dict, candidates) -> list[str]:
+        """Save each candidate that beats the best so far; returns the metrics that improved.
+
+        row: the epoch's history row; candidates: (weights, column suffix, module) in the order
+        a tie should keep them, e.g. (("model", "", model), ("ema", "_ema", ema_module)): the
+        trained weights first, so a tie keeps them over their EMA. A module of None is skipped."""
+        improved_metrics = []
+        for metric in KEPT:
+            for weights, suffix, module in candidates:
+                key = metric + suffix
+                if module is not None and key in row and improved(metric, row[key], self.best[metric]):
+                    self.best[metric] = row[key]
+                    torch_save({"model": module.state_dict(), "meta": {**meta, "weights": weights}},
+                               self.path(metric))
+                    improved_metrics.append(metric)
+        return improved_metrics
+
+    def restamp(self, meta: dict) -> None:
+        """Update the meta of the kept checkpoints (an extended run's config_hash is the new one)."""
+        for metric in KEPT:
+            if self.path(metric).is_file():
+                kept = torch.load(self.path(metric), map_location="cpu", weights_only=True)
+                torch_save({**kept, "meta": {**kept["meta"], **meta}}, self.path(metric))
+
+    def publish(self, folder) -> None:
+        """Copy the kept checkpoints to `folder` (the run's checkpoints/, a Snakemake output)."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        for metric in KEPT:
+            copy_file(self.path(metric), folder / f"best_{metric}.pt")
+
+
+def resume_state(fingerprint: dict, config: dict, epoch: int, model, optimizer, scheduler, scaler, ema,
+                 history: list, best: dict) -> dict:
+    """The state written after `epoch` (loaded with weights_only=True: tensors, numbers, strings).
+
+    config: the run config, kept so that a later run can tell what changed (extension).
+    scheduler, scaler, ema: None when the run has none (stored as {})."""
+    return {
+        **fingerprint, "config": config, "epoch": epoch, "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict() if scheduler is not None else {},
+        "scaler": scaler.state_dict() if scaler is not None else {},
+        "ema": ema.state_dict() if ema is not None else {},
+        "history": history, "best": best,
+    }
+
+
+# Schedules that never look at train.epochs: a run of N epochs is the first N of a longer one.
+EPOCH_FREE_SCHEDULES = ("plateau", "none")
+
+
+def changed_keys(old, new, prefix: str = "") -> list[str]:
+    """The dotted keys whose values differ between two run configs."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        return [key for name in sorted(set(old) | set(new))
+                for key in changed_keys(old.get(name), new.get(name), f"{prefix}{name}.")]
+    return [] if old == new else [prefix.rstrip(".")]
+
+
+def extension(old: dict, new: dict) -> tuple[bool, str]:
+    """(whether a run under `new` may continue from a state saved under `old`, and why (not)).
+
+    It may when only train.epochs changed, upwards, and the schedule does not depend on it: then
+    the first epochs of the longer run are exactly the shorter run's."""
+    changed = changed_keys(old, new)
+    if changed != ["train.epochs"]:
+        return False, "changed: " + (", ".join(changed) or "the run config")
+    before, after = old["train"]["epochs"], new["train"]["epochs"]
+    if after < before:
+        return False, f"train.epochs lowered from {before} to {after}: a shorter run retrains"
+    schedule = new["train"]["scheduler"]["name"]
+    if schedule not in EPOCH_FREE_SCHEDULES:
+        return False, (f"train.epochs raised from {before} to {after}, but the {schedule} schedule "
+                       "depends on the epoch count")
+    return True, f"train.epochs raised from {before} to {after}"
+
+
+def load_resume_state(path: Path, expected: dict, config: dict | None = None) -> dict | None:
+    """The saved training state, or None (with a log line) when absent or from another run.
+
+    expected: this run's fingerprint (config_hash, index_hash, world_size). config: this run's
+    config; a state whose config differs only by fewer train.epochs, under a schedule that does
+    not depend on them, is returned too: the run extends the finished one (see `extension`)."""
+    if not path.is_file():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # a torn or foreign file: start over rather than crash
+        log.warning("discarding resume state %s: it cannot be read (%s); starting from epoch 1", path,
+                    str(error).splitlines()[0] if str(error) else type(error).__name__)
+        return None
+    differs = [key for key, value in expected.items() if state.get(key) != value]
+    if not differs:
+        return state
+    key, why = differs[0], ""
+    if key == "config_hash" and config is not None and "config" in state:
+        extends, why = extension(state["config"], config)
+        if extends and differs == ["config_hash"]:
+            log.info("extending %s: %s; continuing from %s after epoch %d", config.get("variant"), why, path,
+                     state["epoch"])
+            return state
+        key, why = (differs[1], "") if extends else (key, f" ({why})")  # then the index or processes differ
+    log.warning("discarding resume state %s: its %s %s differs from this run's %s%s; starting from epoch 1",
+                path, key, state.get(key), expected[key], why)
+    return None
+
+
+def restore(state: dict, model, optimizer, scheduler, scaler, ema) -> tuple[list, dict, int]:
+    """Load `state` into the run's parts; returns (history, best, the first epoch still to train)."""
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    if scheduler is not None:
+        scheduler.load_state_dict(state["scheduler"])
+    if scaler is not None and state.get("scaler"):
+        scaler.load_state_dict(state["scaler"])
+    if ema is not None:
+        ema.load_state_dict(state["ema"])
+    return list(state["history"]), dict(state["best"]), int(state["epoch"]) + 1
