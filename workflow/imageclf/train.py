@@ -243,13 +243,15 @@ def log_epoch(row: dict, history: list[dict], epochs: int) -> None:
 
 
 def train(run_config_path, index: dict, out_dir, state_dir=None, threads: int = 1,
-          train_cache=None, val_cache=None, num_workers: int = 0, tensorboard_dir=None) -> pd.DataFrame:
+          train_cache=None, val_cache=None, num_workers: int = 0, tensorboard_dir=None,
+          weights_file=None) -> pd.DataFrame:
     """Train one run; write history.csv, checkpoints/best_{val_acc,val_loss}.pt and run.json.
 
     index: {"train": train.csv, "val": val.csv, "classes": classes.csv} of the index stage.
     num_workers: DataLoader worker processes (train.num_workers, which is not part of the run
     config: it changes the speed, never the results).
-    tensorboard_dir: where each epoch's scalars go as TensorBoard event files (None: nowhere)."""
+    tensorboard_dir: where each epoch's scalars go as TensorBoard event files (None: nowhere).
+    weights_file: the file of torchvision weights named by model.weights (the weights rule's)."""
     cfg = load_run_config(run_config_path)
     tcfg, out_dir = cfg["train"], Path(out_dir)
     state_dir = Path(state_dir) if state_dir else out_dir / "resume"
@@ -263,7 +265,7 @@ def train(run_config_path, index: dict, out_dir, state_dir=None, threads: int = 
 
     # The recipe's parts, built in the same order from the same seed in every run.
     seed_everything(seed)
-    model = models.model_from_config(cfg["model"], len(classes))
+    model = models.model_from_config(cfg["model"], len(classes), weights_file=weights_file)
     n_params = models.count_parameters(model)
     if tcfg["sync_batchnorm"] and dist.world_size > 1:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
@@ -369,10 +371,12 @@ def main(argv=None) -> None:
     parser.add_argument("--train-cache", nargs=2, metavar=("PIXELS", "META"), help="decoded-image cache")
     parser.add_argument("--val-cache", nargs=2, metavar=("PIXELS", "META"))
     parser.add_argument("--tensorboard-dir", default=None, help="TensorBoard event files of each epoch's scalars")
+    parser.add_argument("--weights-file", default=None,
+                        help="torchvision weights named by model.weights, put in place by the weights rule")
     add_log_argument(parser)
     args = parser.parse_args(argv)
     setup_logging(args.log_file)
     keep_freed_memory()
     index = {"train": args.train_index, "val": args.val_index, "classes": args.classes}
     train(args.run_config, index, args.out_dir, args.state_dir, args.threads, args.train_cache, args.val_cache,
-          args.num_workers, args.tensorboard_dir)
+          args.num_workers, args.tensorboard_dir, args.weights_file)

@@ -49,6 +49,7 @@ rule cache:
 rule train:
     input:
         unpack(lambda wildcards: cache_inputs(wildcards, ["train", "val"])),
+        unpack(weights_input),
         config=f"{RUN}/config.json",
         train=INDEX_FILES["train"],
         val=INDEX_FILES["val"],
@@ -85,9 +86,10 @@ rule train:
         ),
         # a log, not an output: `tensorboard --logdir logs/tensorboard` while runs train
         tensorboard=lambda wildcards: f"logs/tensorboard/{wildcards.variant}/seed{wildcards.seed}",
+        weights=weights_flag,
     shell:
         "{params.launcher} train --run-config {input.config:q} --train-index {input.train:q} "
         "--val-index {input.val:q} --classes {input.classes:q} --out-dir {params.out_dir:q} "
         "--state-dir {params.state_dir:q} --threads {threads} "
         "--num-workers {resources.loader_workers} {params.train_cache} {params.val_cache} "
-        "--tensorboard-dir {params.tensorboard:q} --log-file {log:q}"
+        "--tensorboard-dir {params.tensorboard:q} {params.weights} --log-file {log:q}"
