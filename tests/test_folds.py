@@ -101,3 +101,23 @@ def test_a_data_set_without_val_gets_a_carved_split_or_an_error_naming_the_key(t
     assert not set(frames["train"]["sha256"]) & set(frames["val"]["sha256"])
     again = index.build_index(tmp_path / "data", val_fraction=0.34, seed=0)
     assert again["val"]["path"].tolist() == frames["val"]["path"].tolist()
+
+
+def test_out_of_fold_predictions_cover_every_image_once_from_its_own_fold(tmp_path):
+    frame = labelled(classes=3, per_class=6)
+    classes = classes_of(frame)
+    tables.write_folds(tmp_path / "folds.csv", frame.assign(split="train", fold=folds.assign_folds(frame, classes, 3, 0)))
+    table = tables.read_folds(tmp_path / "folds.csv")
+    rng = np.random.default_rng(0)
+    paths = []
+    for k in range(3):
+        held = table[table["fold"] == k]
+        probs = rng.dirichlet(np.ones(3), size=len(held))
+        tables.write_predictions(tmp_path / f"f{k}.csv", tables.predictions_table(held["image_name"], held["label"], probs, classes))
+        paths.append(tmp_path / f"f{k}.csv")
+    oof = folds.out_of_fold(tmp_path / "folds.csv", paths, tmp_path / "oof.csv")
+    assert sorted(oof["image_name"]) == sorted(frame["image_name"]) and oof["image_name"].is_unique
+    by_fold = {name: k for k in range(3) for name in tables.read_predictions(paths[k])["image_name"]}
+    assert all(table.set_index("image_name").loc[name, "fold"] == k for name, k in by_fold.items())
+    with pytest.raises(DataError, match="does not predict exactly the images of fold 1"):
+        folds.out_of_fold(tmp_path / "folds.csv", [paths[0], paths[2], paths[1]], tmp_path / "bad.csv")
