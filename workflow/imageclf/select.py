@@ -8,7 +8,7 @@ import logging
 import pandas as pd
 
 from . import tables
-from .errors import WeightsError
+from .errors import ConfigError, DataError, WeightsError
 from .io_utils import copy_file
 from .logs import add_log_argument, setup_logging
 from .models import load_checkpoint_file
@@ -18,12 +18,12 @@ log = logging.getLogger("imageclf.select")
 GOAL = {"val_acc": "max", "val_loss": "min"}
 
 
-def best_epoch(history: pd.DataFrame, metric: str) -> tuple[int, str]:
+def best_epoch(history: pd.DataFrame, metric: str, where="history.csv") -> tuple[int, str]:
     """(epoch, weights) of the best value: the first epoch reaching it (training keeps that one:
     ties keep the earlier), and "model" or, with train.ema, "ema" when the EMA weights did better
     (a tie keeps the trained weights)."""
     if metric not in GOAL:
-        raise ValueError(f"select.metric must be one of {sorted(GOAL)}, not '{metric}'")
+        raise ConfigError(f"select.metric: must be one of {sorted(GOAL)}, not '{metric}'")
     pick = max if GOAL[metric] == "max" else min
     candidates = [(history[column], weights) for column, weights in ((metric, "model"), (f"{metric}_ema", "ema"))
                   if column in history]
@@ -32,14 +32,14 @@ def best_epoch(history: pd.DataFrame, metric: str) -> tuple[int, str]:
         for values, weights in candidates:
             if values.loc[row.name] == best:
                 return int(row["epoch"]), weights
-    raise ValueError(f"no epoch reaches the best {metric}")
+    raise DataError(f"{where}: every epoch's {metric} is NaN; retrain this run (delete its resume/ folder)")
 
 
 def select(history_path, checkpoints: dict, metric: str, model_out, selection_out, tta=()) -> dict:
     """checkpoints: {metric: path of the checkpoint training kept for it}. tta: the test-time
     augmentation views its predictions use (predict.tta), recorded with the choice."""
     history = tables.read_history(history_path)
-    epoch, weights = best_epoch(history, metric)
+    epoch, weights = best_epoch(history, metric, history_path)
     source = checkpoints[metric]
     checkpoint = load_checkpoint_file(source)
     meta = checkpoint.get("meta", {}) if isinstance(checkpoint, dict) else {}

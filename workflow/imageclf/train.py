@@ -29,6 +29,7 @@ from . import batch_augment, data, engine, models, presets, tables
 from .allocator import keep_freed_memory
 from .cache import batch_input_size, open_cache
 from .config import config_hash, load_run_config
+from .errors import ConfigError
 from .io_utils import copy_file, file_sha256, torch_save
 from .logs import add_log_argument, setup_logging
 from .select import GOAL
@@ -238,12 +239,12 @@ def train(run_config_path, index: dict, out_dir, state_dir=None, threads: int = 
     val_set = data.ImageDataset(val_frame, classes, presets.eval_transform(cfg["augment"], size),
                                 open_cache(val_cache, index["val"]))
     if tcfg["batch_size"] % dist.world_size:
-        raise ValueError(
-            f"train.batch_size {tcfg['batch_size']} must divide evenly over {dist.world_size} processes"
+        raise ConfigError(
+            f"train.batch_size: {tcfg['batch_size']} must divide evenly over {dist.world_size} processes (train.devices)"
         )
     per_rank_batch = tcfg["batch_size"] // dist.world_size
     if per_rank_batch < 2:
-        raise ValueError(f"train.batch_size {tcfg['batch_size']} over {dist.world_size} processes leaves "
+        raise ConfigError(f"train.batch_size: {tcfg['batch_size']} over {dist.world_size} processes leaves "
                          f"{per_rank_batch} image per process; BatchNorm needs at least 2")
     sampler = data.SeededSampler(len(train_set), seed, shuffle=True, rank=dist.rank, world_size=dist.world_size)
     pin = device.type == "cuda"
