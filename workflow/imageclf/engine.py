@@ -10,7 +10,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .errors import ConfigError
+from .errors import ConfigError, TrainingDiverged
 
 log = logging.getLogger("imageclf.engine")
 
@@ -122,9 +122,13 @@ def mixup_loss(criterion, outputs, targets_a, targets_b, lam: float):
 CHECK_EVERY_ON_GPU = 50  # steps between reads of the loss on a GPU (each one waits for the GPU)
 
 
-def check_finite(total_loss: torch.Tensor) -> None:
+def check_finite(total_loss: torch.Tensor, precision: str = "fp32") -> None:
+    """Stop before a non-finite loss reaches the weights (train.py adds what the run kept)."""
     if not torch.isfinite(total_loss):
-        raise FloatingPointError(f"training loss is {total_loss.item()}; lower train.optimizer.lr or use fp32")
+        fix = "lower train.optimizer.lr"
+        if precision != "fp32":  # fp16's range (or bf16's rounding) may be the cause only then
+            fix += f", or set train.precision: fp32 (this run: {precision})"
+        raise TrainingDiverged(f"training loss is {total_loss.item()}; {fix}")
 
 
 def log_progress(label: str, step: int, steps: int, seen: int, seconds: float, total_loss: torch.Tensor,
@@ -171,7 +175,7 @@ def train_one_epoch(model, loader, optimizer, criterion, device, *, mixup_alpha:
         total_loss += loss.detach().double() * images.shape[0]
         seen += images.shape[0]
         if step % check_every == 0:
-            check_finite(total_loss)
+            check_finite(total_loss, precision)
         optimizer.zero_grad(set_to_none=True)
         if scaler is not None:
             scaler.scale(loss).backward()
@@ -186,7 +190,7 @@ def train_one_epoch(model, loader, optimizer, criterion, device, *, mixup_alpha:
         if now - last_progress >= progress_every_s and (not steps or step < steps):
             log_progress(label, step, steps, seen, now - start, total_loss, world_size)
             last_progress = now
-    check_finite(total_loss)
+    check_finite(total_loss, precision)
     seconds = time.perf_counter() - start
     return {"train_loss": total_loss.item() / max(seen, 1), "train_images": seen, "train_seconds": seconds}
 

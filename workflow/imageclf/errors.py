@@ -22,3 +22,7 @@ class WeightsError(UserError):
 
 class SubmissionError(UserError):
     """The predictions do not cover the test split exactly; nothing was written."""
+
+
+class TrainingDiverged(UserError):
+    """The training loss became NaN or infinite; the message says what the run kept."""

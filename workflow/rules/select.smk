@@ -3,6 +3,7 @@ rule select:
         history=f"{RUN}/history.csv",
         best_acc=f"{RUN}/checkpoints/best_val_acc.pt",
         best_loss=f"{RUN}/checkpoints/best_val_loss.pt",
+        val=INDEX_FILES["val"],
     output:
         model=f"{RUN}/model.pt",
         selection=f"{RUN}/selection.json",
@@ -16,4 +17,5 @@ rule select:
     shell:
         "imageclf select --history {input.history:q} --best-val-acc {input.best_acc:q} "
         "--best-val-loss {input.best_loss:q} --metric {params.metric} --tta {params.tta} "
+        "--val-index {input.val:q} "
         "--model-out {output.model:q} --selection-out {output.selection:q} --log-file {log:q}"
