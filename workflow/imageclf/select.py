@@ -59,7 +59,7 @@ def garbage_flags(history: pd.DataFrame, val_acc: float, val_labels: pd.Series, 
     return flags
 
 
-def select(history_path, checkpoints: dict, metric: str, model_out, selection_out, tta=(), val_index=None) -> dict:
+def select(history_path, checkpoints: dict, metric: str, model_out, selection_out, val_index=None) -> dict:
     """checkpoints: {metric: path of the checkpoint training kept for it}. val_index: val.csv of the
     index, for the chance level that the choice is checked against (selection.json: warnings)."""
     history = tables.read_history(history_path)
@@ -82,7 +82,7 @@ def select(history_path, checkpoints: dict, metric: str, model_out, selection_ou
         "val_acc": float(row["val_acc" + suffix]), "val_loss": float(row["val_loss" + suffix]),
         "reason": f"epoch {epoch}{' (EMA weights)' if suffix else ''} has the {GOAL[metric]}imum {metric} "
                   f"({row[metric + suffix]:.4f}) of {len(history)} epochs; its {other} is {row[other + suffix]:.4f}",
-        "source": str(source), "tta": list(tta),
+        "source": str(source),
     }
     labels = tables.read_index(val_index)["label"] if val_index else pd.Series(dtype=str)
     selection["warnings"] = garbage_flags(history, selection["val_acc"], labels,
@@ -102,10 +102,9 @@ def main(argv=None) -> None:
     parser.add_argument("--metric", required=True, choices=sorted(GOAL))
     parser.add_argument("--model-out", required=True)
     parser.add_argument("--selection-out", required=True)
-    parser.add_argument("--tta", nargs="*", default=[], help="predict.tta, recorded in the selection")
     parser.add_argument("--val-index", default=None, help="val.csv of the index: the chance level")
     add_log_argument(parser)
     args = parser.parse_args(argv)
     setup_logging(args.log_file)
     select(args.history, {"val_acc": args.best_val_acc, "val_loss": args.best_val_loss}, args.metric,
-           args.model_out, args.selection_out, args.tta, args.val_index)
+           args.model_out, args.selection_out, args.val_index)

@@ -13,9 +13,7 @@ rule select:
         CONDA_ENV
     params:
         metric=CFG["select"]["metric"],
-        tta=" ".join(CFG["predict"]["tta"]),
     shell:
         "imageclf select --history {input.history:q} --best-val-acc {input.best_acc:q} "
-        "--best-val-loss {input.best_loss:q} --metric {params.metric} --tta {params.tta} "
-        "--val-index {input.val:q} "
+        "--best-val-loss {input.best_loss:q} --metric {params.metric} --val-index {input.val:q} "
         "--model-out {output.model:q} --selection-out {output.selection:q} --log-file {log:q}"
