@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 from imageclf import engine
+from imageclf.errors import TrainingDiverged
 from torch import nn
 
 
@@ -98,7 +99,7 @@ def test_non_finite_loss_stops_before_the_weights_change():
     before = [p.detach().clone() for p in model.parameters()]
     images, targets = tiny_loader()[0]
     images[0, 0, 0, 0] = float("nan")
-    with pytest.raises(FloatingPointError, match="training loss is nan"):
+    with pytest.raises(TrainingDiverged, match="training loss is nan; lower train.optimizer.lr$"):
         engine.train_one_epoch(
             model, [(images, targets)], torch.optim.SGD(model.parameters(), lr=0.5), nn.CrossEntropyLoss(),
             torch.device("cpu"), mixup_alpha=0.0, rng=np.random.default_rng(0),

@@ -135,6 +135,41 @@ def test_changing_the_worker_count_retrains_nothing(finished):
     assert planned_jobs(result.stdout) == {}, result.stdout[-2000:]
 
 
+def test_changing_the_prediction_workers_reruns_nothing(finished, tmp_path):
+    """predict.num_workers is execution-only, and the predictions do not depend on it."""
+    workdir, configfile, base = finished
+    overlay = yaml.safe_load(configfile.read_text())
+    overlay["predict"] = {"num_workers": 0}
+    changed = write_overlay(base / "no_predict_workers.yaml", overlay)
+    result = snakemake(workdir, changed, "all", "-n")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert planned_jobs(result.stdout) == {}, result.stdout[-2000:]
+    run = workdir / "results/train/full/seed0"
+    (cache,) = (workdir / "results/cache").glob("val_*.npy")  # as the predict rule runs it
+    args = ["--run-config", run / "config.json", "--model", run / "model.pt", "--index",
+            workdir / "results/index/val.csv", "--classes", workdir / "results/index/classes.csv",
+            "--cache", cache, cache.with_suffix(".csv")]
+    for workers in (0, 2):
+        out = tmp_path / f"val_{workers}.csv"
+        done = subprocess.run(["imageclf", "predict", *map(str, args), "--out", str(out), "--num-workers",
+                               str(workers)], capture_output=True, text=True, cwd=workdir)
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert out.read_bytes() == (workdir / "results/predict/full/seed0/val.csv").read_bytes()
+
+
+def test_changing_predict_tta_reruns_only_the_runs_own_predictions(finished):
+    """Not select (model.pt stays), not training, not the ensembles' own tta-<views>/ predictions."""
+    workdir, configfile, base = finished
+    overlay = yaml.safe_load(configfile.read_text())
+    overlay["predict"] = {"tta": ["vflip"]}
+    changed = write_overlay(base / "vflip.yaml", overlay)
+    result = snakemake(workdir, changed, "all", "-n")
+    assert result.returncode == 0, result.stderr[-2000:]
+    jobs = planned_jobs(result.stdout)
+    assert jobs.get("predict") == 12, result.stdout[-3000:]  # 3 variants x 2 seeds x (val, test)
+    assert not TRAIN_SIDE & set(jobs) and "predict_views" not in jobs, jobs
+
+
 def test_an_edit_that_keeps_the_meaning_reruns_nothing(finished):
     """0.0 where config.yaml has 0 (Snakemake compares a run's params as text)."""
     workdir, configfile, base = finished

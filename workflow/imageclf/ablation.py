@@ -35,7 +35,7 @@ def load_runs(runs: list[dict]) -> tuple[pd.DataFrame, dict]:
             "test_acc": float((preds["test"]["label"] == preds["test"]["pred_label"])[test_known].mean())
             if test_known.all() and len(test_known) else np.nan,
             "train_minutes": run["train_minutes"], "config_hash": run["config_hash"],
-            "index_hash": run["index_hash"],
+            "index_hash": run["index_hash"], "warnings": "; ".join(tables.selection_warnings(selection)),
         })
     return pd.DataFrame(rows), predictions
 
@@ -83,7 +83,10 @@ def summarize(runs: pd.DataFrame, predictions, reference: str, samples: int) -> 
         seeds = group["seed"].tolist()
         kind = group["kind"].iloc[0] if "kind" in group and isinstance(group["kind"].iloc[0], str) else "variant"
         row = {"variant": variant, "kind": kind, "runs": len(group),
-               "parameters": int(group["parameters"].iloc[0])}
+               "parameters": int(group["parameters"].iloc[0]),
+               # the runs select did not trust (selection.json warnings); ensembles: none of their own
+               "flagged": ", ".join(f"seed{s}" for s, w in zip(seeds, group.get("warnings", [""] * len(group)))
+                                    if isinstance(w, str) and w)}
         for metric in ("val_acc", "val_loss", "test_acc", "selected_epoch", "train_minutes"):
             values = group[metric].astype(float)
             row[f"{metric}_mean"] = values.mean()
@@ -117,6 +120,9 @@ def markdown(table: pd.DataFrame, reference: str) -> str:
     if has_test:
         head.insert(5, "test acc %")
     head += [f"{split} Δ vs {reference} (95% CI), McNemar p" for split in (["val", "test"] if has_test else ["val"])]
+    flagged = "flagged" in table and table["flagged"].fillna("").astype(bool).any()
+    if flagged:
+        head.append("untrusted runs")
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for _, r in table.iterrows():
         loss = f"{r.val_loss_mean:.4f}" + ("" if pd.isna(r.val_loss_sd) else f" ± {r.val_loss_sd:.4f}")
@@ -133,6 +139,8 @@ def markdown(table: pd.DataFrame, reference: str) -> str:
                     f"{100 * r[f'{split}_diff']:+.2f} [{100 * r[f'{split}_ci_low']:+.2f}, "
                     f"{100 * r[f'{split}_ci_high']:+.2f}], p = {r[f'{split}_mcnemar_p']:.3g}: {r[f'{split}_verdict']}"
                 )
+        if flagged:
+            cells.append(r.flagged if isinstance(r.flagged, str) and r.flagged else "none")
         lines.append("| " + " | ".join(cells) + " |")
     seeds = int(table.loc[table["kind"] == "variant", "runs"].max())
     lines += [
@@ -147,6 +155,10 @@ def markdown(table: pd.DataFrame, reference: str) -> str:
            "noise is unmeasured, and one training run can differ from another by as much. Train several "
            "seeds (`seeds`) before calling a difference real."),
     ]
+    if flagged:
+        lines += ["", "Untrusted runs: select flagged them (val accuracy no better than chance, or a train loss "
+                  "that ended far above where it started); their numbers are in the rows above all the same. "
+                  "Why: each run's selection.json (`warnings`)."]
     ensembles = table[table["kind"] == "ensemble"]
     if len(ensembles):
         lines.append("")

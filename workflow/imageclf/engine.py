@@ -10,6 +10,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .errors import ConfigError, TrainingDiverged
+
 log = logging.getLogger("imageclf.engine")
 
 
@@ -23,14 +25,28 @@ def cpu_has_native_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
+def cuda_native_bf16(device: torch.device) -> bool:
+    """Compute capability 8.0 or more (Ampere on): bf16 in the tensor cores. Not
+    torch.cuda.is_bf16_supported(), whose default also says yes where bf16 is only emulated
+    (7.x: V100, T4, RTX 20xx), which trains slower than fp16."""
+    major, _ = torch.cuda.get_device_capability(device)
+    return major >= 8
+
+
 def resolve_precision(precision: str, device: torch.device) -> str:
-    """`auto` becomes bf16 where the hardware has it natively, else fp32; fp16 needs CUDA."""
+    """`auto`: on CUDA, bf16 at compute capability >= 8.0, fp16 (with a grad scaler) on 7.x, fp32
+    below; on the CPU, bf16 where it computes bf16 natively, else fp32. fp16 needs CUDA."""
     if precision == "auto":
         if device.type == "cuda":
-            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+            major, _ = torch.cuda.get_device_capability(device)
+            return "bf16" if cuda_native_bf16(device) else "fp16" if major >= 7 else "fp32"
         return "bf16" if cpu_has_native_bf16() else "fp32"
     if precision == "fp16" and device.type != "cuda":
-        raise ValueError("train.precision fp16 needs a CUDA device; use bf16 or auto on the CPU")
+        raise ConfigError("train.precision: fp16 needs a CUDA device; use bf16, fp32 or auto on the CPU")
+    if precision == "bf16" and device.type == "cuda" and not cuda_native_bf16(device):
+        log.warning("train.precision: bf16 is emulated on %s (compute capability %d.%d) and slower than "
+                    "fp16 there; `auto` picks fp16", torch.cuda.get_device_name(device),
+                    *torch.cuda.get_device_capability(device))
     return precision
 
 
@@ -54,7 +70,11 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda":
         if not torch.cuda.is_available():
-            raise RuntimeError("train.device is 'cuda' but no CUDA device is visible")
+            raise ConfigError("train.device: 'cuda', but no CUDA device is visible here; set "
+                              "train.device: auto (or cpu), or run the job where a GPU is")
+        if local_rank >= torch.cuda.device_count():
+            raise ConfigError(f"train.devices: process {local_rank} needs GPU {local_rank}, but only "
+                              f"{torch.cuda.device_count()} are visible; lower train.devices or request more GPUs")
         return torch.device("cuda", local_rank)
     return torch.device("cpu")
 
@@ -159,9 +179,13 @@ def micro_batches(size: int, steps: int) -> list[tuple[int, int]]:
 CHECK_EVERY_ON_GPU = 50  # steps between reads of the loss on a GPU (each one waits for the GPU)
 
 
-def check_finite(total_loss: torch.Tensor) -> None:
+def check_finite(total_loss: torch.Tensor, precision: str = "fp32") -> None:
+    """Stop before a non-finite loss reaches the weights (train.py adds what the run kept)."""
     if not torch.isfinite(total_loss):
-        raise FloatingPointError(f"training loss is {total_loss.item()}; lower train.optimizer.lr or use fp32")
+        fix = "lower train.optimizer.lr"
+        if precision != "fp32":  # fp16's range (or bf16's rounding) may be the cause only then
+            fix += f", or set train.precision: fp32 (this run: {precision})"
+        raise TrainingDiverged(f"training loss is {total_loss.item()}; {fix}")
 
 
 def log_progress(label: str, step: int, steps: int, seen: int, seconds: float, total_loss: torch.Tensor,
@@ -235,7 +259,7 @@ def train_one_epoch(model, loader, optimizer, criterion, device, *, mixup_alpha:
                 (scaler.scale(loss) if scaler is not None else loss).backward()
         seen += size
         if step % check_every == 0:
-            check_finite(total_loss)
+            check_finite(total_loss, precision)
         if clip_grad_norm is not None:
             if scaler is not None:
                 scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
@@ -251,7 +275,7 @@ def train_one_epoch(model, loader, optimizer, criterion, device, *, mixup_alpha:
         if now - last_progress >= progress_every_s and (not steps or step < steps):
             log_progress(label, step, steps, seen, now - start, total_loss, world_size)
             last_progress = now
-    check_finite(total_loss)
+    check_finite(total_loss, precision)
     seconds = time.perf_counter() - start
     return {"train_loss": total_loss.item() / max(seen, 1), "train_images": seen, "train_seconds": seconds}
 

@@ -24,6 +24,10 @@ class SubmissionError(UserError):
     """The predictions do not cover the test split exactly; nothing was written."""
 
 
+class TrainingDiverged(UserError):
+    """The training loss became NaN or infinite; the message says what the run kept."""
+
+
 def unknown_architecture(arch: str, known: list[str]) -> str:
     """The one message for a model.arch torchvision does not have (the configuration check and
     the model builder both give it)."""

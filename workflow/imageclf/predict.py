@@ -68,6 +68,7 @@ def main(argv=None) -> None:
     parser.add_argument("--test-labels", default=None, help="true labels of the test split, when known")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--num-workers", type=int, default=0, help="DataLoader worker processes (predict.num_workers)")
     parser.add_argument("--cache", nargs=2, metavar=("PIXELS", "META"), help="the split's decoded-image cache")
     parser.add_argument("--tta", nargs="*", default=[], choices=sorted(engine.TTA_VIEWS),
                         help="test-time augmentation views (predict.tta)")
@@ -76,4 +77,4 @@ def main(argv=None) -> None:
     setup_logging(args.log_file)
     keep_freed_memory()
     predict(args.run_config, args.model, args.index, args.classes, args.out, args.test_labels or None,
-            args.batch_size, args.threads, cache_paths=args.cache, tta=args.tta)
+            args.batch_size, args.threads, args.num_workers, cache_paths=args.cache, tta=args.tta)

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 
 import pandas as pd
 
 from . import tables
-from .errors import WeightsError
+from .errors import ConfigError, DataError, WeightsError
 from .io_utils import copy_file
 from .logs import add_log_argument, setup_logging
 from .models import load_checkpoint_file
@@ -18,12 +19,12 @@ log = logging.getLogger("imageclf.select")
 GOAL = {"val_acc": "max", "val_loss": "min"}
 
 
-def best_epoch(history: pd.DataFrame, metric: str) -> tuple[int, str]:
+def best_epoch(history: pd.DataFrame, metric: str, where="history.csv") -> tuple[int, str]:
     """(epoch, weights) of the best value: the first epoch reaching it (training keeps that one:
     ties keep the earlier), and "model" or, with train.ema, "ema" when the EMA weights did better
     (a tie keeps the trained weights)."""
     if metric not in GOAL:
-        raise ValueError(f"select.metric must be one of {sorted(GOAL)}, not '{metric}'")
+        raise ConfigError(f"select.metric: must be one of {sorted(GOAL)}, not '{metric}'")
     pick = max if GOAL[metric] == "max" else min
     candidates = [(history[column], weights) for column, weights in ((metric, "model"), (f"{metric}_ema", "ema"))
                   if column in history]
@@ -32,14 +33,37 @@ def best_epoch(history: pd.DataFrame, metric: str) -> tuple[int, str]:
         for values, weights in candidates:
             if values.loc[row.name] == best:
                 return int(row["epoch"]), weights
-    raise ValueError(f"no epoch reaches the best {metric}")
+    raise DataError(f"{where}: every epoch's {metric} is NaN; retrain this run (delete its resume/ folder)")
 
 
-def select(history_path, checkpoints: dict, metric: str, model_out, selection_out, tta=()) -> dict:
-    """checkpoints: {metric: path of the checkpoint training kept for it}. tta: the test-time
-    augmentation views its predictions use (predict.tta), recorded with the choice."""
+def garbage_flags(history: pd.DataFrame, val_acc: float, val_labels: pd.Series, n_classes: int) -> list[str]:
+    """Why a run's result is not to be trusted, one sentence each (none: []): a selected checkpoint
+    no better than always answering val's most common class (one-sided exact binomial test,
+    p >= 0.05), or a train loss that ends more than twice where it started (its first epoch, or
+    ln(classes), a uniform guess's loss, when the first epoch already diverged)."""
+    from scipy.stats import binomtest
+
+    flags = []
+    n = len(val_labels)
+    if n:
+        chance = float(val_labels.value_counts(normalize=True).max())
+        p = binomtest(round(val_acc * n), n, chance, alternative="greater").pvalue
+        if p >= 0.05:
+            flags.append(f"val accuracy {100 * val_acc:.1f} % is no better than chance (always the most common "
+                         f"val class: {100 * chance:.1f} %, binomial p = {p:.2g})")
+    first, last = float(history["train_loss"].iloc[0]), float(history["train_loss"].iloc[-1])
+    start = min(first, math.log(max(n_classes, 2)))
+    if last > 2 * start:
+        flags.append(f"train loss ended at {last:.4g} (epoch {int(history['epoch'].iloc[-1])}), more than twice "
+                     f"where it started ({start:.4g}): training diverged; lower train.optimizer.lr")
+    return flags
+
+
+def select(history_path, checkpoints: dict, metric: str, model_out, selection_out, val_index=None) -> dict:
+    """checkpoints: {metric: path of the checkpoint training kept for it}. val_index: val.csv of the
+    index, for the chance level that the choice is checked against (selection.json: warnings)."""
     history = tables.read_history(history_path)
-    epoch, weights = best_epoch(history, metric)
+    epoch, weights = best_epoch(history, metric, history_path)
     source = checkpoints[metric]
     checkpoint = load_checkpoint_file(source)
     meta = checkpoint.get("meta", {}) if isinstance(checkpoint, dict) else {}
@@ -58,10 +82,15 @@ def select(history_path, checkpoints: dict, metric: str, model_out, selection_ou
         "val_acc": float(row["val_acc" + suffix]), "val_loss": float(row["val_loss" + suffix]),
         "reason": f"epoch {epoch}{' (EMA weights)' if suffix else ''} has the {GOAL[metric]}imum {metric} "
                   f"({row[metric + suffix]:.4f}) of {len(history)} epochs; its {other} is {row[other + suffix]:.4f}",
-        "source": str(source), "tta": list(tta),
+        "source": str(source),
     }
+    labels = tables.read_index(val_index)["label"] if val_index else pd.Series(dtype=str)
+    selection["warnings"] = garbage_flags(history, selection["val_acc"], labels,
+                                          len(meta.get("classes") or []) or labels.nunique())
     tables.write_selection(selection_out, selection)
     log.info("selected %s", selection["reason"])
+    for warning in selection["warnings"]:
+        log.warning("%s: not to be trusted: %s", history_path, warning)
     return selection
 
 
@@ -73,9 +102,9 @@ def main(argv=None) -> None:
     parser.add_argument("--metric", required=True, choices=sorted(GOAL))
     parser.add_argument("--model-out", required=True)
     parser.add_argument("--selection-out", required=True)
-    parser.add_argument("--tta", nargs="*", default=[], help="predict.tta, recorded in the selection")
+    parser.add_argument("--val-index", default=None, help="val.csv of the index: the chance level")
     add_log_argument(parser)
     args = parser.parse_args(argv)
     setup_logging(args.log_file)
     select(args.history, {"val_acc": args.best_val_acc, "val_loss": args.best_val_loss}, args.metric,
-           args.model_out, args.selection_out, args.tta)
+           args.model_out, args.selection_out, args.val_index)

@@ -44,7 +44,19 @@ def build_submission(predictions: pd.DataFrame, test_index: pd.DataFrame, classe
     return table.sort_values("image_name", kind="stable").reset_index(drop=True)
 
 
-def write_submission(predictions_path, test_index, classes_csv, out_csv, out_zip) -> pd.DataFrame:
+def warn_if_untrusted(selections) -> list[str]:
+    """A warning per submitted run that select flagged (its selection.json `warnings`)."""
+    warnings = []
+    for path in selections:
+        for warning in tables.selection_warnings(tables.read_selection(path)):
+            warnings.append(f"submitting a run that select flagged ({path}): {warning}")
+            log.warning("%s", warnings[-1])
+    return warnings
+
+
+def write_submission(predictions_path, test_index, classes_csv, out_csv, out_zip, selections=()) -> pd.DataFrame:
+    """selections: selection.json of each submitted run, to warn about any that select flagged."""
+    warn_if_untrusted(selections)
     table = build_submission(tables.read_predictions(predictions_path), tables.read_index(test_index),
                              tables.read_classes(classes_csv))
     tables.write_submission(out_csv, table)
@@ -60,9 +72,10 @@ def main(argv=None) -> None:
     parser.add_argument("--predictions", required=True, help="test predictions written by the predict stage")
     parser.add_argument("--test-index", required=True)
     parser.add_argument("--classes", required=True)
+    parser.add_argument("--selections", nargs="*", default=[], help="selection.json of each submitted run")
     parser.add_argument("--out-csv", required=True)
     parser.add_argument("--out-zip", required=True)
     add_log_argument(parser)
     args = parser.parse_args(argv)
     setup_logging(args.log_file)
-    write_submission(args.predictions, args.test_index, args.classes, args.out_csv, args.out_zip)
+    write_submission(args.predictions, args.test_index, args.classes, args.out_csv, args.out_zip, args.selections)

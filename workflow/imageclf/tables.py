@@ -175,6 +175,11 @@ def write_selection(path, selection: dict) -> None:
     write_json(path, selection)
 
 
+def selection_warnings(selection: dict) -> list[str]:
+    """Why select did not trust the run (selection.json `warnings`; none in records made before)."""
+    return list(selection.get("warnings", []))
+
+
 def read_run(path) -> dict:
     return read_json(path, "run record (run.json)")
 

@@ -30,6 +30,7 @@ from . import batch_augment, checkpoints, data, engine, models, presets, tables
 from .allocator import keep_freed_memory
 from .cache import batch_input_size, open_cache
 from .config import check_batches, config_hash, load_run_config
+from .errors import TrainingDiverged
 from .io_utils import file_sha256, torch_save
 from .logs import add_log_argument, setup_logging
 
@@ -358,6 +359,24 @@ def train(run_config_path, index: dict, out_dir, state_dir=None, threads: int = 
     return frame
 
 
+def what_diverged_kept(run_config_path, state_dir: Path) -> str:
+    """After a non-finite loss: which epoch diverged and what the run kept (the resume state and
+    best checkpoints of this run config's finished epochs), in words for one error line."""
+    cfg = load_run_config(run_config_path)
+    state_path = state_dir / "state.pt"
+    try:
+        state = torch.load(state_path, map_location="cpu", weights_only=True) if state_path.is_file() else {}
+    except Exception:  # a torn file: nothing usable was kept
+        state = {}
+    where = f"run {cfg['variant']} seed {cfg['seed']}, lr {cfg['train']['optimizer']['lr']:g}"
+    if state.get("config_hash") != config_hash(cfg) or not state.get("epoch"):
+        return f"{where}: diverged in epoch 1, so no checkpoint or resume state was kept"
+    best = ", ".join(f"{metric} {value:.4f}" for metric, value in state["best"].items() if value is not None)
+    return (f"{where}: diverged in epoch {state['epoch'] + 1}; kept in {state_dir}: the resume state after "
+            f"epoch {state['epoch']} and the best checkpoints so far ({best}), which a changed train config "
+            "discards; nothing was written to the run's results")
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="imageclf train", description=__doc__.splitlines()[0])
     parser.add_argument("--run-config", required=True, help="JSON written by the run_config rule")
@@ -378,5 +397,9 @@ def main(argv=None) -> None:
     setup_logging(args.log_file)
     keep_freed_memory()
     index = {"train": args.train_index, "val": args.val_index, "classes": args.classes}
-    train(args.run_config, index, args.out_dir, args.state_dir, args.threads, args.train_cache, args.val_cache,
-          args.num_workers, args.tensorboard_dir, args.weights_file)
+    try:
+        train(args.run_config, index, args.out_dir, args.state_dir, args.threads, args.train_cache,
+              args.val_cache, args.num_workers, args.tensorboard_dir, args.weights_file)
+    except TrainingDiverged as error:
+        state_dir = Path(args.state_dir) if args.state_dir else Path(args.out_dir) / "resume"
+        raise TrainingDiverged(f"{error} ({what_diverged_kept(args.run_config, state_dir)})") from None

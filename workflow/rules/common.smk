@@ -277,6 +277,18 @@ def ensemble_members(wildcards):
     ]
 
 
+def submitted_selections(wildcards=None):
+    """selection.json of the submitted run, or of each member run of the submitted ensemble:
+    the submission step warns when select flagged one of them."""
+    name = CFG["submission"]["ensemble"]
+    if name:
+        spec = ENSEMBLES[name]
+        runs = [(v, s) for v in spec["variants"] for s in spec["seeds"]]
+    else:
+        runs = [(CFG["submission"]["variant"], CFG["submission"]["seed"])]
+    return [f"{RUN}/selection.json".format(variant=v, seed=s) for v, s in runs]
+
+
 def ensemble_paths(split):
     return [ENSEMBLE_PRED.format(name=name, split=split) for name in ENSEMBLES]
 

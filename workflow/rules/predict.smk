@@ -23,6 +23,8 @@ rule predict:
         mem_mb=stage_resources("predict")["mem_mb"],
         runtime=stage_resources("predict")["runtime"],
         gpu=stage_resources("predict").get("gpu", 0),
+        # a resource, not a param: the worker count changes the speed, never the predictions
+        loader_workers=CFG["predict"]["num_workers"],
     params:
         batch_size=CFG["predict"]["batch_size"],
         cache=cache_flag("cache", lambda wildcards: wildcards.split),
@@ -32,6 +34,7 @@ rule predict:
         "imageclf predict --run-config {input.config:q} --model {input.model:q} "
         "--index {input.index:q} --classes {input.classes:q} --out {output:q} "
         "{params.test_labels} --batch-size {params.batch_size} --threads {threads} "
+        "--num-workers {resources.loader_workers} "
         "{params.cache} --tta {params.tta} --log-file {log:q}"
 
 

@@ -3,6 +3,7 @@ rule select:
         history=f"{RUN}/history.csv",
         best_acc=f"{RUN}/checkpoints/best_val_acc.pt",
         best_loss=f"{RUN}/checkpoints/best_val_loss.pt",
+        val=INDEX_FILES["val"],
     output:
         model=f"{RUN}/model.pt",
         selection=f"{RUN}/selection.json",
@@ -12,8 +13,7 @@ rule select:
         CONDA_ENV
     params:
         metric=CFG["select"]["metric"],
-        tta=" ".join(CFG["predict"]["tta"]),
     shell:
         "imageclf select --history {input.history:q} --best-val-acc {input.best_acc:q} "
-        "--best-val-loss {input.best_loss:q} --metric {params.metric} --tta {params.tta} "
+        "--best-val-loss {input.best_loss:q} --metric {params.metric} --val-index {input.val:q} "
         "--model-out {output.model:q} --selection-out {output.selection:q} --log-file {log:q}"
