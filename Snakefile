@@ -26,6 +26,11 @@ include: "workflow/rules/submission.smk"
 include: "workflow/rules/ablation.smk"
 
 
+if CV_FOLDS:
+
+    include: "workflow/rules/cv.smk"
+
+
 rule all:
     default_target: True
     input:

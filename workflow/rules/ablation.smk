@@ -1,10 +1,10 @@
 rule ablation:
     """Per variant: mean ± sd over seeds and a paired comparison with ablation.reference."""
     input:
-        runs=run_paths(f"{RUN}/run.json"),
-        selections=run_paths(f"{RUN}/selection.json"),
-        val=run_paths(f"{PRED}/val.csv"),
-        test=run_paths(f"{PRED}/test.csv"),
+        runs=run_paths(f"{RUN_DIR}/run.json"),
+        selections=run_paths(f"{RUN_DIR}/selection.json"),
+        val=run_paths(f"{PRED_DIR}/val.csv"),
+        test=run_paths(f"{PRED_DIR}/test.csv"),
         ensemble_val=ensemble_paths("val"),
         ensemble_test=ensemble_paths("test"),
         classes=INDEX_FILES["classes"],
@@ -58,7 +58,7 @@ rule ablation:
 rule plots:
     """Curves of every run, and the submitted model's confusion matrix and worst classes."""
     input:
-        histories=run_paths(f"{RUN}/history.csv"),
+        histories=run_paths(f"{RUN_DIR}/history.csv"),
         val=SUBMITTED_PRED["val"],
         test=SUBMITTED_PRED["test"],
         index_val=INDEX_FILES["val"],

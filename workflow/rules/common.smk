@@ -30,13 +30,38 @@ except ConfigError as error:
 
 CONDA_ENV = "../../envs/imageclf.yaml"
 INDEX = "results/index"
-RUN = "results/train/{variant}/seed{seed}"
-PRED = "results/predict/{variant}/seed{seed}"
+# A trained run's folders. {fold} is empty for a run of the recipe (train on train/, select on
+# val/), and /fold<k> for one fold's run under cross-validation (cv.folds >= 2), whose results
+# the cross-validation stages (cv.smk) gather in the run's own folders.
+CV_FOLDS = CFG["cv"]["folds"]
+FOLD = r"/fold\d+" if CV_FOLDS else "(?:)"  # (?:) matches the empty fold alone
+RUN = "results/train/{variant}/seed{seed}{fold}"
+PRED = "results/predict/{variant}/seed{seed}{fold}"
+RUN_DIR = "results/train/{variant}/seed{seed}"
+PRED_DIR = "results/predict/{variant}/seed{seed}"
 VARIANTS = list(CFG["variants"])
 SEEDS = [int(s) for s in CFG["seeds"]]
 DEMO_ROOT = (CFG.get("demo") or {}).get("root", "resources/demo")
 ENSEMBLE_PRED = "results/predict/ensemble/{name}/{split}.csv"
 ENSEMBLES = CFG["ensembles"]
+
+
+def views_name(views):
+    """A tta-<views> folder name: hflip, hflip+vflip, or none."""
+    return "+".join(views) or "none"
+
+
+def run_prediction(variant, seed, split, views):
+    """A run's predictions of one split with these test-time views: the run's own predictions
+    when the views are predict.tta's, else those of the predict_views rule. Under
+    cross-validation a run's val predictions are its out-of-fold predictions of every labelled
+    image (oof.csv), and its test predictions the mean of its fold models'."""
+    folder = PRED_DIR.format(variant=variant, seed=seed)
+    if list(views) != list(CFG["predict"]["tta"]):
+        folder += f"/tta-{views_name(views)}"
+    return f"{folder}/{'oof' if CV_FOLDS and split == 'val' else split}.csv"
+
+
 # The predictions that are submitted: submission.ensemble's, or submission.variant and .seed's run.
 if CFG["submission"]["ensemble"]:
     SUBMITTED_PRED = {
@@ -45,11 +70,12 @@ if CFG["submission"]["ensemble"]:
     }
 else:
     SUBMITTED_PRED = {
-        split: expand(
-            f"{PRED}/{split}.csv",
-            variant=CFG["submission"]["variant"],
-            seed=CFG["submission"]["seed"],
-        )[0]
+        split: run_prediction(
+            CFG["submission"]["variant"],
+            CFG["submission"]["seed"],
+            split,
+            CFG["predict"]["tta"],
+        )
         for split in ("val", "test")
     }
 INDEX_FILES = {
@@ -76,6 +102,7 @@ wildcard_constraints:
     variant="[A-Za-z0-9_.-]+",
     seed=r"\d+",
     split="val|test",
+    fold=FOLD,
 
 
 def stage_resources(stage):
@@ -214,7 +241,9 @@ def cache_inputs(wildcards, splits):
             run["train"]["cache_margin"],
             run["train"]["augment_on"],
         )
-        stem = f"results/cache/{split}_{run['train']['image_size']}px_{mode}"
+        # a fold's run trains and validates on its own index files; the test split is shared
+        fold = wildcards.get("fold", "") if split != "test" else ""
+        stem = f"results/cache{fold}/{split}_{run['train']['image_size']}px_{mode}"
         inputs[f"{split}_cache_pixels"] = f"{stem}.npy"
         inputs[f"{split}_cache_meta"] = f"{stem}.csv"
     return inputs
@@ -236,6 +265,26 @@ def cache_flag(name, split):
     return flag
 
 
+def run_files(variant, seed, name):
+    """A file of each trained model of one run: the run's own, or each fold's under
+    cross-validation (results/train/<variant>/seed<seed>/fold<k>/<name>)."""
+    folds = [f"/fold{k}" for k in range(CV_FOLDS)] or [""]
+    return [
+        f"{RUN}/{name}".format(variant=variant, seed=seed, fold=fold) for fold in folds
+    ]
+
+
+def index_file(split):
+    """An input function: the index of a split as a run sees it: the fold's own train and
+    held-out files for a fold's run, the shared test index for the test split."""
+
+    def path(wildcards):
+        fold = wildcards.get("fold", "") if split(wildcards) != "test" else ""
+        return f"{INDEX}{fold}/{split(wildcards)}.csv"
+
+    return path
+
+
 def run_paths(pattern, variants=None, seeds=None):
     return expand(
         pattern,
@@ -253,25 +302,11 @@ def run_names(variants=None, seeds=None):
     )
 
 
-def views_name(views):
-    """A tta-<views> folder name: hflip, hflip+vflip, or none."""
-    return "+".join(views) or "none"
-
-
-def prediction_path(variant, seed, split, views):
-    """A run's predictions with these test-time views: the run's own predictions when the views
-    are predict.tta's, else those of the predict_views rule."""
-    folder = PRED.format(variant=variant, seed=seed)
-    if list(views) == list(CFG["predict"]["tta"]):
-        return f"{folder}/{split}.csv"
-    return f"{folder}/tta-{views_name(views)}/{split}.csv"
-
-
 def ensemble_members(wildcards):
     """Prediction files of an ensemble's member runs, for one split, with its views."""
     spec = ENSEMBLES[wildcards.name]
     return [
-        prediction_path(variant, seed, wildcards.split, spec["tta"])
+        run_prediction(variant, seed, wildcards.split, spec["tta"])
         for variant in spec["variants"]
         for seed in spec["seeds"]
     ]
@@ -286,7 +321,9 @@ def submitted_selections(wildcards=None):
         runs = [(v, s) for v in spec["variants"] for s in spec["seeds"]]
     else:
         runs = [(CFG["submission"]["variant"], CFG["submission"]["seed"])]
-    return [f"{RUN}/selection.json".format(variant=v, seed=s) for v, s in runs]
+    return [
+        selection for v, s in runs for selection in run_files(v, s, "selection.json")
+    ]
 
 
 def ensemble_paths(split):

@@ -5,7 +5,7 @@ rule predict:
         unpack(lambda wildcards: cache_inputs(wildcards, [wildcards.split])),
         config=f"{RUN}/config.json",
         model=f"{RUN}/model.pt",
-        index=f"{INDEX}/{{split}}.csv",
+        index=index_file(lambda wildcards: wildcards.split),
         classes=INDEX_FILES["classes"],
         test_labels=lambda wildcards: (
             test_labels_input() if wildcards.split == "test" else []
@@ -13,9 +13,9 @@ rule predict:
     output:
         f"{PRED}/{{split}}.csv",
     log:
-        "logs/predict/{variant}/seed{seed}_{split}.log",
+        "logs/predict/{variant}/seed{seed}{fold}_{split}.log",
     benchmark:
-        "logs/benchmarks/predict/{variant}/seed{seed}_{split}.tsv"
+        "logs/benchmarks/predict/{variant}/seed{seed}{fold}_{split}.tsv"
     conda:
         CONDA_ENV
     threads: stage_resources("predict")["threads"]
@@ -42,9 +42,9 @@ use rule predict as predict_views with:
     output:
         f"{PRED}/tta-{{views}}/{{split}}.csv",
     log:
-        "logs/predict/{variant}/seed{seed}_{split}_tta-{views}.log",
+        "logs/predict/{variant}/seed{seed}{fold}_{split}_tta-{views}.log",
     benchmark:
-        "logs/benchmarks/predict/{variant}/seed{seed}_{split}_tta-{views}.tsv"
+        "logs/benchmarks/predict/{variant}/seed{seed}{fold}_{split}_tta-{views}.tsv"
     wildcard_constraints:
         views=r"none|[a-z]+(\+[a-z]+)*",
     params:

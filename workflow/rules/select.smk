@@ -3,12 +3,12 @@ rule select:
         history=f"{RUN}/history.csv",
         best_acc=f"{RUN}/checkpoints/best_val_acc.pt",
         best_loss=f"{RUN}/checkpoints/best_val_loss.pt",
-        val=INDEX_FILES["val"],
+        val=index_file(lambda wildcards: "val"),
     output:
         model=f"{RUN}/model.pt",
         selection=f"{RUN}/selection.json",
     log:
-        "logs/select/{variant}/seed{seed}.log",
+        "logs/select/{variant}/seed{seed}{fold}.log",
     conda:
         CONDA_ENV
     params:

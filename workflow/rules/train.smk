@@ -8,10 +8,10 @@ rule run_config:
             f"{RUN}/config.json",
             "run_config",
             "configuration",
-            labels={"variant": "{variant}", "seed": "{seed}"},
+            labels={"variant": "{variant}", "seed": "{seed}", "fold": "{fold}"},
         ),
     log:
-        "logs/run_config/{variant}/seed{seed}.log",
+        "logs/run_config/{variant}/seed{seed}{fold}.log",
     localrule: True
     params:
         run=lambda wildcards: run_config(CFG, wildcards.variant, int(wildcards.seed)),
@@ -22,16 +22,17 @@ rule run_config:
 rule cache:
     """Decode and resize one split once; see workflow/imageclf/cache.py."""
     input:
-        index=f"{INDEX}/{{split}}.csv",
+        index=f"{INDEX}{{fold}}/{{split}}.csv",
     output:
-        pixels="results/cache/{split}_{size}px_{mode}.npy",
-        meta="results/cache/{split}_{size}px_{mode}.csv",
+        pixels="results/cache{fold}/{split}_{size}px_{mode}.npy",
+        meta="results/cache{fold}/{split}_{size}px_{mode}.csv",
     log:
-        "logs/cache/{split}_{size}px_{mode}.log",
+        "logs/cache{fold}/{split}_{size}px_{mode}.log",
     benchmark:
-        "logs/benchmarks/cache/{split}_{size}px_{mode}.tsv"
+        "logs/benchmarks/cache{fold}/{split}_{size}px_{mode}.tsv"
     wildcard_constraints:
         split="train|val|test",
+        fold=r"(/fold\d+)?",  # a fold's own train and held-out images, under cross-validation
         size=r"\d+",
         mode=r"exact|[ms][0-9.]+",
     conda:
@@ -51,8 +52,8 @@ rule train:
         unpack(lambda wildcards: cache_inputs(wildcards, ["train", "val"])),
         unpack(weights_input),
         config=f"{RUN}/config.json",
-        train=INDEX_FILES["train"],
-        val=INDEX_FILES["val"],
+        train=index_file(lambda wildcards: "train"),
+        val=index_file(lambda wildcards: "val"),
         classes=INDEX_FILES["classes"],
     output:
         history=f"{RUN}/history.csv",
@@ -60,9 +61,9 @@ rule train:
         best_acc=f"{RUN}/checkpoints/best_val_acc.pt",
         best_loss=f"{RUN}/checkpoints/best_val_loss.pt",
     log:
-        "logs/train/{variant}/seed{seed}.log",
+        "logs/train/{variant}/seed{seed}{fold}.log",
     benchmark:
-        "logs/benchmarks/train/{variant}/seed{seed}.tsv"
+        "logs/benchmarks/train/{variant}/seed{seed}{fold}.tsv"
     conda:
         CONDA_ENV
     threads: stage_resources("train")["threads"]
@@ -85,7 +86,7 @@ rule train:
             os.path.dirname(output.history), "resume"
         ),
         # a log, not an output: `tensorboard --logdir logs/tensorboard` while runs train
-        tensorboard=lambda wildcards: f"logs/tensorboard/{wildcards.variant}/seed{wildcards.seed}",
+        tensorboard=lambda wildcards: f"logs/tensorboard/{wildcards.variant}/seed{wildcards.seed}{wildcards.fold}",
         weights=weights_flag,
     shell:
         "{params.launcher} train --run-config {input.config:q} --train-index {input.train:q} "
