@@ -34,7 +34,7 @@ INDEX = "results/index"
 # val/), and /fold<k> for one fold's run under cross-validation (cv.folds >= 2), whose results
 # the cross-validation stages (cv.smk) gather in the run's own folders.
 CV_FOLDS = CFG["cv"]["folds"]
-FOLD = r"/fold\d+" if CV_FOLDS else "(?:)"  # (?:) matches the empty fold alone
+FOLD = r"[/]fold\d+" if CV_FOLDS else "(?:)"  # (?:) matches the empty fold alone
 RUN = "results/train/{variant}/seed{seed}{fold}"
 PRED = "results/predict/{variant}/seed{seed}{fold}"
 RUN_DIR = "results/train/{variant}/seed{seed}"
