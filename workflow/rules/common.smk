@@ -58,8 +58,8 @@ def run_prediction(variant, seed, split, views):
     image (oof.csv), and its test predictions the mean of its fold models'."""
     folder = PRED_DIR.format(variant=variant, seed=seed)
     if list(views) != list(CFG["predict"]["tta"]):
-        folder += f"/tta-{views_name(views)}"
-    return f"{folder}/{'oof' if CV_FOLDS and split == 'val' else split}.csv"
+        folder = os.path.join(folder, f"tta-{views_name(views)}")
+    return os.path.join(folder, f"{'oof' if CV_FOLDS and split == 'val' else split}.csv")
 
 
 # The predictions that are submitted: submission.ensemble's, or submission.variant and .seed's run.
