@@ -268,7 +268,7 @@ def cache_flag(name, split):
 def run_files(variant, seed, name):
     """A file of each trained model of one run: the run's own, or each fold's under
     cross-validation (results/train/<variant>/seed<seed>/fold<k>/<name>)."""
-    folds = [f"/fold{k}" for k in range(CV_FOLDS)] or [""]
+    folds = [os.sep + f"fold{k}" for k in range(CV_FOLDS)] or [""]
     return [
         f"{RUN}/{name}".format(variant=variant, seed=seed, fold=fold) for fold in folds
     ]
