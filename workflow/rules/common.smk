@@ -167,23 +167,6 @@ def cache_flag(name, split):
     return flag
 
 
-def run_paths(pattern, variants=None, seeds=None):
-    return expand(
-        pattern,
-        variant=variants or VARIANTS,
-        seed=seeds if seeds is not None else SEEDS,
-    )
-
-
-def run_names(variants=None, seeds=None):
-    """VARIANT:SEED of each run, in run_paths' order."""
-    return " ".join(
-        f"{variant}:{seed}"
-        for variant in variants or VARIANTS
-        for seed in (seeds if seeds is not None else SEEDS)
-    )
-
-
 def views_name(views):
     """A tta-<views> folder name: hflip, hflip+vflip, or none."""
     return "+".join(views) or "none"
@@ -198,36 +181,68 @@ def prediction_path(variant, seed, split, views):
     return f"{folder}/tta-{views_name(views)}/{split}.csv"
 
 
-def ensemble_members(wildcards):
-    """Prediction files of an ensemble's member runs, for one split, with its views."""
-    spec = ENSEMBLES[wildcards.name]
-    return [
-        prediction_path(variant, seed, wildcards.split, spec["tta"])
+def run_entry(variant, seed):
+    """A run's row of the manifest: its identity and the files the aggregating stages read."""
+    files = {
+        "run": f"{RUN}/run.json",
+        "selection": f"{RUN}/selection.json",
+        "history": f"{RUN}/history.csv",
+        "val": f"{PRED}/val.csv",
+        "test": f"{PRED}/test.csv",
+    }
+    return {
+        "variant": variant,
+        "seed": seed,
+        **{key: path.format(variant=variant, seed=seed) for key, path in files.items()},
+    }
+
+
+def ensemble_entry(name, spec):
+    """An ensemble's row of the manifest: its members' predictions (with its views) and its own."""
+    members = [
+        {
+            "variant": variant,
+            "seed": seed,
+            **{
+                s: prediction_path(variant, seed, s, spec["tta"])
+                for s in ("val", "test")
+            },
+        }
         for variant in spec["variants"]
         for seed in spec["seeds"]
     ]
+    return {
+        "name": name,
+        "tta": list(spec["tta"]),
+        "members": members,
+        **{s: ENSEMBLE_PRED.format(name=name, split=s) for s in ("val", "test")},
+    }
 
 
-def ensemble_paths(split):
-    return [ENSEMBLE_PRED.format(name=name, split=split) for name in ENSEMBLES]
+# One manifest of named paths for the aggregating stages (ensemble, ablation, plots), built from
+# the paths the rules use; imageclf/tables.py owns its format. Rule `manifest` writes it.
+MANIFEST_PATH = "results/manifest.json"
+MANIFEST = {
+    "index": {"classes": INDEX_FILES["classes"], "val": INDEX_FILES["val"]},
+    "runs": [run_entry(variant, seed) for variant in VARIANTS for seed in SEEDS],
+    "ensembles": [ensemble_entry(name, spec) for name, spec in ENSEMBLES.items()],
+    "submitted": {
+        "name": CFG["submission"]["ensemble"] or CFG["submission"]["variant"],
+        "seed": None if CFG["submission"]["ensemble"] else CFG["submission"]["seed"],
+        **SUBMITTED_PRED,
+    },
+}
 
 
-def ensemble_flags(wildcards, input):
-    """A params function: each ensemble as NAME=VARIANT:SEED,... with its prediction files."""
-    if not ENSEMBLES:
-        return ""
-    specs = [
-        name
-        + "="
-        + ",".join(f"{v}:{s}" for v in spec["variants"] for s in spec["seeds"])
-        for name, spec in ENSEMBLES.items()
-    ]
-    quoted = lambda paths: " ".join(shlex.quote(str(p)) for p in paths)
-    return (
-        f"--ensembles {' '.join(specs)} "
-        f"--ensemble-val-predictions {quoted(input.ensemble_val)} "
-        f"--ensemble-test-predictions {quoted(input.ensemble_test)}"
-    )
+def manifest_files(section, *fields):
+    """The paths under `fields` of every entry of a manifest section (a rule's inputs)."""
+    return [entry[field] for entry in MANIFEST[section] for field in fields]
+
+
+def ensemble_members(wildcards):
+    """Prediction files of an ensemble's member runs, for one split, with its views."""
+    entry = next(e for e in MANIFEST["ensembles"] if e["name"] == wildcards.name)
+    return [member[wildcards.split] for member in entry["members"]]
 
 
 def train_launcher(wildcards):
