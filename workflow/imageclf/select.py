@@ -8,14 +8,16 @@ import logging
 import pandas as pd
 
 from . import tables
-from .errors import WeightsError
+from .errors import DataError, WeightsError
 from .io_utils import copy_file
 from .logs import add_log_argument, setup_logging
 from .models import load_checkpoint_file
 
 log = logging.getLogger("imageclf.select")
 
-GOAL = {"val_acc": "max", "val_loss": "min"}
+# Training keeps the best checkpoint by each of these (train.KEPT); balanced accuracy and macro-F1
+# weigh every class alike, for imbalanced data (history.csv columns from engine.evaluate).
+GOAL = {"val_acc": "max", "val_loss": "min", "val_balanced_acc": "max", "val_macro_f1": "max"}
 
 
 def best_epoch(history: pd.DataFrame, metric: str) -> tuple[int, str]:
@@ -35,12 +37,15 @@ def best_epoch(history: pd.DataFrame, metric: str) -> tuple[int, str]:
     raise ValueError(f"no epoch reaches the best {metric}")
 
 
-def select(history_path, checkpoints: dict, metric: str, model_out, selection_out, tta=()) -> dict:
-    """checkpoints: {metric: path of the checkpoint training kept for it}. tta: the test-time
-    augmentation views its predictions use (predict.tta), recorded with the choice."""
+def select(history_path, checkpoint, metric: str, model_out, selection_out, tta=()) -> dict:
+    """checkpoint: the one training kept for `metric` (checkpoints/best_<metric>.pt). tta: the
+    test-time augmentation views its predictions use (predict.tta), recorded with the choice."""
     history = tables.read_history(history_path)
+    if metric not in history:
+        raise DataError(f"{history_path}: has no {metric} column (trained by an older version); retrain this run "
+                        "(delete its folder) or set select.metric to val_acc or val_loss")
     epoch, weights = best_epoch(history, metric)
-    source = checkpoints[metric]
+    source = checkpoint
     checkpoint = load_checkpoint_file(source)
     meta = checkpoint.get("meta", {}) if isinstance(checkpoint, dict) else {}
     saved = (meta.get("epoch"), meta.get("weights", "model"))
@@ -52,10 +57,11 @@ def select(history_path, checkpoints: dict, metric: str, model_out, selection_ou
     row = history.loc[history["epoch"] == epoch].iloc[0]
     suffix = "_ema" if weights == "ema" else ""
     copy_file(source, model_out)
-    other = "val_loss" if metric == "val_acc" else "val_acc"
+    other = "val_acc" if metric == "val_loss" else "val_loss"
     selection = {
         "metric": metric, "epoch": epoch, "weights": weights, "epochs_trained": int(history["epoch"].max()),
         "val_acc": float(row["val_acc" + suffix]), "val_loss": float(row["val_loss" + suffix]),
+        **({metric: float(row[metric + suffix])} if metric not in ("val_acc", "val_loss") else {}),
         "reason": f"epoch {epoch}{' (EMA weights)' if suffix else ''} has the {GOAL[metric]}imum {metric} "
                   f"({row[metric + suffix]:.4f}) of {len(history)} epochs; its {other} is {row[other + suffix]:.4f}",
         "source": str(source), "tta": list(tta),
@@ -68,8 +74,7 @@ def select(history_path, checkpoints: dict, metric: str, model_out, selection_ou
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="imageclf select", description=__doc__.splitlines()[0])
     parser.add_argument("--history", required=True)
-    parser.add_argument("--best-val-acc", required=True, help="checkpoint of the best val_acc epoch")
-    parser.add_argument("--best-val-loss", required=True, help="checkpoint of the best val_loss epoch")
+    parser.add_argument("--checkpoint", required=True, help="the checkpoint training kept for --metric")
     parser.add_argument("--metric", required=True, choices=sorted(GOAL))
     parser.add_argument("--model-out", required=True)
     parser.add_argument("--selection-out", required=True)
@@ -77,5 +82,4 @@ def main(argv=None) -> None:
     add_log_argument(parser)
     args = parser.parse_args(argv)
     setup_logging(args.log_file)
-    select(args.history, {"val_acc": args.best_val_acc, "val_loss": args.best_val_loss}, args.metric,
-           args.model_out, args.selection_out, args.tta)
+    select(args.history, args.checkpoint, args.metric, args.model_out, args.selection_out, args.tta)

@@ -35,8 +35,9 @@ from .select import GOAL
 
 log = logging.getLogger("imageclf.train")
 
-HISTORY_COLUMNS = list(tables.HISTORY)
-EMA_COLUMNS = ["val_loss_ema", "val_acc_ema"]  # with train.ema.enabled: the EMA weights' evaluation
+HISTORY_COLUMNS = list(tables.HISTORY) + list(engine.CLASS_METRICS)
+# with train.ema.enabled: the EMA weights' evaluation
+EMA_COLUMNS = [f"{name}_ema" for name in ("val_loss", "val_acc", *engine.CLASS_METRICS)]
 # Checkpoints kept while training: the best epoch by each selection metric (select.py's goals).
 KEPT = GOAL
 
@@ -285,7 +286,7 @@ def train(run_config_path, index: dict, out_dir, state_dir=None, threads: int = 
             scaler.load_state_dict(state["scaler"])
         if ema is not None:
             ema.load_state_dict(state["ema"])
-        history, best = list(state["history"]), dict(state["best"])
+        history, best = list(state["history"]), {**best, **state["best"]}  # older states lack newer metrics
         start_epoch = int(state["epoch"]) + 1
         log.info("resuming %s from %s after epoch %d", cfg["variant"], state_path, state["epoch"])
 
@@ -326,7 +327,7 @@ def train(run_config_path, index: dict, out_dir, state_dir=None, threads: int = 
             "epoch": epoch, "train_loss": stats["train_loss"], "val_loss": stats["val_loss"],
             "val_acc": stats["val_acc"], "lr": lr, "seconds": round(seconds, 3),
             "images_per_s": round(stats["train_images"] * dist.world_size / max(stats["train_seconds"], 1e-9), 2),
-            **{name: stats[name] for name in EMA_COLUMNS if name in stats},
+            **{name: stats[name] for name in [*engine.CLASS_METRICS, *EMA_COLUMNS] if name in stats},
         }
         history.append(row)
         scalars.add({name: value for name, value in row.items() if name != "seconds"})
