@@ -92,6 +92,17 @@ def test_class_accuracy_flags_only_the_class_that_is_surely_worse():
     assert rows["c7"]["images"] == 60 and rows["c7"]["acc_ci_low"] < rows["c7"]["accuracy"] < rows["c7"]["acc_ci_high"]
 
 
+def test_seed_spread_tells_runs_that_differ_as_a_whole_from_image_by_image_noise():
+    rng = np.random.default_rng(8)
+    p = expit(MU + SIGMA * rng.standard_normal(20000))
+    independent = rng.random((3, 20000)) < p
+    observed, expected = stats.seed_spread(independent)
+    assert expected == pytest.approx(np.sum(p * (1 - p)) / 20000**2, rel=0.1)  # the truth, unbiased
+    shifted = rng.random((3, 20000)) < expit(MU + SIGMA * rng.standard_normal(20000) + np.array([[-1], [0], [1]]))
+    observed, expected = stats.seed_spread(shifted)
+    assert observed > 10 * expected
+
+
 def test_verdicts():
     assert stats.verdict(0.01, 0.03, 0.01) == "better, beyond noise"
     assert stats.verdict(-0.03, -0.01, 0.01) == "worse, beyond noise"

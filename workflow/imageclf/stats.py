@@ -139,6 +139,17 @@ def compare(labels, pred_ref, pred_other, n_classes: int, samples: int, seed: in
     return result
 
 
+def seed_spread(correct) -> tuple[float, float]:
+    """(observed, expected) variance of one recipe's run accuracies over its seeds: the sample
+    variance, and what independent per-image disagreement alone predicts, sum of m_i (1 - m_i)
+    k / (k - 1) over images / N^2 (unbiased; m_i: the runs' mean on image i). Observed well above
+    expected: runs differ as a whole, which the tests over images do not cover. correct: (k >= 2, N)."""
+    runs = np.asarray(correct, dtype=float)
+    k, n = runs.shape
+    m = runs.mean(axis=0)
+    return float(runs.mean(axis=1).var(ddof=1)), float(np.sum(m * (1 - m)) * k / (k - 1) / n**2)
+
+
 def holm(p_values) -> np.ndarray:
     """Holm's step-down adjusted p-values (same order as given); NaN stays NaN."""
     p = np.asarray(p_values, dtype=float)
