@@ -145,6 +145,16 @@ def test_equal_variants_are_called_different_at_most_five_percent_of_the_time(ru
     assert p_rate > 0.05 - 3 * margin  # and not a test that never rejects
 
 
+@pytest.mark.parametrize("runs_ref", [2, 3])
+def test_an_ensemble_of_the_references_own_runs_that_does_not_help_is_rarely_credited(runs_ref):
+    # the row's outcome is one of the reference's runs (built from them, no better than one run)
+    z = np.random.default_rng(runs_ref).standard_normal((SIMULATIONS, 1, 1000))
+    ref = np.random.default_rng(runs_ref + 10).random((SIMULATIONS, runs_ref, 1000)) < expit(MU + SIGMA * z)
+    d = ref[:, 0] - ref.mean(axis=1)
+    p_rate, verdict_rate = called(d, SAMPLES, 7, False)
+    assert p_rate <= 0.05 + 3 * np.sqrt(0.05 * 0.95 / SIMULATIONS) and verdict_rate <= p_rate
+
+
 def test_a_three_point_effect_on_2000_images_with_three_seeds_is_found():
     z = np.random.default_rng(0).standard_normal(400_000)
     shift = brentq(lambda s: expit(MU + SIGMA * z + s).mean() - expit(MU + SIGMA * z).mean() + 0.03, -3, 0)
