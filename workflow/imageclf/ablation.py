@@ -180,7 +180,7 @@ def markdown(table: pd.DataFrame, reference: str, spread: str = "") -> str:
 def spread_check(rows: pd.DataFrame, predictions, splits: list[str]) -> str:
     """One sentence per split: the sd of run accuracy over seeds, pooled over the variants with
     several runs, against what independent per-image disagreement predicts (docs/ablation.md)."""
-    parts = []
+    observed_sd, expected_sd = [], []
     for split in splits:
         observed = expected = weight = 0.0
         for name, group in rows[rows["kind"] == "variant"].groupby("variant", sort=False):
@@ -191,13 +191,13 @@ def spread_check(rows: pd.DataFrame, predictions, splits: list[str]) -> str:
             observed, expected, weight = observed + (len(group) - 1) * obs, expected + (len(group) - 1) * exp, \
                 weight + len(group) - 1
         if weight:
-            parts.append(f"{100 * np.sqrt(observed / weight):.2f} points on {split} (image-by-image "
-                         f"disagreement alone predicts {100 * np.sqrt(expected / weight):.2f})")
-    if not parts:
+            observed_sd.append(f"{100 * np.sqrt(observed / weight):.2f} on {split}")
+            expected_sd.append(f"{100 * np.sqrt(expected / weight):.2f}")
+    if not observed_sd:
         return ""
     return (" **Seed spread**: the sd of a run's accuracy over seeds, pooled over the variants with several "
-            "runs, is " + " and ".join(parts) + "; far above the prediction, runs differ as a whole and the "
-            "p-values are too small.")
+            f"runs, is {' and '.join(observed_sd)} (points), where image-by-image disagreement alone predicts "
+            f"{' and '.join(expected_sd)}; far above that, runs differ as a whole and the p-values are too small.")
 
 
 def footnote(table: pd.DataFrame, reference: str, splits: list[str]) -> str:
