@@ -68,7 +68,8 @@ def test_every_stage_wrote_its_files(finished):
     workdir, _, _ = finished
     run = workdir / "results/train/full/seed0"
     history = pd.read_csv(run / "history.csv")
-    assert list(history.columns) == ["epoch", "train_loss", "val_loss", "val_acc", "lr", "seconds", "images_per_s"]
+    assert list(history.columns) == ["epoch", "train_loss", "val_loss", "val_acc", "lr", "seconds", "images_per_s",
+                                     "val_balanced_acc", "val_macro_f1"]
     assert history["epoch"].tolist() == [1, 2]
     selection = yaml.safe_load((run / "selection.json").read_text())
     assert selection["metric"] == "val_acc" and selection["epoch"] in (1, 2) and "reason" in selection
