@@ -19,17 +19,19 @@ def constant_model(value: float) -> nn.Module:
 
 
 def offer(keeper, epoch, val_acc, val_loss, model, ema=None, ema_row=None):
-    row = {"epoch": epoch, "val_acc": val_acc, "val_loss": val_loss, **(ema_row or {})}
+    # the class-balanced metrics move with accuracy here
+    row = {"epoch": epoch, "val_acc": val_acc, "val_loss": val_loss, "val_balanced_acc": val_acc,
+           "val_macro_f1": val_acc, **(ema_row or {})}
     meta = {"epoch": epoch}
     return keeper.offer(row, meta, (("model", "", model), ("ema", "_ema", ema)))
 
 
 def test_keeper_keeps_the_first_best_epoch_of_each_metric(tmp_path):
     keeper = checkpoints.Keeper(tmp_path / "state")
-    assert offer(keeper, 1, 0.5, 1.0, constant_model(1)) == ["val_acc", "val_loss"]
-    assert offer(keeper, 2, 0.7, 1.2, constant_model(2)) == ["val_acc"]  # accuracy up, loss worse
+    assert offer(keeper, 1, 0.5, 1.0, constant_model(1)) == list(checkpoints.KEPT)
+    assert offer(keeper, 2, 0.7, 1.2, constant_model(2)) == ["val_acc", "val_balanced_acc", "val_macro_f1"]
     assert offer(keeper, 3, 0.7, 0.8, constant_model(3)) == ["val_loss"]  # a tie keeps epoch 2
-    assert keeper.best == {"val_acc": 0.7, "val_loss": 0.8}
+    assert {k: keeper.best[k] for k in ("val_acc", "val_loss")} == {"val_acc": 0.7, "val_loss": 0.8}
     acc, loss = weights_of(keeper.path("val_acc")), weights_of(keeper.path("val_loss"))
     assert acc["meta"] == {"epoch": 2, "weights": "model"} and torch.all(acc["model"]["weight"] == 2)
     assert loss["meta"] == {"epoch": 3, "weights": "model"} and torch.all(loss["model"]["weight"] == 3)
@@ -41,11 +43,11 @@ def test_keeper_prefers_the_trained_weights_to_an_equal_ema(tmp_path):
     acc, loss = weights_of(keeper.path("val_acc")), weights_of(keeper.path("val_loss"))
     assert acc["meta"]["weights"] == "model" and torch.all(acc["model"]["weight"] == 1)  # tie: trained
     assert loss["meta"]["weights"] == "ema" and torch.all(loss["model"]["weight"] == -1)  # EMA better
-    assert keeper.best == {"val_acc": 0.5, "val_loss": 0.9}
+    assert {k: keeper.best[k] for k in ("val_acc", "val_loss")} == {"val_acc": 0.5, "val_loss": 0.9}
 
 
 def test_a_resumed_keeper_compares_with_the_saved_best(tmp_path):
-    keeper = checkpoints.Keeper(tmp_path, best={"val_acc": 0.9, "val_loss": 0.1})
+    keeper = checkpoints.Keeper(tmp_path, best={"val_acc": 0.9, "val_loss": 0.1, "val_balanced_acc": 0.9, "val_macro_f1": 0.9})
     assert offer(keeper, 4, 0.8, 0.2, constant_model(4)) == []
     assert not keeper.path("val_acc").exists()
 
@@ -83,7 +85,9 @@ def test_resume_state_round_trip_restores_every_part(tmp_path):
     fresh_model, fresh_optimizer, fresh_scheduler = parts(1)
     history_back, best, start = checkpoints.restore(loaded, fresh_model, fresh_optimizer, fresh_scheduler,
                                                     None, None)
-    assert (history_back, best, start) == (history, {"val_acc": 0.6, "val_loss": 1.0}, 3)
+    # a state saved before a metric existed restores with no best for it yet
+    assert (history_back, best, start) == (history, {"val_acc": 0.6, "val_loss": 1.0, "val_balanced_acc": None,
+                                                     "val_macro_f1": None}, 3)
     for key, value in model.state_dict().items():
         assert torch.equal(value, fresh_model.state_dict()[key])
     assert fresh_optimizer.param_groups[0]["lr"] == optimizer.param_groups[0]["lr"] < 0.1
@@ -155,8 +159,8 @@ def test_load_resume_state_extends_or_says_why_it_does_not(tmp_path, caplog):
 
 def test_restamp_updates_the_meta_of_the_kept_checkpoints(tmp_path):
     keeper = checkpoints.Keeper(tmp_path)
-    keeper.offer({"val_acc": 0.5, "val_loss": 1.0}, {"epoch": 1, "config_hash": "old"},
-                 (("model", "", constant_model(1)),))
+    keeper.offer({"val_acc": 0.5, "val_loss": 1.0, "val_balanced_acc": 0.5, "val_macro_f1": 0.5},
+                 {"epoch": 1, "config_hash": "old"}, (("model", "", constant_model(1)),))
     keeper.restamp({"config_hash": "new"})
     for metric in checkpoints.KEPT:
         kept = weights_of(keeper.path(metric))

@@ -5,6 +5,7 @@ import pytest
 import torch
 from imageclf import engine
 from imageclf.errors import TrainingDiverged
+from sklearn.metrics import balanced_accuracy_score, f1_score
 from torch import nn
 
 
@@ -117,6 +118,9 @@ def test_evaluate_uses_plain_cross_entropy_and_true_labels():
         logits = model(x)
     assert result["val_loss"] == pytest.approx(nn.functional.cross_entropy(logits, y).item(), rel=1e-5)
     assert result["val_acc"] == pytest.approx((logits.argmax(1) == y).float().mean().item())
+    pred = logits.argmax(1).numpy()
+    assert result["val_balanced_acc"] == pytest.approx(balanced_accuracy_score(y.numpy(), pred))
+    assert result["val_macro_f1"] == pytest.approx(f1_score(y.numpy(), pred, average="macro"))
 
 
 @pytest.mark.parametrize("precision, channels_last", [("fp32", False), ("fp32", True), ("bf16", False), ("bf16", True)])

@@ -67,8 +67,7 @@ def test_a_history_without_any_value_is_one_line(tmp_path):
     tables.write_history(history, pd.DataFrame({
         "epoch": [1, 2], "train_loss": [1.0, 1.0], "val_loss": [float("nan")] * 2,
         "val_acc": [float("nan")] * 2, "lr": [0.1, 0.1], "seconds": [1.0, 1.0], "images_per_s": [1.0, 1.0]}))
-    rc, lines = run("select", "--history", history, "--best-val-acc", tmp_path / "a.pt",
-                    "--best-val-loss", tmp_path / "b.pt", "--metric", "val_acc",
+    rc, lines = run("select", "--history", history, "--checkpoint", tmp_path / "a.pt", "--metric", "val_acc",
                     "--model-out", tmp_path / "model.pt", "--selection-out", tmp_path / "selection.json",
                     "--log-file", tmp_path / "select.log")
     assert_one_line(rc, lines, str(history), "val_acc is NaN")

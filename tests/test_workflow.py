@@ -68,7 +68,8 @@ def test_every_stage_wrote_its_files(finished):
     workdir, _, _ = finished
     run = workdir / "results/train/full/seed0"
     history = pd.read_csv(run / "history.csv")
-    assert list(history.columns) == ["epoch", "train_loss", "val_loss", "val_acc", "lr", "seconds", "images_per_s"]
+    assert list(history.columns) == ["epoch", "train_loss", "val_loss", "val_acc", "lr", "seconds", "images_per_s",
+                                     "val_balanced_acc", "val_macro_f1"]
     assert history["epoch"].tolist() == [1, 2]
     selection = yaml.safe_load((run / "selection.json").read_text())
     assert selection["metric"] == "val_acc" and selection["epoch"] in (1, 2) and "reason" in selection
@@ -93,9 +94,10 @@ def test_ablation_table_and_plots(finished):
     params = dict(zip(table["variant"], table["parameters"]))
     assert params["no_mlp"] < params["full"] == params["no_mixup"]  # each variant is what it claims
     assert table["test_acc_mean"].between(0, 1).all() and table["val_acc_mean"].between(0, 1).all()
-    assert {"val_diff", "val_ci_low", "test_mcnemar_p", "test_verdict"} <= set(table.columns)
+    assert {"val_acc_diff", "val_acc_ci_low", "test_p", "test_p_holm", "test_verdict",
+            "test_macro_f1_ci_high"} <= set(table.columns)
     markdown = (workdir / "results/ablation/table.md").read_text()
-    assert "no_mlp" in markdown and "McNemar" in markdown and " ± " in markdown
+    assert "no_mlp" in markdown and "Holm" in markdown and " ± " in markdown
     report = pd.read_csv(workdir / "results/ablation/classification_report_no_mlp.csv", dtype={"class": str})
     assert {"precision", "recall", "f1-score", "support"} <= set(report.columns)
     assert set(report["split"]) == {"val", "test"} and "11" in set(report["class"])

@@ -1,4 +1,5 @@
-"""The ablation table: every variant, mean and sd over seeds, and how sure each difference is."""
+"""The ablation table: every variant and ensemble, mean and sd over seeds, and how sure each
+difference from the reference is (stats.py; the procedure is described in docs/ablation.md)."""
 
 from __future__ import annotations
 
@@ -11,101 +12,137 @@ import pandas as pd
 from sklearn.metrics import classification_report
 
 from . import stats, tables
+from .errors import DataError
 from .io_utils import write_text
 from .logs import add_log_argument, setup_logging
 
 log = logging.getLogger("imageclf.ablation")
 
+SPLITS = ("val", "test")
+LABELS = {"acc": "acc", "balanced_acc": "bal. acc", "macro_f1": "macro-F1"}
+# Probabilities are stored to 6 decimals: a stored 0 stands for anything below 5e-7.
+PROB_FLOOR = 5e-7
 
-def load_runs(runs: list[dict]) -> tuple[pd.DataFrame, dict]:
-    """runs: one dict per (variant, seed) with the paths of its run.json ("run"), selection.json
-    ("selection") and predictions ("val", "test"). One row per run, and the prediction tables."""
+
+def labelled(frame: pd.DataFrame) -> bool:
+    return len(frame) > 0 and bool((frame["label"] != "").all())
+
+
+def class_indices(frame: pd.DataFrame, column: str, classes: list[str], path) -> np.ndarray:
+    position = {name: i for i, name in enumerate(classes)}
+    unknown = sorted(set(frame[column]) - set(position))
+    if unknown:
+        raise DataError(f"{path}: {column} holds classes the index lacks ({unknown[:3]}); rerun its predict job")
+    return frame[column].map(position).to_numpy()
+
+
+def cross_entropy(frame: pd.DataFrame) -> float:
+    """Plain cross-entropy (no label smoothing) of a prediction file's probabilities."""
+    columns = [f"{tables.PROB_PREFIX}{label}" for label in frame["label"]]
+    probs = frame[tables.probability_columns(frame)]
+    truth = probs.to_numpy()[np.arange(len(frame)), probs.columns.get_indexer(columns)]
+    return float(-np.log(np.clip(truth, PROB_FLOOR, None)).mean())
+
+
+def row_scores(preds: dict, classes: list[str], paths: dict) -> dict:
+    """Accuracy, balanced accuracy and macro-F1 of each labelled split, and the val loss, all
+    from the same prediction files."""
+    out = {"val_loss": cross_entropy(preds["val"])}
+    for split in SPLITS:
+        frame = preds[split]
+        if not labelled(frame):
+            out.update({f"{split}_{metric}": np.nan for metric in stats.METRICS})
+            continue
+        truth = class_indices(frame, "label", classes, paths[split])
+        pred = class_indices(frame, "pred_label", classes, paths[split])
+        out.update({f"{split}_{metric}": value for metric, value in stats.score(truth, pred, len(classes)).items()})
+    return out
+
+
+def load_rows(manifest: dict, classes: list[str]) -> tuple[pd.DataFrame, dict]:
+    """One row per run and per ensemble (kind "variant" or "ensemble"), and their predictions:
+    {(name, seed): {split: frame}} (an ensemble is seed 0)."""
     rows, predictions = [], {}
-    for paths in runs:
-        variant, seed = paths["variant"], int(paths["seed"])
-        run, selection = tables.read_run(paths["run"]), tables.read_selection(paths["selection"])
-        preds = {split: tables.read_predictions(paths[split]) for split in ("val", "test")}
-        predictions[variant, seed] = preds
-        test_known = preds["test"]["label"] != ""
+    for entry in manifest["runs"]:
+        variant, seed = entry["variant"], int(entry["seed"])
+        # one trained model, or one per fold under cross-validation: minutes add up, epochs average
+        models = [(tables.read_run(m["run"]), tables.read_selection(m["selection"])) for m in entry["models"]]
+        preds = predictions[variant, seed] = {split: tables.read_predictions(entry[split]) for split in SPLITS}
+        first_run, first_selection = models[0]
+        warnings = [f"fold {m['fold']}: {w}" if m["fold"] is not None else w
+                    for m, (_, selection) in zip(entry["models"], models) for w in tables.selection_warnings(selection)]
         rows.append({
-            "variant": variant, "seed": seed, "parameters": run["parameters"],
-            "selected_epoch": selection["epoch"], "select_metric": selection["metric"],
-            "val_acc": float((preds["val"]["label"] == preds["val"]["pred_label"]).mean()),
-            "val_loss": selection["val_loss"],
-            "test_acc": float((preds["test"]["label"] == preds["test"]["pred_label"])[test_known].mean())
-            if test_known.all() and len(test_known) else np.nan,
-            "train_minutes": run["train_minutes"], "config_hash": run["config_hash"],
-            "index_hash": run["index_hash"], "warnings": "; ".join(tables.selection_warnings(selection)),
+            "variant": variant, "seed": seed, "kind": "variant", "parameters": first_run["parameters"],
+            "selected_epoch": float(np.mean([selection["epoch"] for _, selection in models])),
+            "select_metric": first_selection["metric"], **row_scores(preds, classes, entry),
+            "train_minutes": float(sum(run["train_minutes"] for run, _ in models)),
+            "config_hash": first_run["config_hash"], "index_hash": first_run["index_hash"],
+            "warnings": "; ".join(warnings),
+        })
+    runs = pd.DataFrame(rows).set_index(["variant", "seed"], drop=False)
+    for entry in manifest["ensembles"]:
+        preds = predictions[entry["name"], 0] = {split: tables.read_predictions(entry[split]) for split in SPLITS}
+        members = runs.loc[[(m["variant"], int(m["seed"])) for m in entry["members"]]]
+        rows.append({
+            "variant": entry["name"], "seed": 0, "kind": "ensemble", "parameters": int(members["parameters"].sum()),
+            "selected_epoch": np.nan, "select_metric": "", **row_scores(preds, classes, entry),
+            "train_minutes": float(members["train_minutes"].sum()), "config_hash": "", "index_hash": "",
+            "warnings": "",
         })
     return pd.DataFrame(rows), predictions
 
 
-def ensemble_rows(ensembles: list[dict], runs: pd.DataFrame, predictions: dict) -> pd.DataFrame:
-    """One row per ensemble, shaped like a run's (seed 0), its predictions added to `predictions`.
-
-    ensembles: dicts with "name", "members" [(variant, seed)], and the "val" and "test" paths."""
-    rows = []
-    for spec in ensembles:
-        preds = {split: tables.read_predictions(spec[split]) for split in ("val", "test")}
-        predictions[spec["name"], 0] = preds
-        members = runs.set_index(["variant", "seed"]).loc[spec["members"]]
-        val, test = preds["val"], preds["test"]
-        truth = [f"{tables.PROB_PREFIX}{label}" for label in val["label"]]
-        probs = np.array([row[column] for (_, row), column in zip(val.iterrows(), truth)], dtype=float)
-        test_known = test["label"] != ""
-        rows.append({
-            "variant": spec["name"], "seed": 0, "parameters": int(members["parameters"].sum()),
-            "selected_epoch": np.nan, "select_metric": "", "kind": "ensemble",
-            "val_acc": float((val["label"] == val["pred_label"]).mean()),
-            "val_loss": float(-np.log(np.clip(probs, 1e-12, None)).mean()),  # plain cross-entropy
-            "test_acc": float((test["label"] == test["pred_label"])[test_known].mean())
-            if test_known.all() and len(test_known) else np.nan,
-            "train_minutes": float(members["train_minutes"].sum()), "config_hash": "", "index_hash": "",
-        })
-    return pd.DataFrame(rows)
+def aligned(predictions: dict, keys: list, split: str, classes: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """(labels, predicted class per row key and image), checked to cover the same labelled images."""
+    frames = [predictions[key][split] for key in keys]
+    for key, frame in zip(keys, frames):
+        if not frame[["image_name", "label"]].equals(frames[0][["image_name", "label"]]):
+            raise DataError(f"{key[0]} (seed {key[1]}): its {split} predictions cover other images or labels "
+                            f"than {keys[0][0]}'s; rerun its predict job")
+    labels = class_indices(frames[0], "label", classes, f"{keys[0][0]} {split} predictions")
+    return labels, np.stack([class_indices(f, "pred_label", classes, f"{k[0]} {split}") for k, f in zip(keys, frames)])
 
 
-def correctness(predictions, variant, seeds, split) -> np.ndarray:
-    """(seeds, images) array of 0/1, images in name order (the prediction files are sorted)."""
-    return np.stack([
-        (predictions[variant, s][split]["label"] == predictions[variant, s][split]["pred_label"]).to_numpy()
-        for s in seeds
-    ]).astype(float)
-
-
-def summarize(runs: pd.DataFrame, predictions, reference: str, samples: int) -> pd.DataFrame:
-    """One row per variant (and ensemble): mean and sd over its runs, and its difference from
-    `reference` on the same images with a paired bootstrap interval and McNemar's test."""
-    splits = ["val"] + (["test"] if runs["test_acc"].notna().all() else [])
-    reference_seeds = runs.loc[runs["variant"] == reference, "seed"].tolist()
-    rows = []
-    for variant, group in runs.groupby("variant", sort=False):
-        seeds = group["seed"].tolist()
-        kind = group["kind"].iloc[0] if "kind" in group and isinstance(group["kind"].iloc[0], str) else "variant"
-        row = {"variant": variant, "kind": kind, "runs": len(group),
+def summarize(rows: pd.DataFrame, predictions, reference: str, classes: list[str], samples: int) -> pd.DataFrame:
+    """One row per variant and ensemble: mean and sd over its runs, and its paired comparison with
+    the reference's runs on the same images (stats.compare), Holm-corrected per split."""
+    splits = [s for s in SPLITS if rows[f"{s}_acc"].notna().all()]
+    ref_keys = [(reference, int(s)) for s in rows.loc[rows["variant"] == reference, "seed"]]
+    out = []
+    for name, group in rows.groupby("variant", sort=False):
+        row = {"variant": name, "kind": group["kind"].iloc[0], "runs": len(group),
                "parameters": int(group["parameters"].iloc[0]),
+               "compared_with": "" if name == reference else f"{reference}'s {len(ref_keys)} run(s)",
                # the runs select did not trust (selection.json warnings); ensembles: none of their own
-               "flagged": ", ".join(f"seed{s}" for s, w in zip(seeds, group.get("warnings", [""] * len(group)))
+               "flagged": ", ".join(f"seed{s}" for s, w in zip(group["seed"], group["warnings"].fillna(""))
                                     if isinstance(w, str) and w)}
-        for metric in ("val_acc", "val_loss", "test_acc", "selected_epoch", "train_minutes"):
+        for metric in [f"{s}_{m}" for s in SPLITS for m in stats.METRICS] + ["val_loss", "selected_epoch",
+                                                                             "train_minutes"]:
             values = group[metric].astype(float)
             row[f"{metric}_mean"] = values.mean()
             row[f"{metric}_sd"] = values.std(ddof=1) if len(values) > 1 else np.nan
         for split in splits:
-            ref = correctness(predictions, reference, reference_seeds, split)
-            other = correctness(predictions, variant, seeds, split)
-            boot = stats.paired_bootstrap(ref, other, samples=samples)
-            test = stats.mcnemar_exact(stats.majority_correct(ref), stats.majority_correct(other))
-            # seed-to-seed noise is measured only where the reference or the variant has several runs
-            one_run_each = len(reference_seeds) == 1 and len(seeds) == 1  # an ensemble is one row too
-            row.update({
-                f"{split}_diff": boot["diff"], f"{split}_ci_low": boot["ci_low"],
-                f"{split}_ci_high": boot["ci_high"], f"{split}_mcnemar_p": test["p_value"],
-                f"{split}_verdict": "reference" if variant == reference
-                else stats.verdict(boot["ci_low"], boot["ci_high"], test["p_value"], seed_noise=not one_run_each),
-            })
-        rows.append(row)
-    return pd.DataFrame(rows)
+            if name == reference:
+                row[f"{split}_verdict"] = "reference"
+                continue
+            keys = ref_keys + [(name, int(s)) for s in group["seed"]]
+            labels, pred = aligned(predictions, keys, split, classes)
+            result = stats.compare(labels, pred[:len(ref_keys)], pred[len(ref_keys):], len(classes), samples)
+            for metric in stats.METRICS:
+                row.update({f"{split}_{metric}_{key}": value for key, value in result[metric].items()})
+            row[f"{split}_p"] = result["p"]
+        out.append(row)
+    table = pd.DataFrame(out)
+    for split in splits:
+        compared = table["variant"] != reference
+        table[f"{split}_p_holm"] = np.nan
+        table.loc[compared, f"{split}_p_holm"] = stats.holm(table.loc[compared, f"{split}_p"])
+        one_run_each = (table["runs"] == 1) & (len(ref_keys) == 1)
+        for i in table.index[compared]:
+            table.loc[i, f"{split}_verdict"] = stats.verdict(
+                table.loc[i, f"{split}_acc_ci_low"], table.loc[i, f"{split}_acc_ci_high"],
+                table.loc[i, f"{split}_p_holm"], seed_noise=not one_run_each[i])
+    return table
 
 
 def pct(mean, sd) -> str:
@@ -114,126 +151,162 @@ def pct(mean, sd) -> str:
     return f"{100 * mean:.2f}" + ("" if pd.isna(sd) else f" ± {100 * sd:.2f}")
 
 
-def markdown(table: pd.DataFrame, reference: str) -> str:
-    has_test = "test_diff" in table.columns
-    head = ["variant", "runs", "parameters", "val acc %", "val loss", "selected epoch", "train min"]
-    if has_test:
-        head.insert(5, "test acc %")
-    head += [f"{split} Δ vs {reference} (95% CI), McNemar p" for split in (["val", "test"] if has_test else ["val"])]
-    flagged = "flagged" in table and table["flagged"].fillna("").astype(bool).any()
-    if flagged:
-        head.append("untrusted runs")
+def interval(r, split: str, metric: str) -> str:
+    return (f"{100 * r[f'{split}_{metric}_diff']:+.2f} [{100 * r[f'{split}_{metric}_ci_low']:+.2f}, "
+            f"{100 * r[f'{split}_{metric}_ci_high']:+.2f}]")
+
+
+def markdown(table: pd.DataFrame, reference: str, spread: str = "", folds: int = 0) -> str:
+    """folds: cv.folds; under cross-validation the val columns are the out-of-fold predictions of
+    every labelled image, and are named so."""
+    splits = [s for s in SPLITS if f"{s}_p" in table.columns]
+    name = {"val": "oof" if folds else "val", "test": "test"}
+    head = ["variant", "runs", "parameters", f"{name['val']} acc %", f"{name['val']} loss"]
+    head += ["test acc %"] if "test" in splits else []
+    head += ["selected epoch", "train min"]
+    head += [f"{name[split]} Δ acc vs {reference} (95% CI); p (Holm)" for split in splits]
+    flagged = bool(table["flagged"].fillna("").astype(bool).any())
+    head += ["untrusted runs"] if flagged else []
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for _, r in table.iterrows():
         loss = f"{r.val_loss_mean:.4f}" + ("" if pd.isna(r.val_loss_sd) else f" ± {r.val_loss_sd:.4f}")
         epoch = "n/a" if pd.isna(r.selected_epoch_mean) else f"{r.selected_epoch_mean:.1f}"  # ensembles
-        cells = [r.variant, str(r.runs), f"{r.parameters:,}", pct(r.val_acc_mean, r.val_acc_sd), loss,
-                 epoch, f"{r.train_minutes_mean:.1f}"]
-        if has_test:
-            cells.insert(5, pct(r.test_acc_mean, r.test_acc_sd))
-        for split in (["val", "test"] if has_test else ["val"]):
-            if r.variant == reference:
-                cells.append("reference")
-            else:
-                cells.append(
-                    f"{100 * r[f'{split}_diff']:+.2f} [{100 * r[f'{split}_ci_low']:+.2f}, "
-                    f"{100 * r[f'{split}_ci_high']:+.2f}], p = {r[f'{split}_mcnemar_p']:.3g}: {r[f'{split}_verdict']}"
-                )
-        if flagged:
-            cells.append(r.flagged if isinstance(r.flagged, str) and r.flagged else "none")
+        cells = [r.variant, str(r.runs), f"{r.parameters:,}", pct(r.val_acc_mean, r.val_acc_sd), loss]
+        cells += [pct(r.test_acc_mean, r.test_acc_sd)] if "test" in splits else []
+        cells += [epoch, f"{r.train_minutes_mean:.1f}"]
+        for split in splits:
+            cells.append("reference" if r.variant == reference else
+                         f"{interval(r, split, 'acc')}; p = {r[f'{split}_p']:.2g} ({r[f'{split}_p_holm']:.2g}): "
+                         f"{r[f'{split}_verdict']}")
+        cells += [r.flagged if isinstance(r.flagged, str) and r.flagged else "none"] if flagged else []
         lines.append("| " + " | ".join(cells) + " |")
-    seeds = int(table.loc[table["kind"] == "variant", "runs"].max())
-    lines += [
-        "",
-        f"Mean ± sd over {seeds} seed(s) per variant. Δ: accuracy of the variant minus {reference}, in points, "
-        "with a 95 % paired bootstrap interval (images resampled"
-        + (", seeds too" if seeds > 1 else "") + "). McNemar: exact two-sided test on the paired "
-        "right/wrong outcomes" + (" (per image, right in most seeds)" if seeds > 1 else "") + ". "
-        + ("A difference counts as beyond noise only when the interval excludes 0 and p < 0.05."
-           if seeds > 1 else
-           "With one run per variant, the interval and p cover the sampling of images only: seed-to-seed "
-           "noise is unmeasured, and one training run can differ from another by as much. Train several "
-           "seeds (`seeds`) before calling a difference real."),
-    ]
     if flagged:
         lines += ["", "Untrusted runs: select flagged them (val accuracy no better than chance, or a train loss "
                   "that ended far above where it started); their numbers are in the rows above all the same. "
                   "Why: each run's selection.json (`warnings`)."]
-    ensembles = table[table["kind"] == "ensemble"]
-    if len(ensembles):
-        lines.append("")
-        lines.append("Ensembles (" + ", ".join(ensembles["variant"]) + "): the mean class probabilities of their "
-                     "member runs, one prediction per image; parameters and train minutes are their members' sums, "
-                     "and val loss is the plain cross-entropy of the averaged probabilities.")
+    lines += ["", "Balanced accuracy and macro-F1 (same predictions, same paired intervals):", ""]
+    head = ["variant"] + [f"{name[s]} {LABELS[m]} %" for s in splits for m in ("balanced_acc", "macro_f1")]
+    head += [f"{name[s]} Δ {LABELS[m]} (95% CI)" for s in splits for m in ("balanced_acc", "macro_f1")]
+    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for _, r in table.iterrows():
+        cells = [r.variant] + [pct(r[f"{s}_{m}_mean"], r[f"{s}_{m}_sd"]) for s in splits
+                               for m in ("balanced_acc", "macro_f1")]
+        cells += ["reference" if r.variant == reference else interval(r, s, m) for s in splits
+                  for m in ("balanced_acc", "macro_f1")]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", footnote(table, reference, splits, folds) + spread]
     return "\n".join(lines) + "\n"
 
 
-def class_reports(predictions, variants, seeds, classes, out_dir) -> None:
-    """scikit-learn's per-class precision/recall/F1 on val (and test when labelled), per variant."""
-    for variant in variants:
+def spread_check(rows: pd.DataFrame, predictions, splits: list[str]) -> str:
+    """One sentence per split: the sd of run accuracy over seeds, pooled over the variants with
+    several runs, against what independent per-image disagreement predicts (docs/ablation.md)."""
+    observed_sd, expected_sd = [], []
+    for split in splits:
+        observed = expected = weight = 0.0
+        for name, group in rows[rows["kind"] == "variant"].groupby("variant", sort=False):
+            if len(group) < 2:
+                continue
+            frames = [predictions[name, int(s)][split] for s in group["seed"]]
+            obs, exp = stats.seed_spread([(f["label"] == f["pred_label"]).to_numpy() for f in frames])
+            observed, expected, weight = observed + (len(group) - 1) * obs, expected + (len(group) - 1) * exp, \
+                weight + len(group) - 1
+        if weight:
+            observed_sd.append(f"{100 * np.sqrt(observed / weight):.2f} on {split}")
+            expected_sd.append(f"{100 * np.sqrt(expected / weight):.2f}")
+    if not observed_sd:
+        return ""
+    return (" **Seed spread**: the sd of a run's accuracy over seeds, pooled over the variants with several "
+            f"runs, is {' and '.join(observed_sd)} (points), where image-by-image disagreement alone predicts "
+            f"{' and '.join(expected_sd)}; far above that, runs differ as a whole and the p-values are too small.")
+
+
+def footnote(table: pd.DataFrame, reference: str, splits: list[str], folds: int = 0) -> str:
+    variants = table[table["kind"] == "variant"]
+    seeds = int(variants["runs"].max())
+    compared = int((table["variant"] != reference).sum())
+    text = (
+        f"Each column, one definition. **acc, bal. acc, macro-F1**: of the row's prediction files (with "
+        f"`predict.tta`'s views; an ensemble's are its averaged probabilities), mean ± sd over its runs. "
+        f"**val loss**: the plain cross-entropy (no label smoothing) of the same val predictions' "
+        f"probabilities, runs and ensembles alike (stored to 6 decimals; a stored 0 counts as {PROB_FLOOR:g}). "
+        f"**selected epoch**: the epoch `select.metric` chose. **Δ**: the row minus {reference}, in points: "
+        f"per image, the row's mean correctness over its runs minus {reference}'s over its {seeds} run(s); "
+        f"a variant's runs against {reference}'s runs, an ensemble (one prediction per image) against "
+        f"single runs of {reference}. **95% CI**: percentile bootstrap over images, the same images for "
+        f"both sides. **p**: sign-flip permutation test over images of the per-image difference in "
+        f"accuracy; in brackets Holm-adjusted over the {compared} comparisons of each split. A difference is "
+        f"beyond noise when the adjusted p < 0.05 and the interval excludes 0 (docs/ablation.md)."
+    )
+    if folds:
+        text = (f"**Cross-validation** ({folds} folds): **oof** is every labelled image (train/ and val/) "
+                f"predicted by the fold model that did not train on it; a run's **test** predictions are the "
+                f"mean of its {folds} fold models' probabilities, its **selected epoch** their mean, its **train "
+                f"min** their sum. Each fold model selected its checkpoint on its own held-out fold, which makes "
+                f"out-of-fold accuracy slightly optimistic, equally for every variant. ") + text.replace(
+                    "val predictions", "out-of-fold predictions")
+    if seeds == 1:
+        text += (" With one run per variant, runs that differ as a whole (not image by image) are not "
+                 "covered: seed-to-seed noise is unmeasured. Train several seeds (`seeds`) before calling "
+                 "a difference real.")
+    ensembles = table[table["kind"] == "ensemble"]
+    if len(ensembles):
+        text += (" Ensembles (" + ", ".join(ensembles["variant"]) + "): the mean class probabilities of their "
+                 "member runs; parameters and train minutes are their members' sums.")
+    return text
+
+
+def class_reports(manifest: dict, predictions, classes, out_dir) -> None:
+    """Per variant: scikit-learn's per-class precision/recall/F1 on val (and test when labelled),
+    over its seeds, and each class's accuracy with a 95 % interval and whether it is surely below
+    the other classes (stats.class_accuracy)."""
+    seeds = {}
+    for entry in manifest["runs"]:
+        seeds.setdefault(entry["variant"], []).append(int(entry["seed"]))
+    for variant, variant_seeds in seeds.items():
         rows = []
-        for split in ("val", "test"):
-            frames = [predictions[variant, s][split] for s in seeds]
-            if any((f["label"] == "").any() for f in frames):
+        for split in SPLITS:
+            frames = [predictions[variant, s][split] for s in variant_seeds]
+            if not all(labelled(f) for f in frames):
                 continue
             truth = pd.concat([f["label"] for f in frames])
             pred = pd.concat([f["pred_label"] for f in frames])
             report = classification_report(truth, pred, labels=classes, output_dict=True, zero_division=0)
+            correct = np.stack([(f["label"] == f["pred_label"]).to_numpy() for f in frames])
+            accuracy = {row["class"]: row for row in stats.class_accuracy(frames[0]["label"], correct, classes)}
             for name, values in report.items():
                 if isinstance(values, dict):
-                    rows.append({"split": split, "class": name, **values})
+                    extra = {k: v for k, v in accuracy.get(name, {}).items() if k not in ("class", "images")}
+                    rows.append({"split": split, "class": name, **values, **extra})
         tables.write_table(Path(out_dir) / f"classification_report_{variant}.csv", pd.DataFrame(rows))
 
 
-def run(runs: list[dict], reference, classes_csv, out_dir, samples: int, ensembles: list[dict] = ()) -> pd.DataFrame:
-    """runs: see load_runs; ensembles: see ensemble_rows. Writes runs.csv, table.csv, table.md and a
-    classification report per variant into out_dir."""
-    runs_frame, predictions = load_runs(runs)
-    variants = list(dict.fromkeys(r["variant"] for r in runs))
-    seeds = list(dict.fromkeys(int(r["seed"]) for r in runs))
-    runs_frame["kind"] = "variant"
-    every = pd.concat([runs_frame, ensemble_rows(list(ensembles), runs_frame, predictions)], ignore_index=True)
-    table = summarize(every, predictions, reference, samples)
+def run(manifest_path, reference: str, out_dir, samples: int) -> pd.DataFrame:
+    """Writes runs.csv, table.csv, table.md and a classification report per variant into out_dir."""
+    manifest = tables.read_manifest(manifest_path)
+    classes = tables.read_classes(manifest["index"]["classes"])
+    rows, predictions = load_rows(manifest, classes)
+    if reference not in set(rows.loc[rows["kind"] == "variant", "variant"]):
+        raise DataError(f"{manifest_path}: ablation.reference '{reference}' has no runs in the manifest")
+    table = summarize(rows, predictions, reference, classes, samples)
     out_dir = Path(out_dir)
-    tables.write_table(out_dir / "runs.csv", runs_frame)
+    tables.write_table(out_dir / "runs.csv", rows[rows["kind"] == "variant"].drop(columns="kind"))
     tables.write_table(out_dir / "table.csv", table)
-    write_text(out_dir / "table.md", markdown(table, reference))
-    class_reports(predictions, variants, seeds, tables.read_classes(classes_csv), out_dir)
-    log.info("ablation table:\n%s", markdown(table, reference))
+    text = markdown(table, reference, spread_check(rows, predictions, [s for s in SPLITS if f"{s}_p" in table]),
+                    manifest["cv"]["folds"])
+    write_text(out_dir / "table.md", text)
+    class_reports(manifest, predictions, classes, out_dir)
+    log.info("ablation table:\n%s", text)
     return table
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="imageclf ablation", description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", nargs="+", required=True, metavar="VARIANT:SEED",
-                        help="the runs; the path lists below follow this order")
-    for name, what in (("run-records", "run.json"), ("selections", "selection.json"),
-                       ("val-predictions", "val predictions"), ("test-predictions", "test predictions")):
-        parser.add_argument(f"--{name}", nargs="+", required=True, help=f"{what} of each run")
+    parser.add_argument("--manifest", required=True, help="the workflow's manifest (results/manifest.json)")
     parser.add_argument("--reference", required=True)
-    parser.add_argument("--classes", required=True, help="classes.csv of the index")
     parser.add_argument("--out-dir", required=True)
     parser.add_argument("--bootstrap-samples", type=int, required=True)
-    parser.add_argument("--ensembles", nargs="*", default=[], metavar="NAME=VARIANT:SEED,...",
-                        help="ensembles and their member runs; their prediction files follow in this order")
-    parser.add_argument("--ensemble-val-predictions", nargs="*", default=[])
-    parser.add_argument("--ensemble-test-predictions", nargs="*", default=[])
     add_log_argument(parser)
     args = parser.parse_args(argv)
     setup_logging(args.log_file)
-    lists = (args.run_records, args.selections, args.val_predictions, args.test_predictions)
-    if any(len(paths) != len(args.runs) for paths in lists):
-        parser.error("give one path per run in each list")
-    runs = []
-    for spec, record, selection, val, test in zip(args.runs, *lists):
-        variant, seed = spec.rsplit(":", 1)
-        runs.append({"variant": variant, "seed": int(seed), "run": record, "selection": selection,
-                     "val": val, "test": test})
-    if not len(args.ensembles) == len(args.ensemble_val_predictions) == len(args.ensemble_test_predictions):
-        parser.error("give val and test predictions for each ensemble")
-    ensembles = []
-    for spec, val, test in zip(args.ensembles, args.ensemble_val_predictions, args.ensemble_test_predictions):
-        name, members = spec.split("=", 1)
-        pairs = [member.rsplit(":", 1) for member in members.split(",")]
-        ensembles.append({"name": name, "members": [(v, int(s)) for v, s in pairs], "val": val, "test": test})
-    run(runs, args.reference, args.classes, args.out_dir, args.bootstrap_samples, ensembles)
+    run(args.manifest, args.reference, args.out_dir, args.bootstrap_samples)

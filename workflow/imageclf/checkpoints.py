@@ -42,7 +42,7 @@ class Keeper:
 
     def __init__(self, folder, best: dict | None = None):
         self.folder = Path(folder)
-        self.best: dict[str, float | None] = dict(best) if best else {metric: None for metric in KEPT}
+        self.best: dict[str, float | None] = {**{metric: None for metric in KEPT}, **(best or {})}
 
     def path(self, metric: str) -> Path:
         return self.folder / f"best_{metric}.pt"
@@ -165,4 +165,5 @@ def restore(state: dict, model, optimizer, scheduler, scaler, ema) -> tuple[list
         scaler.load_state_dict(state["scaler"])
     if ema is not None:
         ema.load_state_dict(state["ema"])
-    return list(state["history"]), dict(state["best"]), int(state["epoch"]) + 1
+    best = {**{metric: None for metric in KEPT}, **state["best"]}  # older states lack newer metrics
+    return list(state["history"]), best, int(state["epoch"]) + 1

@@ -24,7 +24,7 @@ STAGES = {
     "predict": ("predict", "main", "predict one split with a selected checkpoint"),
     "ensemble": ("ensemble", "main", "average the class probabilities of several runs"),
     "submission": ("submission", "main", "write submission.csv and submission.zip"),
-    "ablation": ("ablation", "main", "the ablation table: accuracy per variant, CIs, McNemar"),
+    "ablation": ("ablation", "main", "the ablation table: every variant and ensemble, paired CIs, Holm-corrected p"),
     "plots": ("plots", "main", "curves, confusion matrix, worst classes, error gallery"),
 }
 

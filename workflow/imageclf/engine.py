@@ -10,6 +10,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from . import stats
 from .errors import ConfigError, TrainingDiverged
 
 log = logging.getLogger("imageclf.engine")
@@ -306,10 +307,16 @@ def predict_probabilities(model, loader, device, precision: str = "fp32", channe
     return torch.cat(probs).numpy(), torch.cat(targets).numpy()
 
 
+# Per-epoch metrics beyond val_loss and val_acc: history.csv columns that select.metric may pick.
+CLASS_METRICS = {"val_balanced_acc": "balanced_acc", "val_macro_f1": "macro_f1"}
+
+
 def evaluate(model, loader, device, precision: str = "fp32", channels_last: bool = False) -> dict:
-    """Plain cross-entropy (no smoothing) and accuracy on a labelled split."""
+    """Plain cross-entropy (no smoothing), accuracy, balanced accuracy and macro-F1 on a labelled
+    split (the last two as the ablation table computes them: stats.score)."""
     probs, targets = predict_probabilities(model, loader, device, precision, channels_last)
     log_probs = torch.log(torch.from_numpy(probs).clamp_min(1e-12))
     loss = F.nll_loss(log_probs, torch.from_numpy(targets).long()).item()
     acc = float((probs.argmax(1) == targets).mean())
-    return {"val_loss": loss, "val_acc": acc}
+    scores = stats.score(targets, probs.argmax(1), probs.shape[1])
+    return {"val_loss": loss, "val_acc": acc, **{name: scores[key] for name, key in CLASS_METRICS.items()}}

@@ -45,10 +45,13 @@ def run(member_paths: list[str], classes_csv, out_csv) -> pd.DataFrame:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="imageclf ensemble", description=__doc__.splitlines()[0])
-    parser.add_argument("--members", nargs="+", required=True, help="prediction CSVs of the member runs")
-    parser.add_argument("--classes", required=True)
+    parser.add_argument("--manifest", required=True, help="the workflow's manifest (results/manifest.json)")
+    parser.add_argument("--name", required=True, help="the ensemble, as named in the manifest")
+    parser.add_argument("--split", required=True, choices=["val", "test"])
     parser.add_argument("--out", required=True)
     add_log_argument(parser)
     args = parser.parse_args(argv)
     setup_logging(args.log_file)
-    run(args.members, args.classes, args.out)
+    manifest = tables.read_manifest(args.manifest)
+    entry = tables.manifest_ensemble(manifest, args.name)
+    run([member[args.split] for member in entry["members"]], manifest["index"]["classes"], args.out)

@@ -14,7 +14,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from sklearn.metrics import confusion_matrix  # noqa: E402
 
-from . import tables  # noqa: E402
+from . import stats, tables  # noqa: E402
 from .images import open_image  # noqa: E402
 from .io_utils import atomic_path  # noqa: E402
 from .logs import add_log_argument, setup_logging  # noqa: E402
@@ -28,13 +28,14 @@ def save(fig, path) -> None:
     plt.close(fig)
 
 
-def plot_curves(histories: dict[tuple[str, int], pd.DataFrame], out_path) -> None:
-    """Training loss and validation accuracy per epoch; one colour per variant, one line per seed."""
+def plot_curves(histories: dict[tuple, pd.DataFrame], out_path) -> None:
+    """Training loss and validation accuracy per epoch; one colour per variant, one line per
+    trained model (seed, and fold under cross-validation). Keys: (variant, seed[, fold])."""
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(12, 4.5))
     variants = list(dict.fromkeys(v for v, _ in histories))
     colours = plt.cm.tab10(np.linspace(0, 1, 10))
     for i, variant in enumerate(variants):
-        for j, ((v, seed), history) in enumerate((k, h) for k, h in histories.items() if k[0] == variant):
+        for j, history in enumerate(h for k, h in histories.items() if k[0] == variant):
             label = variant if j == 0 else None
             ax_loss.plot(history["epoch"], history["train_loss"], color=colours[i % 10], label=label, alpha=0.8)
             ax_loss.plot(history["epoch"], history["val_loss"], color=colours[i % 10], ls="--", alpha=0.5)
@@ -48,15 +49,20 @@ def plot_curves(histories: dict[tuple[str, int], pd.DataFrame], out_path) -> Non
 
 
 def per_class_errors(pred: pd.DataFrame, classes: list[str]) -> pd.DataFrame:
-    """Error rate per class and the class it is most often mistaken for."""
+    """Error rate per class with its 95 % interval, whether the class is surely worse than the
+    others (stats.class_accuracy: one-sided test, Holm-corrected across classes), and the class it
+    is most often mistaken for."""
+    accuracy = stats.class_accuracy(pred["label"], [(pred["label"] == pred["pred_label"]).to_numpy()], classes)
     rows = []
-    for name in classes:
+    for name, acc in zip(classes, accuracy):
         members = pred[pred["label"] == name]
         wrong = members[members["pred_label"] != name]
         confusion = wrong["pred_label"].value_counts()
         rows.append({
             "class": name, "images": len(members), "errors": len(wrong),
             "error_rate": len(wrong) / len(members) if len(members) else np.nan,
+            "error_ci_low": 1 - acc["acc_ci_high"], "error_ci_high": 1 - acc["acc_ci_low"],
+            "p_worse_holm": acc["p_worse_holm"], "surely_worse": acc["surely_worse"],
             "most_confused_with": confusion.index[0] if len(confusion) else "",
             "confusions": int(confusion.iloc[0]) if len(confusion) else 0,
         })
@@ -93,13 +99,17 @@ def plot_confusion(pred: pd.DataFrame, classes: list[str], errors: pd.DataFrame,
 
 
 def plot_worst(errors: pd.DataFrame, title: str, out_path, count: int = 10) -> None:
+    """Bars with 95 % intervals; dark red: surely worse than the other classes."""
     worst = errors.head(count).iloc[::-1]
     fig, ax = plt.subplots(figsize=(7, 0.45 * len(worst) + 1.5))
-    ax.barh([str(c) for c in worst["class"]], 100 * worst["error_rate"], color="tab:red")
+    spread = [100 * (worst["error_rate"] - worst["error_ci_low"]), 100 * (worst["error_ci_high"] - worst["error_rate"])]
+    ax.barh([str(c) for c in worst["class"]], 100 * worst["error_rate"], xerr=spread, capsize=2,
+            color=["darkred" if sure else "lightcoral" for sure in worst["surely_worse"]])
     for y, (_, r) in enumerate(worst.iterrows()):
         note = f" {r.errors}/{r.images}" + (f", mostly as {r.most_confused_with}" if r.most_confused_with else "")
-        ax.text(100 * r.error_rate, y, note, va="center", fontsize=8)
-    ax.set(xlabel="error rate %", ylabel="class", title=title, xlim=(0, 119))
+        ax.text(100 * r.error_ci_high, y, note + (", surely worse" if r.surely_worse else ""), va="center", fontsize=8)
+    ax.set(xlabel="error rate % (95 % interval; dark: surely worse than the other classes)", ylabel="class",
+           title=title, xlim=(0, 139))
     save(fig, out_path)
 
 
@@ -123,12 +133,16 @@ def plot_gallery(pred: pd.DataFrame, index: pd.DataFrame, worst: list[str], out_
     save(fig, out_path)
 
 
-def run(histories: dict, val_predictions, test_predictions, val_index, classes_csv, out_dir) -> None:
-    """histories: {(variant, seed): history.csv path}; predictions of the submitted run."""
+def run(manifest_path, out_dir) -> None:
+    """Curves of every run of the manifest; the rest from its submitted predictions."""
+    manifest = tables.read_manifest(manifest_path)
     out_dir = Path(out_dir)
-    classes = tables.read_classes(classes_csv)
-    plot_curves({key: tables.read_history(path) for key, path in histories.items()}, out_dir / "curves.png")
-    test, val = tables.read_predictions(test_predictions), tables.read_predictions(val_predictions)
+    classes = tables.read_classes(manifest["index"]["classes"])
+    histories = {(entry["variant"], int(entry["seed"]), model["fold"]): tables.read_history(model["history"])
+                 for entry in manifest["runs"] for model in entry["models"]}
+    plot_curves(histories, out_dir / "curves.png")
+    submitted = manifest["submitted"]
+    test, val = tables.read_predictions(submitted["test"]), tables.read_predictions(submitted["val"])
     split = "test" if (test["label"] != "").all() and len(test) else "val"
     pred = test if split == "test" else val
     errors = per_class_errors(pred, classes)
@@ -137,26 +151,16 @@ def run(histories: dict, val_predictions, test_predictions, val_index, classes_c
     plot_confusion(pred, classes, errors, f"Confusion matrix, submitted model, {split} ({100 * acc:.1f} % right)",
                    out_dir / "confusion_matrix.png")
     plot_worst(errors, f"Ten worst classes by {split} error rate", out_dir / "worst_classes.png")
-    plot_gallery(val, tables.read_index(val_index), errors["class"].head(10).tolist(), out_dir / "error_gallery.png")
+    plot_gallery(val, tables.read_index(manifest["index"]["val"]), errors["class"].head(10).tolist(),
+                 out_dir / "error_gallery.png")
     log.info("plots written to %s (confusion and worst classes on %s)", out_dir, split)
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="imageclf plots", description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", nargs="+", required=True, metavar="VARIANT:SEED")
-    parser.add_argument("--histories", nargs="+", required=True, help="history.csv of each run, in --runs order")
-    parser.add_argument("--val-predictions", required=True, help="the submitted run's val predictions")
-    parser.add_argument("--test-predictions", required=True, help="the submitted run's test predictions")
-    parser.add_argument("--val-index", required=True)
-    parser.add_argument("--classes", required=True)
+    parser.add_argument("--manifest", required=True, help="the workflow's manifest (results/manifest.json)")
     parser.add_argument("--out-dir", required=True)
     add_log_argument(parser)
     args = parser.parse_args(argv)
     setup_logging(args.log_file)
-    if len(args.runs) != len(args.histories):
-        parser.error("give one history per run")
-    histories = {}
-    for spec, path in zip(args.runs, args.histories):
-        variant, seed = spec.rsplit(":", 1)
-        histories[variant, int(seed)] = path
-    run(histories, args.val_predictions, args.test_predictions, args.val_index, args.classes, args.out_dir)
+    run(args.manifest, args.out_dir)

@@ -16,7 +16,9 @@ from .models import load_checkpoint_file
 
 log = logging.getLogger("imageclf.select")
 
-GOAL = {"val_acc": "max", "val_loss": "min"}
+# Training keeps the best checkpoint by each of these (train.KEPT); balanced accuracy and macro-F1
+# weigh every class alike, for imbalanced data (history.csv columns from engine.evaluate).
+GOAL = {"val_acc": "max", "val_loss": "min", "val_balanced_acc": "max", "val_macro_f1": "max"}
 
 
 def best_epoch(history: pd.DataFrame, metric: str, where="history.csv") -> tuple[int, str]:
@@ -59,12 +61,16 @@ def garbage_flags(history: pd.DataFrame, val_acc: float, val_labels: pd.Series, 
     return flags
 
 
-def select(history_path, checkpoints: dict, metric: str, model_out, selection_out, val_index=None) -> dict:
-    """checkpoints: {metric: path of the checkpoint training kept for it}. val_index: val.csv of the
-    index, for the chance level that the choice is checked against (selection.json: warnings)."""
+def select(history_path, checkpoint, metric: str, model_out, selection_out, val_index=None) -> dict:
+    """checkpoint: the one training kept for `metric` (checkpoints/best_<metric>.pt). val_index:
+    val.csv of the index, for the chance level that the choice is checked against
+    (selection.json: warnings)."""
     history = tables.read_history(history_path)
+    if metric not in history:
+        raise DataError(f"{history_path}: has no {metric} column (trained by an older version); retrain this run "
+                        "(delete its folder) or set select.metric to val_acc or val_loss")
     epoch, weights = best_epoch(history, metric, history_path)
-    source = checkpoints[metric]
+    source = checkpoint
     checkpoint = load_checkpoint_file(source)
     meta = checkpoint.get("meta", {}) if isinstance(checkpoint, dict) else {}
     saved = (meta.get("epoch"), meta.get("weights", "model"))
@@ -76,10 +82,11 @@ def select(history_path, checkpoints: dict, metric: str, model_out, selection_ou
     row = history.loc[history["epoch"] == epoch].iloc[0]
     suffix = "_ema" if weights == "ema" else ""
     copy_file(source, model_out)
-    other = "val_loss" if metric == "val_acc" else "val_acc"
+    other = "val_acc" if metric == "val_loss" else "val_loss"
     selection = {
         "metric": metric, "epoch": epoch, "weights": weights, "epochs_trained": int(history["epoch"].max()),
         "val_acc": float(row["val_acc" + suffix]), "val_loss": float(row["val_loss" + suffix]),
+        **({metric: float(row[metric + suffix])} if metric not in ("val_acc", "val_loss") else {}),
         "reason": f"epoch {epoch}{' (EMA weights)' if suffix else ''} has the {GOAL[metric]}imum {metric} "
                   f"({row[metric + suffix]:.4f}) of {len(history)} epochs; its {other} is {row[other + suffix]:.4f}",
         "source": str(source),
@@ -97,8 +104,7 @@ def select(history_path, checkpoints: dict, metric: str, model_out, selection_ou
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="imageclf select", description=__doc__.splitlines()[0])
     parser.add_argument("--history", required=True)
-    parser.add_argument("--best-val-acc", required=True, help="checkpoint of the best val_acc epoch")
-    parser.add_argument("--best-val-loss", required=True, help="checkpoint of the best val_loss epoch")
+    parser.add_argument("--checkpoint", required=True, help="the checkpoint training kept for --metric")
     parser.add_argument("--metric", required=True, choices=sorted(GOAL))
     parser.add_argument("--model-out", required=True)
     parser.add_argument("--selection-out", required=True)
@@ -106,5 +112,4 @@ def main(argv=None) -> None:
     add_log_argument(parser)
     args = parser.parse_args(argv)
     setup_logging(args.log_file)
-    select(args.history, {"val_acc": args.best_val_acc, "val_loss": args.best_val_loss}, args.metric,
-           args.model_out, args.selection_out, args.val_index)
+    select(args.history, args.checkpoint, args.metric, args.model_out, args.selection_out, args.val_index)

@@ -1,73 +1,212 @@
-"""How sure is a difference in accuracy? Paired bootstrap intervals and McNemar's exact test."""
+"""How sure is a difference? One paired procedure for every row of the ablation table.
+
+Each row compares an arm (a variant's runs, or one ensemble) with the reference's runs on the same
+images. Per image i, d_i = (mean correctness over the arm's runs) - (mean over the reference's
+runs); the row's difference is the mean of d_i. Runs of one recipe disagree on an image because of
+their seeds, so d_i already carries the seed noise on that image, and images are independent of
+one another: resampling or sign-flipping whole images covers the noise of both the images and the
+seeds, for any number of seeds (one included), and for an ensemble against single runs alike.
+
+- p-value: a sign-flip permutation test of mean(d) = 0 (exact when both arms have the same
+  number of runs and are equal in distribution; a large-sample test otherwise).
+- interval: a percentile bootstrap over images, of accuracy, balanced accuracy and macro-F1.
+- Holm's step-down correction across the rows of one table.
+
+tests/test_stats.py measures the error rates by simulation (docs/ablation.md gives the figures).
+"""
 
 from __future__ import annotations
 
-from math import comb
-
 import numpy as np
+from scipy.stats import binom, norm
+from threadpoolctl import threadpool_limits  # a dependency of scikit-learn
+
+METRICS = ("acc", "balanced_acc", "macro_f1")
+CHUNK = 256  # resamples per block: bounds memory at CHUNK x images
 
 
-def mcnemar_exact(correct_ref, correct_other) -> dict:
-    """Two-sided exact McNemar test on paired right/wrong outcomes of the same images.
-
-    Only discordant pairs count: b = reference right and other wrong, c = the reverse. Under the
-    null hypothesis b ~ Binomial(b + c, 1/2).
-    """
-    ref = np.asarray(correct_ref, dtype=bool)
-    other = np.asarray(correct_other, dtype=bool)
-    if ref.shape != other.shape:
-        raise ValueError("paired outcomes must have the same length")
-    b = int(np.sum(ref & ~other))
-    c = int(np.sum(~ref & other))
-    n = b + c
-    if n == 0:
-        return {"b": b, "c": c, "p_value": 1.0}
-    tail = sum(comb(n, k) for k in range(min(b, c) + 1)) / 2**n
-    return {"b": b, "c": c, "p_value": min(1.0, 2 * tail)}
-
-
-def paired_bootstrap(correct_ref, correct_other, samples: int, seed: int = 0,
-                     level: float = 0.95) -> dict:
-    """Accuracy difference (other - reference) with a percentile bootstrap interval.
-
-    Inputs are (seeds, images) arrays of 0/1 outcomes, the same images in the same order (a 1-D
-    array is one seed). Each replicate resamples images with replacement and, when there are
-    several seeds, the seeds too, so the interval covers both test-set and training noise.
-    """
+def image_differences(correct_ref, correct_other) -> np.ndarray:
+    """d_i: the arm's mean correctness on image i minus the reference's, over their runs.
+    Inputs: (runs, images) arrays of 0/1 (a 1-D array is one run), the same images in order."""
     ref = np.atleast_2d(np.asarray(correct_ref, dtype=float))
     other = np.atleast_2d(np.asarray(correct_other, dtype=float))
     if ref.shape[1] != other.shape[1]:
         raise ValueError("paired outcomes must cover the same images")
+    return other.mean(axis=0) - ref.mean(axis=0)
+
+
+def sign_flip_p(differences, samples: int, seed: int = 0):
+    """Two-sided p-value of mean(d) = 0: each image's d_i keeps or flips its sign at random,
+    (1 + resamples at least as extreme) / (1 + samples), so never 0. differences: (images,) or
+    (rows, images), one p per row (rows share the random signs; each p is valid on its own)."""
+    d = np.asarray(differences, dtype=float)
+    rows = np.atleast_2d(d)
+    if d.ndim == 1:
+        rows = rows[:, d != 0]  # images where the arms agree add nothing either way
+    if rows.shape[1] == 0:
+        return 1.0
+    observed = np.abs(rows.sum(1)) - 1e-9 * rows.shape[1]  # tolerance: float sums of thirds, ...
     rng = np.random.default_rng(seed)
-    n_images = ref.shape[1]
-    diffs = np.empty(samples)
-    for i in range(samples):
-        images = rng.integers(0, n_images, n_images)
-        ref_seeds = rng.integers(0, ref.shape[0], ref.shape[0])
-        other_seeds = rng.integers(0, other.shape[0], other.shape[0])
-        diffs[i] = other[np.ix_(other_seeds, images)].mean() - ref[np.ix_(ref_seeds, images)].mean()
+    extreme = np.zeros(len(rows))
+    with threadpool_limits(1):  # small blocks: BLAS threads cost more than they give on a busy CPU
+        for start in range(0, samples, CHUNK):
+            signs = rng.integers(0, 2, (min(CHUNK, samples - start), rows.shape[1])) * 2.0 - 1
+            extreme += np.sum(np.abs(rows @ signs.T) >= observed[:, None], axis=1)
+    p = (1 + extreme) / (1 + samples)
+    return float(p[0]) if d.ndim == 1 else p
+
+
+def _bootstrap_counts(rng, n_images: int, size: int) -> np.ndarray:
+    """(size, n_images): how often each image is drawn in each resample (with replacement)."""
+    draws = rng.integers(0, n_images, (size, n_images)) + np.arange(size)[:, None] * n_images
+    return np.bincount(draws.ravel(), minlength=size * n_images).reshape(size, n_images).astype(float)
+
+
+def mean_interval(differences, samples: int, seed: int = 0, level: float = 0.95):
+    """Percentile bootstrap interval (low, high) of mean(d), images resampled: the accuracy
+    interval of paired_bootstrap (same seed, same resamples). (rows, images): arrays per row."""
+    d = np.asarray(differences, dtype=float)
+    rows = np.atleast_2d(d)
+    rng = np.random.default_rng(seed)
+    means = []
+    with threadpool_limits(1):
+        for start in range(0, samples, CHUNK):
+            weights = _bootstrap_counts(rng, rows.shape[1], min(CHUNK, samples - start))
+            means.append(rows @ weights.T / rows.shape[1])
     alpha = (1 - level) / 2
-    low, high = np.quantile(diffs, [alpha, 1 - alpha])
-    return {"diff": float(other.mean() - ref.mean()), "ci_low": float(low), "ci_high": float(high)}
+    low, high = np.quantile(np.concatenate(means, axis=1), [alpha, 1 - alpha], axis=1)
+    return (float(low[0]), float(high[0])) if d.ndim == 1 else (low, high)
 
 
-def majority_correct(correct) -> np.ndarray:
-    """Per image: right in more than half of the seeds (one paired outcome for McNemar)."""
-    correct = np.atleast_2d(np.asarray(correct, dtype=float))
-    return correct.mean(axis=0) > 0.5
+def _metrics(weights, labels, predictions, n_classes: int) -> dict:
+    """Accuracy, balanced accuracy and macro-F1 of each resample (rows of `weights`), averaged over
+    the runs (rows of `predictions`, class indices). Classes absent from a resample's labels and
+    predictions are left out of its means."""
+    truth = np.eye(n_classes)[labels]  # images x classes
+    support = weights @ truth
+    out = {name: 0.0 for name in METRICS}
+    with np.errstate(divide="ignore", invalid="ignore"):
+        for pred in predictions:
+            right = (pred == labels).astype(float)
+            hits = weights @ (truth * right[:, None])
+            predicted = weights @ np.eye(n_classes)[pred]
+            out["acc"] = out["acc"] + hits.sum(1) / weights.sum(1)
+            out["balanced_acc"] = out["balanced_acc"] + np.nanmean(np.where(support > 0, hits / support, np.nan), 1)
+            out["macro_f1"] = out["macro_f1"] + np.nanmean(2 * hits / (support + predicted), 1)
+    return {name: value / len(predictions) for name, value in out.items()}
 
 
-def verdict(ci_low: float, ci_high: float, p_value: float, alpha: float = 0.05, seed_noise: bool = True) -> str:
-    """seed_noise: whether the interval covers training noise too (several seeds). With one run of
-    each, a difference is only beyond the noise of sampling the images."""
+def score(labels, predictions, n_classes: int) -> dict:
+    """Accuracy, balanced accuracy and macro-F1 of each run (rows of `predictions`), averaged."""
+    weights = np.ones((1, len(labels)))
+    return {name: float(value[0]) for name, value in
+            _metrics(weights, np.asarray(labels), np.atleast_2d(predictions), n_classes).items()}
+
+
+def paired_bootstrap(labels, pred_ref, pred_other, n_classes: int, samples: int, seed: int = 0,
+                     level: float = 0.95) -> dict:
+    """Differences (arm - reference) of accuracy, balanced accuracy and macro-F1, each with a
+    percentile bootstrap interval: each resample draws images with replacement, the same images
+    for both arms and for every run. labels: class index per image; pred_*: (runs, images)."""
+    labels = np.asarray(labels)
+    pred_ref, pred_other = np.atleast_2d(pred_ref), np.atleast_2d(pred_other)
+    if not pred_ref.shape[1] == pred_other.shape[1] == len(labels):
+        raise ValueError("paired predictions must cover the same images")
+    rng = np.random.default_rng(seed)
+    diffs = {name: [] for name in METRICS}
+    with threadpool_limits(1):
+        for start in range(0, samples, CHUNK):
+            weights = _bootstrap_counts(rng, len(labels), min(CHUNK, samples - start))
+            ref, other = (_metrics(weights, labels, p, n_classes) for p in (pred_ref, pred_other))
+            for name in METRICS:
+                diffs[name].append(other[name] - ref[name])
+    ref, other = score(labels, pred_ref, n_classes), score(labels, pred_other, n_classes)
+    alpha = (1 - level) / 2
+    out = {}
+    for name in METRICS:
+        low, high = np.quantile(np.concatenate(diffs[name]), [alpha, 1 - alpha])
+        out[name] = {"diff": other[name] - ref[name], "ci_low": float(low), "ci_high": float(high)}
+    return out
+
+
+def compare(labels, pred_ref, pred_other, n_classes: int, samples: int, seed: int = 0) -> dict:
+    """The row's comparison: paired_bootstrap's differences and intervals, and the sign-flip
+    p-value of the accuracy difference ("p")."""
+    labels = np.asarray(labels)
+    right = [np.atleast_2d(pred) == labels for pred in (pred_ref, pred_other)]
+    result = paired_bootstrap(labels, pred_ref, pred_other, n_classes, samples, seed)
+    result["p"] = sign_flip_p(image_differences(*right), samples, seed)
+    return result
+
+
+def seed_spread(correct) -> tuple[float, float]:
+    """(observed, expected) variance of one recipe's run accuracies over its seeds: the sample
+    variance, and what independent per-image disagreement alone predicts, sum of m_i (1 - m_i)
+    k / (k - 1) over images / N^2 (unbiased; m_i: the runs' mean on image i). Observed well above
+    expected: runs differ as a whole, which the tests over images do not cover. correct: (k >= 2, N)."""
+    runs = np.asarray(correct, dtype=float)
+    k, n = runs.shape
+    m = runs.mean(axis=0)
+    return float(runs.mean(axis=1).var(ddof=1)), float(np.sum(m * (1 - m)) * k / (k - 1) / n**2)
+
+
+def holm(p_values) -> np.ndarray:
+    """Holm's step-down adjusted p-values (same order as given); NaN stays NaN."""
+    p = np.asarray(p_values, dtype=float)
+    adjusted = np.full_like(p, np.nan)
+    known = np.flatnonzero(~np.isnan(p))
+    order = known[np.argsort(p[known], kind="stable")]
+    running = 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (len(order) - rank) * p[i]))
+        adjusted[i] = running
+    return adjusted
+
+
+def wilson(successes, n, level: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval of a proportion (sound at 0 and n successes, unlike p +- 2 se)."""
+    if n == 0:
+        return np.nan, np.nan
+    z = norm.ppf(1 - (1 - level) / 2)
+    phat = successes / n
+    centre = (phat + z * z / (2 * n)) / (1 + z * z / n)
+    half = z / (1 + z * z / n) * np.sqrt(phat * (1 - phat) / n + z * z / (4 * n * n))
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def class_accuracy(labels, correct, classes: list[str], level: float = 0.95):
+    """Per class: images, accuracy (mean over runs), its Wilson interval over the class's images,
+    and whether it is surely below the accuracy of the other classes' images: a one-sided
+    binomial test, Holm-corrected across the classes. correct: (runs, images) of 0/1."""
+    labels = np.asarray(labels)
+    per_image = np.atleast_2d(np.asarray(correct, dtype=float)).mean(axis=0)  # runs share images
+    rows = []
+    for name in classes:
+        mine = labels == name
+        n, hits = int(mine.sum()), float(per_image[mine].sum())
+        rest = per_image[~mine].mean() if (~mine).any() else np.nan
+        low, high = wilson(hits, n, level)
+        # P(this few hits or fewer | the rest's accuracy); hits rounded where runs disagree
+        p = float(binom.cdf(round(hits), n, rest)) if n and np.isfinite(rest) else np.nan
+        rows.append({"class": name, "images": n, "accuracy": hits / n if n else np.nan,
+                     "acc_ci_low": low, "acc_ci_high": high, "others_accuracy": rest, "p_worse": p})
+    adjusted = holm([r["p_worse"] for r in rows])
+    for row, p in zip(rows, adjusted):
+        row["p_worse_holm"] = p
+        row["surely_worse"] = bool(p < 1 - level)
+    return rows
+
+
+def verdict(ci_low: float, ci_high: float, p_adjusted: float, alpha: float = 0.05, seed_noise: bool = True) -> str:
+    """From the interval and the Holm-adjusted p. seed_noise: False when both arms are one run
+    each, where the seeds' noise is only covered as far as it shows image by image."""
+    if ci_low > 0 and p_adjusted < alpha:
+        word = "better"
+    elif ci_high < 0 and p_adjusted < alpha:
+        word = "worse"
+    else:
+        word = None
     if not seed_noise:
-        if ci_low > 0 and p_value < alpha:
-            return "better on these images (one run each: seed noise unmeasured)"
-        if ci_high < 0 and p_value < alpha:
-            return "worse on these images (one run each: seed noise unmeasured)"
-        return "not distinguishable from noise (one run each: seed noise unmeasured)"
-    if ci_low > 0 and p_value < alpha:
-        return "better, beyond noise"
-    if ci_high < 0 and p_value < alpha:
-        return "worse, beyond noise"
-    return "not distinguishable from noise"
+        text = f"{word} on these images" if word else "not distinguishable from noise"
+        return text + " (one run each: seed noise unmeasured)"
+    return f"{word}, beyond noise" if word else "not distinguishable from noise"

@@ -186,3 +186,52 @@ def read_run(path) -> dict:
 
 def write_run(path, run: dict) -> None:
     write_json(path, run)
+
+
+# -- the manifest: what the aggregating stages (ensemble, ablation, plots) read ---------------
+# One entry per row, each with named fields, so a later field (a fold, its oof.csv) is one more
+# key rather than one more list to keep in step. Written by the workflow from its DAG.
+MANIFEST_VERSION = 1
+MANIFEST_FIELDS = {
+    "index": ("classes", "val"),
+    "cv": ("folds",),
+    "runs": ("variant", "seed", "models", "val", "test"),  # models: fold (None without cv), run, selection, history
+    "ensembles": ("name", "tta", "members", "val", "test"),  # members: variant, seed, val, test
+    "submitted": ("name", "val", "test"),
+}
+
+
+def write_manifest(path, manifest: dict) -> bool:
+    """Write the manifest only when its content changes (an unchanged one keeps its mtime, so
+    nothing downstream reruns). Returns whether it wrote."""
+    manifest = {"version": MANIFEST_VERSION, **manifest}
+    path = Path(path)
+    if path.is_file():
+        try:
+            if read_json(path, "manifest") == manifest:
+                return False
+        except DataError:
+            pass  # unreadable: rewrite it
+    write_json(path, manifest)
+    return True
+
+
+def read_manifest(path) -> dict:
+    manifest = read_json(path, "manifest")
+    if not isinstance(manifest, dict) or manifest.get("version") != MANIFEST_VERSION:
+        raise DataError(f"{path}: not a version-{MANIFEST_VERSION} manifest; rerun the workflow to rewrite it")
+    for section, fields in MANIFEST_FIELDS.items():
+        entries = manifest.get(section)
+        for entry in entries if isinstance(entries, list) else [entries]:
+            missing = [name for name in fields if not isinstance(entry, dict) or name not in entry]
+            if missing:
+                raise DataError(f"{path}: a '{section}' entry lacks {missing}; rerun the workflow to rewrite it")
+    return manifest
+
+
+def manifest_ensemble(manifest: dict, name: str) -> dict:
+    """The manifest's entry for the ensemble `name`."""
+    for entry in manifest["ensembles"]:
+        if entry["name"] == name:
+            return entry
+    raise DataError(f"the manifest has no ensemble '{name}' (known: {[e['name'] for e in manifest['ensembles']]})")

@@ -36,8 +36,9 @@ from .logs import add_log_argument, setup_logging
 
 log = logging.getLogger("imageclf.train")
 
-HISTORY_COLUMNS = list(tables.HISTORY)
-EMA_COLUMNS = ["val_loss_ema", "val_acc_ema"]  # with train.ema.enabled: the EMA weights' evaluation
+HISTORY_COLUMNS = list(tables.HISTORY) + list(engine.CLASS_METRICS)
+# with train.ema.enabled: the EMA weights' evaluation
+EMA_COLUMNS = [f"{name}_ema" for name in ("val_loss", "val_acc", *engine.CLASS_METRICS)]
 
 
 def seed_everything(seed: int) -> None:
@@ -218,12 +219,12 @@ def make_loaders(cfg: dict, index: dict, classes: list[str], dist: Distributed, 
 
 
 def epoch_row(epoch: int, stats: dict, lr: float, seconds: float, world_size: int) -> dict:
-    """One row of history.csv (tables.HISTORY, plus EMA_COLUMNS with train.ema)."""
+    """One row of history.csv (tables.HISTORY and engine.CLASS_METRICS, plus EMA_COLUMNS with train.ema)."""
     return {
         "epoch": epoch, "train_loss": stats["train_loss"], "val_loss": stats["val_loss"],
         "val_acc": stats["val_acc"], "lr": lr, "seconds": round(seconds, 3),
         "images_per_s": round(stats["train_images"] * world_size / max(stats["train_seconds"], 1e-9), 2),
-        **{name: stats[name] for name in EMA_COLUMNS if name in stats},
+        **{name: stats[name] for name in [*engine.CLASS_METRICS, *EMA_COLUMNS] if name in stats},
     }
 
 

@@ -1,12 +1,33 @@
+import json
+
+from imageclf.tables import write_manifest
+
+
+rule manifest:
+    """The named paths that the ensemble, ablation and plots stages read (MANIFEST)."""
+    output:
+        MANIFEST_PATH,
+    log:
+        "logs/manifest.log",
+    localrule: True
+    params:
+        # the content is a param: the file is rewritten exactly when a path or a row changes
+        manifest=json.dumps(MANIFEST, sort_keys=True),
+    run:
+        wrote = write_manifest(output[0], MANIFEST)
+        Path(log[0]).write_text(
+            f"{output[0]}: {'written' if wrote else 'unchanged'}\n"
+        )
+
+
 rule ablation:
-    """Per variant: mean ± sd over seeds and a paired comparison with ablation.reference."""
+    """Per variant and ensemble: mean ± sd over seeds and a paired comparison with
+    ablation.reference."""
     input:
-        runs=run_paths(f"{RUN_DIR}/run.json"),
-        selections=run_paths(f"{RUN_DIR}/selection.json"),
-        val=run_paths(f"{PRED_DIR}/val.csv"),
-        test=run_paths(f"{PRED_DIR}/test.csv"),
-        ensemble_val=ensemble_paths("val"),
-        ensemble_test=ensemble_paths("test"),
+        manifest=MANIFEST_PATH,
+        runs=manifest_files("runs", "val", "test"),
+        models=model_files("run", "selection"),
+        ensembles=manifest_files("ensembles", "val", "test"),
         classes=INDEX_FILES["classes"],
     output:
         table=in_report(
@@ -42,26 +63,22 @@ rule ablation:
         mem_mb=stage_resources("report")["mem_mb"],
         runtime=stage_resources("report")["runtime"],
     params:
-        runs=run_names(),
         reference=CFG["ablation"]["reference"],
         samples=CFG["ablation"]["bootstrap_samples"],
         out_dir=lambda wildcards, output: os.path.dirname(output.table),
-        ensembles=ensemble_flags,
     shell:
-        "imageclf ablation --runs {params.runs} --run-records {input.runs:q} "
-        "--selections {input.selections:q} --val-predictions {input.val:q} "
-        "--test-predictions {input.test:q} --reference {params.reference} "
-        "--classes {input.classes:q} --bootstrap-samples {params.samples} "
-        "{params.ensembles} --out-dir {params.out_dir:q} --log-file {log:q}"
+        "imageclf ablation --manifest {input.manifest:q} --reference {params.reference} "
+        "--bootstrap-samples {params.samples} --out-dir {params.out_dir:q} --log-file {log:q}"
 
 
 rule plots:
     """Curves of every run, and the submitted model's confusion matrix and worst classes."""
     input:
-        histories=run_paths(f"{RUN_DIR}/history.csv"),
+        manifest=MANIFEST_PATH,
+        histories=model_files("history"),
         val=SUBMITTED_PRED["val"],
         test=SUBMITTED_PRED["test"],
-        index_val=INDEX_FILES["val"],
+        index_val=LABELLED_INDEX,
         classes=INDEX_FILES["classes"],
     output:
         curves=in_report(
@@ -97,13 +114,10 @@ rule plots:
         mem_mb=stage_resources("report")["mem_mb"],
         runtime=stage_resources("report")["runtime"],
     params:
-        runs=run_names(),
         out_dir=lambda wildcards, output: os.path.dirname(output.curves),
     shell:
-        "imageclf plots --runs {params.runs} --histories {input.histories:q} "
-        "--val-predictions {input.val:q} --test-predictions {input.test:q} "
-        "--val-index {input.index_val:q} --classes {input.classes:q} "
-        "--out-dir {params.out_dir:q} --log-file {log:q}"
+        "imageclf plots --manifest {input.manifest:q} --out-dir {params.out_dir:q} "
+        "--log-file {log:q}"
 
 
 rule ablation_table:

@@ -59,7 +59,9 @@ def run_prediction(variant, seed, split, views):
     folder = PRED_DIR.format(variant=variant, seed=seed)
     if list(views) != list(CFG["predict"]["tta"]):
         folder = os.path.join(folder, f"tta-{views_name(views)}")
-    return os.path.join(folder, f"{'oof' if CV_FOLDS and split == 'val' else split}.csv")
+    return os.path.join(
+        folder, f"{'oof' if CV_FOLDS and split == 'val' else split}.csv"
+    )
 
 
 # The predictions that are submitted: submission.ensemble's, or submission.variant and .seed's run.
@@ -268,9 +270,27 @@ def cache_flag(name, split):
 def run_files(variant, seed, name):
     """A file of each trained model of one run: the run's own, or each fold's under
     cross-validation (results/train/<variant>/seed<seed>/fold<k>/<name>)."""
+    return [model[name] for model in trained_models(variant, seed)]
+
+
+def trained_models(variant, seed):
+    """The files of each model a run trains: one, or one per fold under cross-validation."""
     folds = [os.sep + f"fold{k}" for k in range(CV_FOLDS)] or [""]
     return [
-        f"{RUN}/{name}".format(variant=variant, seed=seed, fold=fold) for fold in folds
+        {
+            "fold": int(fold[5:]) if fold else None,
+            **{
+                name: f"{RUN}/{name}.{ext}".format(
+                    variant=variant, seed=seed, fold=fold
+                )
+                for name, ext in (
+                    ("run", "json"),
+                    ("selection", "json"),
+                    ("history", "csv"),
+                )
+            },
+        }
+        for fold in folds
     ]
 
 
@@ -285,31 +305,44 @@ def index_file(split):
     return path
 
 
-def run_paths(pattern, variants=None, seeds=None):
-    return expand(
-        pattern,
-        variant=variants or VARIANTS,
-        seed=seeds if seeds is not None else SEEDS,
-    )
+def run_entry(variant, seed):
+    """A run's row of the manifest: its identity, the files of each model it trained (one per
+    fold under cross-validation) and its predictions (out-of-fold ones under cross-validation).
+    """
+    return {
+        "variant": variant,
+        "seed": seed,
+        "models": trained_models(variant, seed),
+        **{
+            split: run_prediction(variant, seed, split, CFG["predict"]["tta"])
+            for split in ("val", "test")
+        },
+    }
 
 
-def run_names(variants=None, seeds=None):
-    """VARIANT:SEED of each run, in run_paths' order."""
-    return " ".join(
-        f"{variant}:{seed}"
-        for variant in variants or VARIANTS
-        for seed in (seeds if seeds is not None else SEEDS)
-    )
-
-
-def ensemble_members(wildcards):
-    """Prediction files of an ensemble's member runs, for one split, with its views."""
-    spec = ENSEMBLES[wildcards.name]
-    return [
-        run_prediction(variant, seed, wildcards.split, spec["tta"])
+def ensemble_entry(name, spec):
+    """An ensemble's row of the manifest: its members' predictions (with its views) and its own."""
+    members = [
+        {
+            "variant": variant,
+            "seed": seed,
+            **{
+                s: run_prediction(variant, seed, s, spec["tta"])
+                for s in ("val", "test")
+            },
+        }
         for variant in spec["variants"]
         for seed in spec["seeds"]
     ]
+    return {
+        "name": name,
+        "tta": list(spec["tta"]),
+        "members": members,
+        **{s: ENSEMBLE_PRED.format(name=name, split=s) for s in ("val", "test")},
+    }
+
+
+LABELLED_INDEX = f"{INDEX}/folds.csv" if CV_FOLDS else INDEX_FILES["val"]
 
 
 def submitted_selections(wildcards=None):
@@ -321,31 +354,45 @@ def submitted_selections(wildcards=None):
         runs = [(v, s) for v in spec["variants"] for s in spec["seeds"]]
     else:
         runs = [(CFG["submission"]["variant"], CFG["submission"]["seed"])]
+    return [selection for v, s in runs for selection in run_files(v, s, "selection")]
+
+
+# One manifest of named paths for the aggregating stages (ensemble, ablation, plots), built from
+# the paths the rules use; imageclf/tables.py owns its format. Rule `manifest` writes it.
+MANIFEST_PATH = "results/manifest.json"
+MANIFEST = {
+    # the labelled images the runs' val predictions cover: val/, or every one under cross-validation
+    "index": {"classes": INDEX_FILES["classes"], "val": LABELLED_INDEX},
+    "cv": {"folds": CV_FOLDS},
+    "runs": [run_entry(variant, seed) for variant in VARIANTS for seed in SEEDS],
+    "ensembles": [ensemble_entry(name, spec) for name, spec in ENSEMBLES.items()],
+    "submitted": {
+        "name": CFG["submission"]["ensemble"] or CFG["submission"]["variant"],
+        "seed": None if CFG["submission"]["ensemble"] else CFG["submission"]["seed"],
+        **SUBMITTED_PRED,
+    },
+}
+
+
+def manifest_files(section, *fields):
+    """The paths under `fields` of every entry of a manifest section (a rule's inputs)."""
+    return [entry[field] for entry in MANIFEST[section] for field in fields]
+
+
+def model_files(*fields):
+    """The paths under `fields` of every trained model of every run (a rule's inputs)."""
     return [
-        selection for v, s in runs for selection in run_files(v, s, "selection.json")
+        model[field]
+        for entry in MANIFEST["runs"]
+        for model in entry["models"]
+        for field in fields
     ]
 
 
-def ensemble_paths(split):
-    return [ENSEMBLE_PRED.format(name=name, split=split) for name in ENSEMBLES]
-
-
-def ensemble_flags(wildcards, input):
-    """A params function: each ensemble as NAME=VARIANT:SEED,... with its prediction files."""
-    if not ENSEMBLES:
-        return ""
-    specs = [
-        name
-        + "="
-        + ",".join(f"{v}:{s}" for v in spec["variants"] for s in spec["seeds"])
-        for name, spec in ENSEMBLES.items()
-    ]
-    quoted = lambda paths: " ".join(shlex.quote(str(p)) for p in paths)
-    return (
-        f"--ensembles {' '.join(specs)} "
-        f"--ensemble-val-predictions {quoted(input.ensemble_val)} "
-        f"--ensemble-test-predictions {quoted(input.ensemble_test)}"
-    )
+def ensemble_members(wildcards):
+    """Prediction files of an ensemble's member runs, for one split, with its views."""
+    entry = next(e for e in MANIFEST["ensembles"] if e["name"] == wildcards.name)
+    return [member[wildcards.split] for member in entry["members"]]
 
 
 def train_launcher(wildcards):

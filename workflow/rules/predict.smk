@@ -60,6 +60,7 @@ use rule predict as predict_views with:
 rule ensemble:
     """The mean class probabilities of an ensemble's member runs (config `ensembles`)."""
     input:
+        manifest=MANIFEST_PATH,
         members=ensemble_members,
         classes=INDEX_FILES["classes"],
     output:
@@ -71,5 +72,5 @@ rule ensemble:
     conda:
         CONDA_ENV
     shell:
-        "imageclf ensemble --members {input.members:q} --classes {input.classes:q} "
-        "--out {output:q} --log-file {log:q}"
+        "imageclf ensemble --manifest {input.manifest:q} --name {wildcards.name} "
+        "--split {wildcards.split} --out {output:q} --log-file {log:q}"

@@ -1,8 +1,7 @@
 rule select:
     input:
         history=f"{RUN}/history.csv",
-        best_acc=f"{RUN}/checkpoints/best_val_acc.pt",
-        best_loss=f"{RUN}/checkpoints/best_val_loss.pt",
+        checkpoint=f"{RUN}/checkpoints/best_{CFG['select']['metric']}.pt",
         val=index_file(lambda wildcards: "val"),
     output:
         model=f"{RUN}/model.pt",
@@ -14,6 +13,6 @@ rule select:
     params:
         metric=CFG["select"]["metric"],
     shell:
-        "imageclf select --history {input.history:q} --best-val-acc {input.best_acc:q} "
-        "--best-val-loss {input.best_loss:q} --metric {params.metric} --val-index {input.val:q} "
+        "imageclf select --history {input.history:q} --checkpoint {input.checkpoint:q} "
+        "--metric {params.metric} --val-index {input.val:q} "
         "--model-out {output.model:q} --selection-out {output.selection:q} --log-file {log:q}"

@@ -47,6 +47,8 @@ rule cache:
         "--threads {threads} --log-file {log:q}"
 
 
+# Training keeps the best checkpoint by each select.py GOAL; its outputs name the two that
+# always were, and select.metric's.
 rule train:
     input:
         unpack(lambda wildcards: cache_inputs(wildcards, ["train", "val"])),
@@ -56,6 +58,11 @@ rule train:
         val=index_file(lambda wildcards: "val"),
         classes=INDEX_FILES["classes"],
     output:
+        **(
+            {"best_selected": f"{RUN}/checkpoints/best_{CFG['select']['metric']}.pt"}
+            if CFG["select"]["metric"] not in ("val_acc", "val_loss")
+            else {}
+        ),
         history=f"{RUN}/history.csv",
         run=f"{RUN}/run.json",
         best_acc=f"{RUN}/checkpoints/best_val_acc.pt",
