@@ -71,3 +71,23 @@ def test_a_loss_that_ends_far_above_its_start_is_flagged():
     # a first epoch that diverged already: the start is a uniform guess's loss, ln 10
     (flag,) = garbage_flags(history([6e7, 5e7]), 0.9, labels, 10)
     assert "(2.303)" in flag
+
+
+def test_a_later_divergence_says_which_epoch_and_what_was_kept(tmp_path):
+    """The resume state of this run config's finished epochs is named; another config's is not."""
+    import torch
+    from imageclf.config import config_hash
+    from imageclf.io_utils import write_json
+    from imageclf.train import what_diverged_kept
+
+    run = {"variant": "full", "seed": 0, "train": {"optimizer": {"lr": 1000.0}}}
+    write_json(tmp_path / "config.json", run)
+    state_dir = tmp_path / "resume"
+    state_dir.mkdir()
+    torch.save({"config_hash": config_hash(run), "epoch": 4, "best": {"val_acc": 0.25, "val_loss": 2.1}},
+               state_dir / "state.pt")
+    said = what_diverged_kept(tmp_path / "config.json", state_dir)
+    assert "lr 1000" in said and "diverged in epoch 5" in said and "resume state after epoch 4" in said
+    assert "val_acc 0.2500" in said and str(state_dir) in said
+    torch.save({"config_hash": "another", "epoch": 4, "best": {}}, state_dir / "state.pt")
+    assert "diverged in epoch 1, so no checkpoint" in what_diverged_kept(tmp_path / "config.json", state_dir)
