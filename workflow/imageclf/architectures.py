@@ -31,7 +31,7 @@ def measure(arch: str, head: str, hidden: int, num_classes: int, image_size: int
     import torch
     import torchvision
 
-    from . import models
+    from . import models  # imports torch: only when the facts are not cached (no import cycle)
 
     if arch not in models.architectures():
         return {"known": False, "architectures": models.architectures()}
@@ -61,7 +61,7 @@ def build_and_try(arch: str, head: str, hidden: int, num_classes: int, image_siz
     """Parameter count with our head, and whether a batch of this image size goes through."""
     import torch
 
-    from . import models
+    from . import models  # imports torch: only when the facts are not cached (no import cycle)
 
     with device:
         model = models.backbone(arch)

@@ -159,7 +159,7 @@ def local_file_problems(arch: str, path: Path, cache: Path | None) -> list[str]:
 def measure_fit(arch: str, path: Path) -> list[str]:
     import torch
 
-    from . import models
+    from . import models  # imports torch: only when the facts are not cached (no import cycle)
 
     try:
         state = state_dict_of(models.load_checkpoint_file(path), str(path))

@@ -18,6 +18,7 @@ STAGES = {
     "folds": ("folds", "main", "assign every labelled image a cross-validation fold: folds.csv"),
     "fold_index": ("folds", "main_split", "index files of one fold's run (train on the others, hold it out)"),
     "oof": ("folds", "main_oof", "out-of-fold predictions: each labelled image by the fold model that did not train on it"),
+    "fold_average": ("folds", "main_average", "a run's test predictions: the mean of its fold models'"),
     "cache": ("cache", "main", "decode and resize one split once into a memory-mapped file"),
     "train": ("train", "main", "train one run (variant, seed); resumes after a crash"),
     "select": ("select", "main", "pick a run's checkpoint by select.metric"),

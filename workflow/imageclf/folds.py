@@ -16,7 +16,7 @@ import logging
 
 import pandas as pd
 
-from . import tables
+from . import ensemble, tables
 from .errors import DataError
 from .logs import add_log_argument, setup_logging
 
@@ -150,6 +150,18 @@ def main_oof(argv=None) -> None:
     args = parser.parse_args(argv)
     setup_logging(args.log_file)
     out_of_fold(args.folds_table, args.fold_predictions, args.out)
+
+
+def main_average(argv=None) -> None:
+    parser = argparse.ArgumentParser(prog="imageclf fold_average", description="a run's test predictions: "
+                                     "the mean class probabilities of its fold models")
+    parser.add_argument("--fold-predictions", nargs="+", required=True, help="each fold model's test predictions")
+    parser.add_argument("--classes", required=True)
+    parser.add_argument("--out", required=True)
+    add_log_argument(parser)
+    args = parser.parse_args(argv)
+    setup_logging(args.log_file)
+    ensemble.run(args.fold_predictions, args.classes, args.out)
 
 
 def main_split(argv=None) -> None:

@@ -10,6 +10,8 @@ import secrets
 import shutil
 from pathlib import Path
 
+from .errors import DataError
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | Path):
@@ -40,8 +42,6 @@ def write_json(path: str | Path, data) -> None:
 
 
 def read_json(path: str | Path, what: str = "file"):
-    from .errors import DataError
-
     try:
         return json.loads(Path(path).read_text())
     except (OSError, json.JSONDecodeError) as error:

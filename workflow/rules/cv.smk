@@ -90,5 +90,5 @@ rule fold_average:
     conda:
         CONDA_ENV
     shell:
-        "imageclf ensemble --members {input.members:q} --classes {input.classes:q} "
+        "imageclf fold_average --fold-predictions {input.members:q} --classes {input.classes:q} "
         "--out {output:q} --log-file {log:q}"
