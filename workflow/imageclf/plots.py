@@ -32,7 +32,7 @@ def plot_curves(histories: dict[tuple, pd.DataFrame], out_path) -> None:
     """Training loss and validation accuracy per epoch; one colour per variant, one line per
     trained model (seed, and fold under cross-validation). Keys: (variant, seed[, fold])."""
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(12, 4.5))
-    variants = list(dict.fromkeys(v for v, _ in histories))
+    variants = list(dict.fromkeys(key[0] for key in histories))
     colours = plt.cm.tab10(np.linspace(0, 1, 10))
     for i, variant in enumerate(variants):
         for j, history in enumerate(h for k, h in histories.items() if k[0] == variant):
