@@ -219,3 +219,10 @@ def test_selection_by_a_metric_an_old_history_lacks_says_so(tmp_path):
     with pytest.raises(tables.DataError, match="history.csv: has no val_macro_f1 column"):
         select.select(tmp_path / "history.csv", tmp_path / "best.pt", "val_macro_f1", tmp_path / "m.pt",
                       tmp_path / "s.json")
+
+
+def test_a_table_of_the_reference_alone_is_written(runs, tmp_path):
+    base, members = runs
+    table = ablation.run(manifest(base, members[:1]), "full", tmp_path / "out", 100)
+    assert table["variant"].tolist() == ["full"] and table["test_verdict"].tolist() == ["reference"]
+    assert "| full | 1 |" in (tmp_path / "out" / "table.md").read_text()

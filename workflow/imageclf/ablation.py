@@ -134,6 +134,8 @@ def summarize(rows: pd.DataFrame, predictions, reference: str, classes: list[str
         out.append(row)
     table = pd.DataFrame(out)
     for split in splits:
+        if f"{split}_p" not in table:  # the reference alone: nothing to compare
+            table[f"{split}_p"] = np.nan
         compared = table["variant"] != reference
         table[f"{split}_p_holm"] = np.nan
         table.loc[compared, f"{split}_p_holm"] = stats.holm(table.loc[compared, f"{split}_p"])

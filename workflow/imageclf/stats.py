@@ -171,7 +171,8 @@ def wilson(successes, n, level: float = 0.95) -> tuple[float, float]:
     phat = successes / n
     centre = (phat + z * z / (2 * n)) / (1 + z * z / n)
     half = z / (1 + z * z / n) * np.sqrt(phat * (1 - phat) / n + z * z / (4 * n * n))
-    return max(0.0, centre - half), min(1.0, centre + half)
+    # exact at the ends: float rounding would put 1 - high a hair above an error rate of 0
+    return (0.0 if successes == 0 else max(0.0, centre - half)), (1.0 if successes == n else min(1.0, centre + half))
 
 
 def class_accuracy(labels, correct, classes: list[str], level: float = 0.95):
