@@ -234,3 +234,15 @@ def test_ensembles_are_checked_and_take_their_defaults():
     cfg["submission"]["ensemble"] = "missing"
     with pytest.raises(C.ConfigError, match="submission.ensemble 'missing'"):
         checked_config(cfg)
+
+
+def test_cross_validation_settings_are_checked():
+    cfg = user_config()
+    cfg["cv"] = {"folds": 1, "seed": 0, "full_fit": False}
+    with pytest.raises(C.ConfigError, match="cv.folds"):
+        C.effective_config(cfg)
+    cfg["cv"] = {"folds": 5, "seed": 0, "full_fit": True}
+    with pytest.raises(C.ConfigError, match="cv.full_fit: a final fit on every labelled image is not built yet"):
+        C.effective_config(cfg)
+    cfg["cv"]["full_fit"] = False
+    assert C.effective_config(cfg)["cv"]["folds"] == 5

@@ -155,6 +155,9 @@ def effective_config(config: dict) -> dict:
     chosen = config["submission"]["ensemble"]
     if chosen is not None and chosen not in config["ensembles"]:
         raise ConfigError(f"submission.ensemble '{chosen}' is not one of the ensembles {sorted(config['ensembles'])}")
+    if config["cv"]["full_fit"]:
+        raise ConfigError("cv.full_fit: a final fit on every labelled image is not built yet; set it to false "
+                          "(under cross-validation the submission is the mean of the fold models)")
     for variant in config["variants"]:
         check_batches(variant_sections(config, variant)["train"], variant)
     return config
