@@ -5,6 +5,7 @@ from __future__ import annotations
 import colorsys
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -100,6 +101,19 @@ def make_dataset(root: Path, train_per_class=6, val_per_class=2, test_per_class=
     labels = root / "test_labels.csv"
     pd.DataFrame(rows).to_csv(labels, index=False)
     return labels
+
+
+def add_test_image(data_root: Path, name: str = "zz_new") -> Path:
+    """A new test image (a copy of the first, with its label added to test_labels.csv)."""
+    test_dir = data_root / "test"
+    source = sorted(test_dir.iterdir())[0]
+    added = test_dir / f"{name}{source.suffix}"
+    shutil.copy(source, added)
+    labels = pd.read_csv(data_root / "test_labels.csv", dtype=str)
+    label = labels.loc[labels["image_name"] == source.stem, "label"].iloc[0]
+    pd.concat([labels, pd.DataFrame({"image_name": [name], "label": [label]})]).to_csv(
+        data_root / "test_labels.csv", index=False)
+    return added
 
 
 def index_dataset(root: Path, out_dir: Path, test_labels=None, on_leak: str = "warn") -> dict:

@@ -6,9 +6,8 @@ import shutil
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
-from conftest import make_dataset, planned_jobs, snakemake, tiny_overlay, write_overlay
+from conftest import add_test_image, make_dataset, planned_jobs, snakemake, tiny_overlay, write_overlay
 from imageclf import tables
 
 pytestmark = pytest.mark.slow
@@ -89,13 +88,7 @@ def test_nothing_reruns_and_a_test_only_change_trains_nothing(finished, tmp_path
     workdir, configfile = copy / "work", copy / "cv.yaml"
     dry = snakemake(workdir, configfile, "-n", "all")
     assert dry.returncode == 0 and planned_jobs(dry.stdout) == {}, dry.stdout[-2000:]
-    test_dir = copy / "data" / "test"
-    source = sorted(test_dir.iterdir())[0]
-    shutil.copy(source, test_dir / f"zz_new{source.suffix}")
-    labels = pd.read_csv(copy / "data" / "test_labels.csv", dtype=str)
-    label = labels.loc[labels["image_name"] == source.stem, "label"].iloc[0]
-    pd.concat([labels, pd.DataFrame({"image_name": ["zz_new"], "label": [label]})]).to_csv(
-        copy / "data" / "test_labels.csv", index=False)
+    add_test_image(copy / "data")
     dry = snakemake(workdir, configfile, "-n", "all")
     jobs = planned_jobs(dry.stdout)
     assert dry.returncode == 0 and jobs.get("index_test") == 1, dry.stdout[-3000:]

@@ -74,16 +74,9 @@ def test_resume_state_from_another_config_is_discarded(prepared, caplog):
     assert history["epoch"].tolist() == [1]
 
 
-def test_an_interrupted_run_with_ema_resumes_bit_identically(prepared, monkeypatch):
-    """train.ema on: the EMA weights (and their step count) are part of the resume state."""
-    tmp, run_config = prepared
-    cfg = C.load_run_config(run_config)
-    cfg["train"]["ema"] = {"enabled": True, "decay": 0.9}
-    ema_config = tmp / "ema.json"
-    write_json(ema_config, cfg)
-    whole = train.train(ema_config, index_files(tmp / "index"), tmp / "whole", threads=1)
-    assert {"val_loss_ema", "val_acc_ema"} <= set(whole.columns) and whole["val_acc_ema"].notna().all()
-
+def interrupted_after_epoch_two_then_resumed(monkeypatch, run_config, tmp):
+    """Train into tmp/resumed, killed right after epoch 2's resume state is saved, then again:
+    (the resumed history, the epochs whose state was saved before the kill)."""
     saves = []
     real_save = train.torch_save
 
@@ -96,9 +89,22 @@ def test_an_interrupted_run_with_ema_resumes_bit_identically(prepared, monkeypat
 
     monkeypatch.setattr(train, "torch_save", crash_after_epoch_two)
     with pytest.raises(KeyboardInterrupt):
-        train.train(ema_config, index_files(tmp / "index"), tmp / "resumed", threads=1)
+        train.train(run_config, index_files(tmp / "index"), tmp / "resumed", threads=1)
     monkeypatch.setattr(train, "torch_save", real_save)
-    resumed = train.train(ema_config, index_files(tmp / "index"), tmp / "resumed", threads=1)
+    return train.train(run_config, index_files(tmp / "index"), tmp / "resumed", threads=1), saves
+
+
+def test_an_interrupted_run_with_ema_resumes_bit_identically(prepared, monkeypatch):
+    """train.ema on: the EMA weights (and their step count) are part of the resume state."""
+    tmp, run_config = prepared
+    cfg = C.load_run_config(run_config)
+    cfg["train"]["ema"] = {"enabled": True, "decay": 0.9}
+    ema_config = tmp / "ema.json"
+    write_json(ema_config, cfg)
+    whole = train.train(ema_config, index_files(tmp / "index"), tmp / "whole", threads=1)
+    assert {"val_loss_ema", "val_acc_ema"} <= set(whole.columns) and whole["val_acc_ema"].notna().all()
+
+    resumed, saves = interrupted_after_epoch_two_then_resumed(monkeypatch, ema_config, tmp)
     assert saves == [1, 2] and resumed["epoch"].tolist() == [1, 2, 3]
     columns = COMPARED + ["val_loss_ema", "val_acc_ema"]
     pd.testing.assert_frame_equal(whole[columns], resumed[columns], check_exact=True)
@@ -265,18 +271,7 @@ def test_an_interrupted_run_with_cutmix_accumulation_and_clipping_resumes_bit_id
     levers = with_train(tmp, run_config, "levers.json", cutmix_alpha=1.0, mix_switch_prob=0.5,
                         accumulate_steps=2, clip_grad_norm=1.0)
     whole = train.train(levers, index_files(tmp / "index"), tmp / "whole", threads=1)
-    real_save = train.torch_save
-
-    def crash_after_epoch_two(obj, path):
-        real_save(obj, path)
-        if str(path).endswith("state.pt") and obj["epoch"] == 2:
-            raise KeyboardInterrupt("killed after epoch 2")
-
-    monkeypatch.setattr(train, "torch_save", crash_after_epoch_two)
-    with pytest.raises(KeyboardInterrupt):
-        train.train(levers, index_files(tmp / "index"), tmp / "resumed", threads=1)
-    monkeypatch.setattr(train, "torch_save", real_save)
-    resumed = train.train(levers, index_files(tmp / "index"), tmp / "resumed", threads=1)
+    resumed, _ = interrupted_after_epoch_two_then_resumed(monkeypatch, levers, tmp)
     pd.testing.assert_frame_equal(whole[COMPARED], resumed[COMPARED], check_exact=True)
     assert_same_run(tmp / "whole", tmp / "resumed")
     plain = train.train(run_config, index_files(tmp / "index"), tmp / "plain", threads=1)

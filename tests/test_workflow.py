@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-from conftest import REPO, make_dataset, planned_jobs, snakemake, tiny_overlay, write_overlay
+from conftest import REPO, add_test_image, make_dataset, planned_jobs, snakemake, tiny_overlay, write_overlay
 from imageclf import tables
 
 pytestmark = pytest.mark.slow
@@ -226,13 +226,7 @@ def test_changing_train_data_reruns_from_the_index(finished, tmp_path):
 
 def test_a_new_test_image_reruns_only_the_test_side(finished, tmp_path):
     workdir, configfile, base = copy_of(finished, tmp_path)
-    test_dir = base / "my data" / "test"
-    source = next(test_dir.glob("*.jpg"))
-    shutil.copy(source, test_dir / "zz_new.jpg")
-    labels = pd.read_csv(base / "my data" / "test_labels.csv", dtype=str)
-    label = labels.loc[labels["image_name"] == source.stem, "label"].iloc[0]
-    pd.concat([labels, pd.DataFrame({"image_name": ["zz_new"], "label": [label]})]).to_csv(
-        base / "my data" / "test_labels.csv", index=False)
+    add_test_image(base / "my data")
     dry = snakemake(workdir, configfile, "all", "-n")
     jobs = planned_jobs(dry.stdout)
     assert jobs.get("index_test") == 1 and jobs.get("submission") == 1, dry.stdout[-3000:]
