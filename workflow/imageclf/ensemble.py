@@ -37,9 +37,9 @@ def run(member_paths: list[str], classes_csv, out_csv) -> pd.DataFrame:
     members = [tables.read_predictions(path) for path in member_paths]
     result = average(members, classes, [str(p) for p in member_paths])
     tables.write_predictions(out_csv, result)
-    known = result["correct"].dropna()
+    acc = tables.accuracy(result)
     log.info("ensemble of %d runs -> %s: %d images, accuracy %s", len(members), out_csv, len(result),
-             f"{known.astype(bool).mean():.4f}" if len(known) else "n/a (no labels)")
+             "n/a (no labels)" if acc is None else f"{acc:.4f}")
     return result
 
 

@@ -121,9 +121,8 @@ def out_of_fold(folds_csv, fold_predictions: list, out_csv) -> pd.DataFrame:
         raise DataError(f"{folds_csv}: {table['fold'].nunique()} folds, but {len(parts)} fold predictions given")
     result = pd.concat(parts, ignore_index=True).sort_values("image_name", kind="stable").reset_index(drop=True)
     tables.write_predictions(out_csv, result)
-    known = result["correct"].dropna()
     log.info("out-of-fold predictions of %d images from %d folds: accuracy %.4f", len(result), len(parts),
-             known.astype(bool).mean())
+             tables.accuracy(result))
     return result
 
 

@@ -50,12 +50,11 @@ def predict(run_config_path, model_path, index_csv, classes_csv, out_csv, test_l
     seconds = time.perf_counter() - start
     result = tables.predictions_table(frame["image_name"], frame["label"], probs, classes)
     tables.write_predictions(out_csv, result)
-    known = result["correct"].dropna()
-    acc = float(known.astype(bool).mean()) if len(known) else float("nan")
+    acc = tables.accuracy(result)
     log.info("%s: %d images in %.1fs (%.1f img/s), test-time views: %s, accuracy %s", index_csv, len(result),
              seconds, len(result) / max(seconds, 1e-9), ", ".join(["original", *tta]),
-             f"{acc:.4f}" if len(known) else "n/a (no labels)")
-    return acc
+             "n/a (no labels)" if acc is None else f"{acc:.4f}")
+    return float("nan") if acc is None else acc
 
 
 def main(argv=None) -> None:

@@ -159,6 +159,13 @@ def predictions_table(image_names, labels, probs: np.ndarray, classes: list[str]
     return pd.concat([out, prob_cols], axis=1).sort_values("image_name", kind="stable").reset_index(drop=True)
 
 
+def accuracy(frame: pd.DataFrame) -> float | None:
+    """The share of right predictions in a predictions table, over its labelled rows; None when no
+    row is labelled (an unlabelled test split)."""
+    known = frame["correct"].dropna()
+    return float(known.astype(bool).mean()) if len(known) else None
+
+
 def probability_columns(frame: pd.DataFrame) -> list[str]:
     return [name for name in frame.columns if name.startswith(PROB_PREFIX)]
 

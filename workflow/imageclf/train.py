@@ -77,13 +77,16 @@ def index_hash(*index_files) -> str:
     return hashlib.sha256(parts.encode()).hexdigest()[:16]
 
 
+SGD_MOMENTUM = 0.9  # train.optimizer.momentum, an optional key of sgd's (the recipe is AdamW)
+
+
 def make_optimizer(model: nn.Module, cfg: dict):
     """AdamW or SGD; `fused` runs each update as one kernel (CPU and CUDA) instead of a loop.
 
-    backbone_lr_scale (default 1): the backbone's learning rate relative to the head's, which
+    backbone_lr_scale: the backbone's learning rate relative to the head's, which
     takes `lr`. At 1 every parameter is in one group, as in the reference recipe."""
-    common = {"lr": cfg["lr"], "weight_decay": cfg["weight_decay"], "fused": cfg.get("fused") or None}
-    scale = cfg.get("backbone_lr_scale", 1.0)
+    common = {"lr": cfg["lr"], "weight_decay": cfg["weight_decay"], "fused": cfg["fused"] or None}
+    scale = cfg["backbone_lr_scale"]
     if scale == 1.0:
         groups = [{"params": list(model.parameters())}]
     else:
@@ -94,7 +97,7 @@ def make_optimizer(model: nn.Module, cfg: dict):
         group["target_lr"] = group.get("lr", cfg["lr"])
     if cfg["name"] == "adamw":
         return torch.optim.AdamW(groups, **common)
-    return torch.optim.SGD(groups, momentum=cfg.get("momentum", 0.9), **common)
+    return torch.optim.SGD(groups, momentum=cfg.get("momentum", SGD_MOMENTUM), **common)
 
 
 class Scalars:
