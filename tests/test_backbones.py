@@ -48,7 +48,7 @@ def test_each_family_gets_the_head_loads_weights_and_trains_a_step(arch, weights
             if not key.startswith(name + "."):
                 assert torch.equal(value, state[key]), key
     model.train()
-    optimizer = make_optimizer(model, {"name": "adamw", "lr": 1e-3, "weight_decay": 0.0, "fused": False})
+    optimizer = make_optimizer(model, {"name": "adamw", "lr": 1e-3, "weight_decay": 0.0, "fused": False, "backbone_lr_scale": 1.0})
     before = [p.detach().clone() for p in model.parameters()]
     loss = nn.functional.cross_entropy(model(torch.randn(4, 3, 64, 64)), torch.tensor([0, 1, 2, 3]))
     loss.backward()

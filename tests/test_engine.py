@@ -166,7 +166,7 @@ def test_fused_optimizer_is_the_same_update(name):
         # first steps amplify into noise-sized updates
         model = torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.ReLU(), torch.nn.Linear(5, 3))
         initial = torch.cat([p.detach().flatten() for p in model.parameters()])
-        optimizer = make_optimizer(model, {"name": name, "lr": 0.01, "weight_decay": 0.01, "fused": fused})
+        optimizer = make_optimizer(model, {"name": name, "lr": 0.01, "weight_decay": 0.01, "fused": fused, "backbone_lr_scale": 1.0})
         assert bool(optimizer.defaults.get("fused")) == fused
         for _ in range(3):
             loss = model(torch.randn(8, 6)).square().mean()
