@@ -18,16 +18,13 @@ from PIL import Image
 
 REPO = Path(__file__).resolve().parent.parent
 
-# The recipe names torchvision's ImageNet weights, which the config check wants downloaded or
-# downloadable: an (empty) file of that name in a hub cache of the tests' own stands in for it.
-RECIPE_WEIGHTS_FILE = "resnet50-11ad3fa6.pth"
-
 
 @pytest.fixture(autouse=True, scope="session")
-def torch_hub_with_recipe_weights(tmp_path_factory):
+def torch_hub_of_the_tests(tmp_path_factory):
+    """A torch hub cache of the tests' own (empty: nothing is downloaded, and the user's cache is
+    never read); the weights tests put files of their own making there."""
     home = tmp_path_factory.mktemp("torch_home")
     (home / "hub" / "checkpoints").mkdir(parents=True)
-    (home / "hub" / "checkpoints" / RECIPE_WEIGHTS_FILE).write_bytes(b"")
     previous = os.environ.get("TORCH_HOME")
     os.environ["TORCH_HOME"] = str(home)
     yield home
