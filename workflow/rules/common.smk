@@ -87,7 +87,10 @@ INDEX_FILES = {
 # What the labelled side (train/ and val/) and the test side (test/) of the data set hold: a
 # digest of their contents, rewritten only when it changes (imageclf/datafiles.py).
 DATA_GROUPS = {"labelled": ("train", "val"), "test": ("test",)}
-REPORT_DIR = os.path.dirname(workflow.source_path("../report/workflow.rst"))
+# the captions' folder, next to this file's (also when the workflow is used as a module)
+REPORT_DIR = os.path.normpath(
+    os.path.join(str(workflow.current_basedir), "..", "report")
+)
 
 
 def in_report(path, caption, category, **labels):
