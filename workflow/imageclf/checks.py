@@ -13,7 +13,7 @@ import json
 import logging
 from pathlib import Path
 
-from . import demo, index
+from . import datafiles, demo, index
 from .architectures import facts
 from .config import RESOLVED, effective_config, is_demo, variant_sections
 from .errors import ConfigError, DataError, WeightsError, unknown_architecture
@@ -139,7 +139,7 @@ def local_file_problems(arch: str, path: Path, cache: Path | None) -> list[str]:
     """Why a local weights file does not load into `arch` (empty when it does), remembered per
     file version in cache/weights.json so that a dry run does not load it again."""
     info = path.stat()
-    key = f"{arch}|{path.resolve()}|{info.st_size}|{info.st_mtime_ns}|{info.st_ino}"
+    key = "|".join([arch, str(path.resolve()), *map(str, datafiles.signature(info))])
     stored = {}
     if cache is not None:
         try:

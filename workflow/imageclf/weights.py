@@ -22,6 +22,7 @@ import re
 import shutil
 from pathlib import Path
 
+from . import datafiles
 from .errors import WeightsError
 from .io_utils import atomic_path, file_sha256, write_text
 from .logs import add_log_argument, setup_logging
@@ -107,7 +108,7 @@ def update_stamp(path: str | Path, stamp: str | Path, record: str | Path) -> str
     unchanged file is not hashed again at every invocation."""
     path = Path(path).expanduser()
     info = path.stat()
-    signature = f"{info.st_size} {info.st_mtime_ns} {info.st_ctime_ns} {info.st_ino}"
+    signature = " ".join(map(str, datafiles.signature(info)))
     record = Path(record)
     try:
         known_signature, known_digest = record.read_text().split("\n")[:2]

@@ -13,6 +13,7 @@ from imageclf.config import (
     execution_settings,
     is_demo,
     run_config,
+    variant_sections,
     write_run_config,
 )
 from imageclf.cache import cache_mode
@@ -172,7 +173,7 @@ def local_weights_stamps():
     built: replacing the file retrains the variants that use it; a touch retrains nothing.
     """
     paths = {
-        run_config(CFG, variant, SEEDS[0])["model"]["weights"] for variant in VARIANTS
+        variant_sections(CFG, variant)["model"]["weights"] for variant in VARIANTS
     }
     stamps = {}
     for path in sorted(p for p in paths if is_local_file(p)):
@@ -193,7 +194,7 @@ def weights_input(wildcards):
     url = CFG[RESOLVED][wildcards.variant]["weights_url"]
     if url:
         return {"weights": f"{WEIGHTS}/{os.path.basename(url)}"}
-    path = run_config(CFG, wildcards.variant, int(wildcards.seed))["model"]["weights"]
+    path = variant_sections(CFG, wildcards.variant)["model"]["weights"]
     if path in LOCAL_WEIGHTS_STAMPS:
         return {"weights_stamp": LOCAL_WEIGHTS_STAMPS[path]}
     return {}
