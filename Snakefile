@@ -36,3 +36,4 @@ rule all:
     input:
         "results/submission.csv",
         rules.ablation_table.input,
+        FULL_FIT_PREDICTIONS,

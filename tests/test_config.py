@@ -238,11 +238,19 @@ def test_ensembles_are_checked_and_take_their_defaults():
 
 def test_cross_validation_settings_are_checked():
     cfg = user_config()
-    cfg["cv"] = {"folds": 1, "seed": 0, "full_fit": False}
+    cfg["cv"] = {"folds": 1, "seed": 0, "full_fit": False, "submit": "fold_average"}
     with pytest.raises(C.ConfigError, match="cv.folds"):
         C.effective_config(cfg)
-    cfg["cv"] = {"folds": 5, "seed": 0, "full_fit": True}
-    with pytest.raises(C.ConfigError, match="cv.full_fit: a final fit on every labelled image is not built yet"):
+    cfg["cv"] = {"folds": 0, "seed": 0, "full_fit": True, "submit": "fold_average"}
+    with pytest.raises(C.ConfigError, match=r"cv.full_fit: needs cv.folds >= 2"):
         C.effective_config(cfg)
-    cfg["cv"]["full_fit"] = False
-    assert C.effective_config(cfg)["cv"]["folds"] == 5
+    cfg["cv"] = {"folds": 5, "seed": 0, "full_fit": False, "submit": "full_fit"}
+    with pytest.raises(C.ConfigError, match="cv.submit: full_fit needs cv.full_fit: true"):
+        C.effective_config(cfg)
+    cfg["cv"]["full_fit"] = True
+    cfg["ensembles"] = {"pair": {"variants": ["full", "no_mlp"]}}
+    cfg["submission"]["ensemble"] = "pair"
+    with pytest.raises(C.ConfigError, match="cv.submit: full_fit submits one run's full fit, but submission.ensemble"):
+        C.effective_config(cfg)
+    cfg["submission"]["ensemble"] = None
+    assert C.effective_config(cfg)["cv"] == {"folds": 5, "seed": 0, "full_fit": True, "submit": "full_fit"}

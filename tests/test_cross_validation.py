@@ -1,19 +1,21 @@
 """K-fold cross-validation through Snakemake: one job per fold, out-of-fold predictions of every
-labelled image, fold-averaged test predictions, an ablation table on them, and a change that
-costs only what it touches."""
+labelled image, fold-averaged test predictions, an ablation table on them, a full fit on every
+labelled image, and a change that costs only what it touches."""
 
 import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from conftest import add_test_image, make_dataset, planned_jobs, snakemake, tiny_overlay, write_overlay
-from imageclf import tables
+from imageclf import full_fit, tables
 
 pytestmark = pytest.mark.slow
 
 FOLDS = 2
-TRAIN_SIDE = {"run_config", "folds", "fold_index", "train", "select", "index"}
+TRAIN_SIDE = {"run_config", "folds", "fold_index", "train", "select", "index", "full_fit_index",
+              "full_fit_config", "full_fit"}
 
 
 @pytest.fixture(scope="module")
@@ -21,7 +23,7 @@ def finished(tmp_path_factory):
     base = tmp_path_factory.mktemp("cv")
     make_dataset(base / "data", train_per_class=6, val_per_class=2)
     # the data set relative to the working directory, so that a copy of `base` is a whole project
-    overlay = tiny_overlay(Path("../data"), seeds=[0], cv={"folds": FOLDS, "seed": 0, "full_fit": False},
+    overlay = tiny_overlay(Path("../data"), seeds=[0], cv={"folds": FOLDS, "seed": 0, "full_fit": True},
                            ensembles={"full_x1": {"variants": ["full"]}})
     overlay["variants"] = {"full": {}, "no_mlp": None, "no_mixup": {"train": {"mixup_alpha": 0.0}}}
     configfile = write_overlay(base / "cv.yaml", overlay)
@@ -70,6 +72,36 @@ def test_the_test_predictions_are_the_mean_of_the_fold_models(finished):
     assert submission["pred_label"].tolist() == test["pred_label"].tolist()
 
 
+def test_the_full_fit_trains_on_every_labelled_image_for_the_folds_median_epoch(finished):
+    workdir, configfile, _ = finished
+    folds = tables.read_folds(workdir / "results/index/folds.csv")
+    trained_on = tables.read_index(workdir / "results/index/full/train.csv")
+    assert sorted(trained_on["path"]) == sorted(folds["path"])
+    run, fold_runs = workdir / "results/train/full/seed0", range(FOLDS)
+    selected = [tables.read_selection(run / f"fold{k}/selection.json")["epoch"] for k in fold_runs]
+    history = tables.read_history(run / "full/history.csv")
+    assert history["epoch"].tolist() == list(range(1, full_fit.median_epoch(selected) + 1))
+    assert history["val_acc"].isna().all()  # nothing held out, nothing evaluated
+    fold_lrs = [tables.read_history(run / f"fold{k}/history.csv").set_index("epoch")["lr"] for k in fold_runs]
+    assert history["lr"].tolist() == pytest.approx([np.median([lrs[e] for lrs in fold_lrs]) for e in history["epoch"]])
+    full_test = tables.read_predictions(workdir / "results/predict/full/seed0/full/test.csv")
+    assert (workdir / "results/predict/no_mixup/seed0/full/test.csv").is_file()  # every run has its full fit
+    # cv.submit: full_fit submits it, and only the submission is redone (and again on the way back)
+    fold_average = configfile.read_text()
+    overlay = yaml.safe_load(fold_average)
+    overlay["cv"]["submit"] = "full_fit"
+    write_overlay(configfile, overlay)
+    try:
+        result = snakemake(workdir, configfile, "results/submission.csv")
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        assert planned_jobs(result.stdout + result.stderr) == {"submission": 1}, result.stderr[-2000:]
+        submission = tables.read_table(workdir / "results/submission.csv", tables.SUBMISSION, "submission")
+        assert submission["pred_label"].tolist() == full_test["pred_label"].tolist()
+    finally:
+        configfile.write_text(fold_average)
+        assert snakemake(workdir, configfile, "results/submission.csv").returncode == 0
+
+
 def test_the_table_reads_the_out_of_fold_predictions(finished):
     workdir, _, _ = finished
     text = (workdir / "results/ablation/table.md").read_text()
@@ -96,4 +128,5 @@ def test_nothing_reruns_and_a_test_only_change_trains_nothing(finished, tmp_path
     assert "results/train/" not in "".join(line for line in dry.stdout.splitlines() if "output:" in line)
     configfile.write_text(configfile.read_text().replace(f"folds: {FOLDS}", "folds: 3"))
     jobs = planned_jobs(snakemake(workdir, configfile, "-n", "all").stdout)
-    assert jobs.get("folds") == 1 and jobs.get("train") == 6 and "index" not in jobs, jobs
+    assert jobs.get("folds") == 1 and jobs.get("train") == 6 and jobs.get("full_fit") == 2, jobs
+    assert "index" not in jobs, jobs

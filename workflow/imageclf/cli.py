@@ -19,6 +19,7 @@ STAGES = {
     "fold_index": ("folds", "main_split", "index files of one fold's run (train on the others, hold it out)"),
     "oof": ("folds", "main_oof", "out-of-fold predictions: each labelled image by the fold model that did not train on it"),
     "fold_average": ("folds", "main_average", "a run's test predictions: the mean of its fold models'"),
+    "full_fit_config": ("full_fit", "main", "plan a run's full fit on every labelled image from its folds"),
     "cache": ("cache", "main", "decode and resize one split once into a memory-mapped file"),
     "train": ("train", "main", "train one run (variant, seed); resumes after a crash"),
     "select": ("select", "main", "pick a run's checkpoint by select.metric"),

@@ -155,9 +155,14 @@ def effective_config(config: dict) -> dict:
     chosen = config["submission"]["ensemble"]
     if chosen is not None and chosen not in config["ensembles"]:
         raise ConfigError(f"submission.ensemble '{chosen}' is not one of the ensembles {sorted(config['ensembles'])}")
-    if config["cv"]["full_fit"]:
-        raise ConfigError("cv.full_fit: a final fit on every labelled image is not built yet; set it to false "
-                          "(under cross-validation the submission is the mean of the fold models)")
+    cv = config["cv"]
+    if cv["full_fit"] and not cv["folds"]:
+        raise ConfigError("cv.full_fit: needs cv.folds >= 2 (its epoch count is the folds' selected epochs)")
+    if cv["submit"] == "full_fit" and not cv["full_fit"]:
+        raise ConfigError("cv.submit: full_fit needs cv.full_fit: true (and cv.folds >= 2)")
+    if cv["submit"] == "full_fit" and chosen is not None:
+        raise ConfigError(f"cv.submit: full_fit submits one run's full fit, but submission.ensemble is '{chosen}' "
+                          "(an ensemble submits its members' fold averages); set one of them back")
     for variant in config["variants"]:
         check_batches(variant_sections(config, variant)["train"], variant)
     return config

@@ -98,7 +98,8 @@ def split_fold(folds_csv, fold: int | None, train_out, val_out) -> None:
     held_out = frame["fold"] == fold if fold is not None else pd.Series(False, index=frame.index)
     index_columns = list(tables.INDEX)
     tables.write_index(train_out, frame.loc[~held_out, index_columns])
-    tables.write_index(val_out, frame.loc[held_out, index_columns])
+    if val_out is not None:
+        tables.write_index(val_out, frame.loc[held_out, index_columns])
     log.info("fold %s: %d images to train on, %d held out", "all" if fold is None else fold,
              int((~held_out).sum()), int(held_out.sum()))
 
@@ -168,7 +169,7 @@ def main_split(argv=None) -> None:
     parser.add_argument("--folds-table", required=True, help="folds.csv")
     parser.add_argument("--fold", type=int, default=None, help="the held-out fold (none: a full fit)")
     parser.add_argument("--train-out", required=True)
-    parser.add_argument("--val-out", required=True)
+    parser.add_argument("--val-out", default=None, help="the held-out images (none for a full fit)")
     add_log_argument(parser)
     args = parser.parse_args(argv)
     setup_logging(args.log_file)

@@ -30,7 +30,7 @@ from . import batch_augment, checkpoints, data, engine, models, presets, tables
 from .allocator import keep_freed_memory
 from .cache import batch_input_size, open_cache
 from .config import check_batches, config_hash, load_run_config
-from .errors import TrainingDiverged
+from .errors import ConfigError, TrainingDiverged
 from .io_utils import file_sha256, torch_save
 from .logs import add_log_argument, setup_logging
 
@@ -203,11 +203,9 @@ def make_loaders(cfg: dict, index: dict, classes: list[str], dist: Distributed, 
                  train_cache=None, val_cache=None) -> Loaders:
     """The run's training and validation loaders; each process gets its share of the batch."""
     tcfg, seed = cfg["train"], int(cfg["seed"])
-    train_frame, val_frame = tables.read_index(index["train"]), tables.read_index(index["val"])
     size = tcfg["image_size"]
-    train_set, augment = training_dataset(cfg, train_frame, classes, open_cache(train_cache, index["train"]))
-    val_set = data.ImageDataset(val_frame, classes, presets.eval_transform(cfg["augment"], size),
-                                open_cache(val_cache, index["val"]))
+    train_set, augment = training_dataset(cfg, tables.read_index(index["train"]), classes,
+                                          open_cache(train_cache, index["train"]))
     check_batches(tcfg, str(cfg["variant"]), dist.world_size)
     per_rank_batch = tcfg["batch_size"] // dist.world_size
     sampler = data.SeededSampler(len(train_set), seed, shuffle=True, rank=dist.rank, world_size=dist.world_size)
@@ -217,8 +215,12 @@ def make_loaders(cfg: dict, index: dict, classes: list[str], dist: Distributed, 
     drop_last = len(sampler) % per_rank_batch == 1
     train_loader = data.make_loader(train_set, per_rank_batch, num_workers, sampler, drop_last, pin,
                                     augment.collate if augment else None)
-    val_loader = data.make_loader(val_set, tcfg["batch_size"], num_workers, pin_memory=pin)
-    return Loaders(train_loader, val_loader, sampler, augment, len(train_set), len(val_set))
+    val_loader, val_images = None, 0  # a full fit holds nothing out
+    if index.get("val"):
+        val_set = data.ImageDataset(tables.read_index(index["val"]), classes,
+                                    presets.eval_transform(cfg["augment"], size), open_cache(val_cache, index["val"]))
+        val_loader, val_images = data.make_loader(val_set, tcfg["batch_size"], num_workers, pin_memory=pin), len(val_set)
+    return Loaders(train_loader, val_loader, sampler, augment, len(train_set), val_images)
 
 
 def epoch_row(epoch: int, stats: dict, lr: float, seconds: float, world_size: int) -> dict:
@@ -236,29 +238,41 @@ def log_epoch(row: dict, history: list[dict], epochs: int) -> None:
     epoch = row["epoch"]
     mean_epoch = sum(r["seconds"] for r in history[-5:]) / len(history[-5:])
     eta = mean_epoch * (epochs - epoch)
+    val = "" if np.isnan(row["val_loss"]) else f"  val_loss {row['val_loss']:.4f}  val_acc {row['val_acc']:.4f}"
     log.info(
-        "epoch %d/%d  train_loss %.4f  val_loss %.4f  val_acc %.4f  lr %.2e  %.1f img/s  "
-        "%.1fs  ETA %dm%02ds",
-        epoch, epochs, row["train_loss"], row["val_loss"], row["val_acc"], row["lr"],
-        row["images_per_s"], row["seconds"], eta // 60, eta % 60,
+        "epoch %d/%d  train_loss %.4f%s  lr %.2e  %.1f img/s  %.1fs  ETA %dm%02ds",
+        epoch, epochs, row["train_loss"], val, row["lr"], row["images_per_s"], row["seconds"], eta // 60, eta % 60,
     )
     if "val_loss_ema" in row:
         log.info("epoch %d/%d  EMA of the weights: val_loss %.4f  val_acc %.4f", epoch, epochs,
                  row["val_loss_ema"], row["val_acc_ema"])
 
 
+def set_learning_rate(optimizer, factor: float) -> None:
+    """Every group at `factor` times its own learning rate (a full fit's replayed schedule)."""
+    for group in optimizer.param_groups:
+        group["lr"] = group["target_lr"] * factor
+
+
 def train(run_config_path, index: dict, out_dir, state_dir=None, threads: int = 1,
           train_cache=None, val_cache=None, num_workers: int = 0, tensorboard_dir=None,
-          weights_file=None) -> pd.DataFrame:
+          weights_file=None, model_out=None) -> pd.DataFrame:
     """Train one run; write history.csv, checkpoints/best_{val_acc,val_loss}.pt and run.json.
 
-    index: {"train": train.csv, "val": val.csv, "classes": classes.csv} of the index stage.
+    A full fit (a run config with `full_fit`, from full_fit.py) has no val index: it follows its
+    plan's learning rates, evaluates nothing and writes its last epoch's weights to `model_out`
+    (the run's model.pt) instead of best checkpoints.
+
+    index: {"train": train.csv, "val": val.csv or None, "classes": classes.csv} of the index stage.
     num_workers: DataLoader worker processes (train.num_workers, which is not part of the run
     config: it changes the speed, never the results).
     tensorboard_dir: where each epoch's scalars go as TensorBoard event files (None: nowhere).
     weights_file: the file of torchvision weights named by model.weights (the weights rule's)."""
     cfg = load_run_config(run_config_path)
-    tcfg, out_dir = cfg["train"], Path(out_dir)
+    tcfg, out_dir, plan = cfg["train"], Path(out_dir), cfg.get("full_fit")
+    if (plan is None) != bool(index.get("val")) or (plan is not None and model_out is None):
+        raise ConfigError(f"{run_config_path}: a full fit's run config trains with a model output and no val "
+                          "index, any other with a val index")
     state_dir = Path(state_dir) if state_dir else out_dir / "resume"
     dist = Distributed(tcfg)
     if not dist.is_main:  # one progress log, not one per process
@@ -286,7 +300,7 @@ def train(run_config_path, index: dict, out_dir, state_dir=None, threads: int = 
     # Resume after the last finished epoch of the same run, if one was interrupted, or extend
     # the same run finished with fewer epochs (checkpoints.extension says when that is exact).
     fingerprint = {"config_hash": config_hash(cfg),
-                   "index_hash": index_hash(index["train"], index["val"], index["classes"]),
+                   "index_hash": index_hash(*filter(None, (index["train"], index.get("val"), index["classes"]))),
                    "world_size": dist.world_size}
     state_path = state_dir / checkpoints.STATE_FILE
     keeper = checkpoints.Keeper(state_dir)
@@ -319,7 +333,10 @@ def train(run_config_path, index: dict, out_dir, state_dir=None, threads: int = 
         rng = np.random.default_rng(data.epoch_seed(seed, epoch, stream=3))
         generator = torch.Generator().manual_seed(data.epoch_seed(seed, epoch, stream=4))
         epoch_start = time.perf_counter()
-        warm_up(optimizer, epoch, warmup)
+        if plan is not None:
+            set_learning_rate(optimizer, plan["lr_factors"][epoch - 1])
+        else:
+            warm_up(optimizer, epoch, warmup)
         lr = optimizer.param_groups[-1]["lr"]  # the head's
         stats = engine.train_one_epoch(
             net, loaders.train, optimizer, criterion, device, mixup_alpha=tcfg["mixup_alpha"], rng=rng,
@@ -329,11 +346,14 @@ def train(run_config_path, index: dict, out_dir, state_dir=None, threads: int = 
             cutmix_alpha=tcfg["cutmix_alpha"], mix_switch_prob=tcfg["mix_switch_prob"],
             accumulate_steps=tcfg["accumulate_steps"], clip_grad_norm=tcfg["clip_grad_norm"],
         )
-        stats.update(engine.evaluate(model, loaders.val, device, precision, channels_last))
-        if ema is not None:
-            ema_stats = engine.evaluate(ema.module, loaders.val, device, precision, channels_last)
-            stats.update({f"{name}_ema": value for name, value in ema_stats.items()})
-        if epoch > warmup:
+        if loaders.val is None:
+            stats.update(val_loss=float("nan"), val_acc=float("nan"))
+        else:
+            stats.update(engine.evaluate(model, loaders.val, device, precision, channels_last))
+            if ema is not None:
+                ema_stats = engine.evaluate(ema.module, loaders.val, device, precision, channels_last)
+                stats.update({f"{name}_ema": value for name, value in ema_stats.items()})
+        if epoch > warmup and plan is None:
             step_scheduler(scheduler, stats["val_loss"])
         row = epoch_row(epoch, stats, lr, time.perf_counter() - epoch_start, dist.world_size)
         history.append(row)
@@ -342,7 +362,8 @@ def train(run_config_path, index: dict, out_dir, state_dir=None, threads: int = 
         if dist.is_main:  # keep the best epochs, then the state to resume after this one
             meta = {"variant": cfg["variant"], "seed": seed, "epoch": epoch, "classes": classes,
                     "val_acc": row["val_acc"], "val_loss": row["val_loss"], "config_hash": fingerprint["config_hash"]}
-            keeper.offer(row, meta, (("model", "", model), ("ema", "_ema", ema and ema.module)))
+            if plan is None:
+                keeper.offer(row, meta, (("model", "", model), ("ema", "_ema", ema and ema.module)))
             torch_save(checkpoints.resume_state(fingerprint, cfg, epoch, model, optimizer, scheduler, scaler, ema,
                                                 history, keeper.best), state_path)
         dist.barrier()
@@ -350,7 +371,13 @@ def train(run_config_path, index: dict, out_dir, state_dir=None, threads: int = 
     scalars.close()
     frame = pd.DataFrame(history, columns=HISTORY_COLUMNS + (EMA_COLUMNS if ema is not None else []))
     if dist.is_main:
-        keeper.publish(out_dir / "checkpoints")
+        if plan is None:
+            keeper.publish(out_dir / "checkpoints")
+        else:  # the full fit's model: its last epoch's weights, or their EMA as its plan says
+            final = ema.module if plan["weights"] == "ema" and ema is not None else model
+            meta = {"variant": cfg["variant"], "seed": seed, "epoch": epochs, "classes": classes,
+                    "config_hash": fingerprint["config_hash"], "weights": plan["weights"]}
+            torch_save({"model": final.state_dict(), "meta": meta}, model_out)
         tables.write_run(out_dir / "run.json", {
             "variant": cfg["variant"], "seed": seed, "config": cfg, **fingerprint,
             "parameters": n_params, "classes": classes, "device": str(device),
@@ -385,7 +412,7 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="imageclf train", description=__doc__.splitlines()[0])
     parser.add_argument("--run-config", required=True, help="JSON written by the run_config rule")
     parser.add_argument("--train-index", required=True)
-    parser.add_argument("--val-index", required=True)
+    parser.add_argument("--val-index", default=None, help="none for a full fit (its run config has full_fit)")
     parser.add_argument("--classes", required=True)
     parser.add_argument("--out-dir", required=True)
     parser.add_argument("--state-dir", default=None, help="resume state (default: OUT_DIR/resume)")
@@ -396,6 +423,7 @@ def main(argv=None) -> None:
     parser.add_argument("--tensorboard-dir", default=None, help="TensorBoard event files of each epoch's scalars")
     parser.add_argument("--weights-file", default=None,
                         help="torchvision weights named by model.weights, put in place by the weights rule")
+    parser.add_argument("--model-out", default=None, help="a full fit's model.pt: its last epoch's weights")
     add_log_argument(parser)
     args = parser.parse_args(argv)
     setup_logging(args.log_file)
@@ -403,7 +431,7 @@ def main(argv=None) -> None:
     index = {"train": args.train_index, "val": args.val_index, "classes": args.classes}
     try:
         train(args.run_config, index, args.out_dir, args.state_dir, args.threads, args.train_cache,
-              args.val_cache, args.num_workers, args.tensorboard_dir, args.weights_file)
+              args.val_cache, args.num_workers, args.tensorboard_dir, args.weights_file, args.model_out)
     except TrainingDiverged as error:
         state_dir = Path(args.state_dir) if args.state_dir else Path(args.out_dir) / "resume"
         raise TrainingDiverged(f"{error} ({what_diverged_kept(args.run_config, state_dir)})") from None

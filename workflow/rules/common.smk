@@ -35,7 +35,12 @@ INDEX = "results/index"
 # val/), and /fold<k> for one fold's run under cross-validation (cv.folds >= 2), whose results
 # the cross-validation stages (cv.smk) gather in the run's own folders.
 CV_FOLDS = CFG["cv"]["folds"]
-FOLD = r"[/]fold\d+" if CV_FOLDS else "(?:)"  # (?:) matches the empty fold alone
+# The folds the train, select and run_config rules make: (?:) matches the empty fold alone.
+TRAINED_FOLD = r"[/]fold\d+" if CV_FOLDS else "(?:)"
+# With cv.full_fit, /full is a run's model trained on every labelled image (rule full_fit in
+# cv.smk), whose predictions the predict rule makes as for any other.
+FULL_FIT = f"{os.sep}full" if CFG["cv"]["full_fit"] else None
+FOLD = r"[/](?:fold\d+|full)" if FULL_FIT else TRAINED_FOLD
 RUN = "results/train/{variant}/seed{seed}{fold}"
 PRED = "results/predict/{variant}/seed{seed}{fold}"
 RUN_DIR = "results/train/{variant}/seed{seed}"
@@ -65,7 +70,13 @@ def run_prediction(variant, seed, split, views):
     )
 
 
-# The predictions that are submitted: submission.ensemble's, or submission.variant and .seed's run.
+def full_fit_prediction(variant, seed):
+    """A run's full fit's test predictions (cv.full_fit), with predict.tta's views."""
+    return f"{PRED_DIR}{FULL_FIT}/test.csv".format(variant=variant, seed=seed)
+
+
+# The predictions that are submitted: submission.ensemble's, or submission.variant and .seed's
+# run (its full fit's test predictions with cv.submit: full_fit).
 if CFG["submission"]["ensemble"]:
     SUBMITTED_PRED = {
         split: ENSEMBLE_PRED.format(name=CFG["submission"]["ensemble"], split=split)
@@ -81,6 +92,17 @@ else:
         )
         for split in ("val", "test")
     }
+    if CFG["cv"]["submit"] == "full_fit":
+        SUBMITTED_PRED["test"] = full_fit_prediction(
+            CFG["submission"]["variant"], CFG["submission"]["seed"]
+        )
+# every run's full fit's test predictions, made by `snakemake` (rule all) with cv.full_fit
+FULL_FIT_PREDICTIONS = [
+    full_fit_prediction(variant, seed)
+    for variant in VARIANTS
+    for seed in SEEDS
+    if FULL_FIT
+]
 INDEX_FILES = {
     name: f"{INDEX}/{name}.csv"
     for name in ("train", "val", "test", "classes", "summary", "leaks")
@@ -251,6 +273,34 @@ def cache_inputs(wildcards, splits):
         inputs[f"{split}_cache_pixels"] = f"{stem}.npy"
         inputs[f"{split}_cache_meta"] = f"{stem}.csv"
     return inputs
+
+
+def path_flag(name, key):
+    """A params function: --NAME PATH, quoted, when the job has input or output `key` (rule
+    full_fit, under cv.smk, trains without a val index and writes model.pt itself)."""
+
+    def flag(wildcards, input, output):
+        files = input if key in input.keys() else output
+        if key not in files.keys():
+            return ""
+        return f"--{name} {shlex.quote(str(files[key]))}"
+
+    return flag
+
+
+def fold_predictions(split):
+    """An input function: one run's predictions of `split` by each of its fold models, fold 0
+    first, with the test-time views of the wanted file's folder."""
+
+    def paths(wildcards):
+        return [
+            f"{PRED_DIR}/fold{k}/{wildcards.views}{split}.csv".format(
+                variant=wildcards.variant, seed=wildcards.seed
+            )
+            for k in range(CV_FOLDS)
+        ]
+
+    return paths
 
 
 def cache_flag(name, split):

@@ -42,21 +42,6 @@ rule fold_index:
         "--train-out {output.train:q} --val-out {output.val:q} --log-file {log:q}"
 
 
-def fold_predictions(split):
-    """An input function: one run's predictions of `split` by each of its fold models, fold 0
-    first, with the test-time views of the wanted file's folder."""
-
-    def paths(wildcards):
-        return [
-            f"{PRED_DIR}/fold{k}/{wildcards.views}{split}.csv".format(
-                variant=wildcards.variant, seed=wildcards.seed
-            )
-            for k in range(CV_FOLDS)
-        ]
-
-    return paths
-
-
 rule oof:
     """A run's out-of-fold predictions: every labelled image, predicted by the fold model that
     held it out."""
@@ -92,3 +77,65 @@ rule fold_average:
     shell:
         "imageclf fold_average --fold-predictions {input.members:q} --classes {input.classes:q} "
         "--out {output:q} --log-file {log:q}"
+
+
+# cv.full_fit: each run's model trained on every labelled image (README: Cross-validation).
+if FULL_FIT:
+
+    rule full_fit_index:
+        """Every labelled image to train on, none held out."""
+        input:
+            f"{INDEX}/folds.csv",
+        output:
+            f"{INDEX}{FULL_FIT}/train.csv",
+        log:
+            "logs/fold_index/full.log",
+        conda:
+            CONDA_ENV
+        shell:
+            "imageclf fold_index --folds-table {input:q} --train-out {output:q} "
+            "--log-file {log:q}"
+
+    rule full_fit_config:
+        """A run's full fit's run config: its fold models' config, trained for the median of
+        their selected epochs at the learning rates they had (imageclf/full_fit.py).
+        """
+        input:
+            config=f"{RUN_DIR}/fold0/config.json",
+            histories=lambda wildcards: run_files(
+                wildcards.variant, wildcards.seed, "history"
+            ),
+            selections=lambda wildcards: run_files(
+                wildcards.variant, wildcards.seed, "selection"
+            ),
+        output:
+            in_report(
+                f"{RUN}/config.json",
+                "run_config",
+                "configuration",
+                labels={"variant": "{variant}", "seed": "{seed}", "fold": "{fold}"},
+            ),
+        log:
+            "logs/run_config/{variant}/seed{seed}{fold}.log",
+        wildcard_constraints:
+            fold=FULL_FIT,
+        conda:
+            CONDA_ENV
+        shell:
+            "imageclf full_fit_config --run-config {input.config:q} "
+            "--histories {input.histories:q} --selections {input.selections:q} "
+            "--out {output:q} --log-file {log:q}"
+
+    use rule train as full_fit with:
+        input:
+            unpack(lambda wildcards: cache_inputs(wildcards, ["train"])),
+            unpack(weights_input),
+            config=f"{RUN}/config.json",
+            train=index_file(lambda wildcards: "train"),
+            classes=INDEX_FILES["classes"],
+        output:
+            history=f"{RUN}/history.csv",
+            run=f"{RUN}/run.json",
+            model=f"{RUN}/model.pt",
+        wildcard_constraints:
+            fold=FULL_FIT,

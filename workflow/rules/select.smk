@@ -8,6 +8,8 @@ rule select:
         selection=f"{RUN}/selection.json",
     log:
         "logs/select/{variant}/seed{seed}{fold}.log",
+    wildcard_constraints:
+        fold=TRAINED_FOLD,
     conda:
         CONDA_ENV
     params:

@@ -12,6 +12,8 @@ rule run_config:
         ),
     log:
         "logs/run_config/{variant}/seed{seed}{fold}.log",
+    wildcard_constraints:
+        fold=TRAINED_FOLD,
     localrule: True
     params:
         run=lambda wildcards: run_config(CFG, wildcards.variant, int(wildcards.seed)),
@@ -32,7 +34,8 @@ rule cache:
         "logs/benchmarks/cache{fold}/{split}_{size}px_{mode}.tsv"
     wildcard_constraints:
         split="train|val|test",
-        fold=r"(/fold\d+)?",  # a fold's own train and held-out images, under cross-validation
+        # a fold's own train and held-out images, or a full fit's, under cross-validation
+        fold=r"(/fold\d+|/full)?",
         size=r"\d+",
         mode=r"exact|[ms][0-9.]+",
     conda:
@@ -71,6 +74,8 @@ rule train:
         "logs/train/{variant}/seed{seed}{fold}.log",
     benchmark:
         "logs/benchmarks/train/{variant}/seed{seed}{fold}.tsv"
+    wildcard_constraints:
+        fold=TRAINED_FOLD,
     conda:
         CONDA_ENV
     threads: stage_resources("train")["threads"]
@@ -87,6 +92,8 @@ rule train:
         launcher=train_launcher,
         train_cache=cache_flag("train-cache", "train"),
         val_cache=cache_flag("val-cache", "val"),
+        val_index=path_flag("val-index", "val"),
+        model_out=path_flag("model-out", "model"),
         out_dir=lambda wildcards, output: os.path.dirname(output.history),
         # Resume state: not an output, so Snakemake keeps it when a killed job re-runs.
         state_dir=lambda wildcards, output: os.path.join(
@@ -97,7 +104,7 @@ rule train:
         weights=weights_flag,
     shell:
         "{params.launcher} train --run-config {input.config:q} --train-index {input.train:q} "
-        "--val-index {input.val:q} --classes {input.classes:q} --out-dir {params.out_dir:q} "
-        "--state-dir {params.state_dir:q} --threads {threads} "
+        "{params.val_index} --classes {input.classes:q} --out-dir {params.out_dir:q} "
+        "{params.model_out} --state-dir {params.state_dir:q} --threads {threads} "
         "--num-workers {resources.loader_workers} {params.train_cache} {params.val_cache} "
         "--tensorboard-dir {params.tensorboard:q} {params.weights} --log-file {log:q}"
