@@ -53,6 +53,7 @@ def test_same_config_and_seed_give_identical_runs(prepared):
     assert_same_run(tmp / "a", tmp / "b")
 
 
+@pytest.mark.slow  # 10-15 s each: the full suite runs them, the quick loop keeps one bit-identity test
 def test_worker_processes_do_not_change_the_run(prepared):
     # why train.num_workers is kept out of the run config (config.EXECUTION_ONLY)
     tmp, run_config = prepared
@@ -94,6 +95,7 @@ def interrupted_after_epoch_two_then_resumed(monkeypatch, run_config, tmp):
     return train.train(run_config, index_files(tmp / "index"), tmp / "resumed", threads=1), saves
 
 
+@pytest.mark.slow  # 10-15 s each: the full suite runs them, the quick loop keeps one bit-identity test
 def test_an_interrupted_run_with_ema_resumes_bit_identically(prepared, monkeypatch):
     """train.ema on: the EMA weights (and their step count) are part of the resume state."""
     tmp, run_config = prepared
@@ -187,6 +189,7 @@ def with_train(tmp, run_config, name, **train_keys):
     return tmp / name
 
 
+@pytest.mark.slow  # 10-15 s each: the full suite runs them, the quick loop keeps one bit-identity test
 def test_raising_the_epochs_of_a_finished_run_extends_it_bit_identically(prepared, caplog):
     """plateau: the 2-epoch run is the first 2 epochs of the 3-epoch run, so the extension continues
     from its resume state and ends as a run trained for 3 epochs from the start."""
@@ -265,6 +268,7 @@ def test_raising_the_epochs_through_snakemake_extends_plateau_and_retrains_cosin
     assert "extending" not in log.read_text()
 
 
+@pytest.mark.slow  # 10-15 s each: the full suite runs them, the quick loop keeps one bit-identity test
 def test_an_interrupted_run_with_cutmix_accumulation_and_clipping_resumes_bit_identically(prepared, monkeypatch):
     """The levers' draws (mixup or CutMix per batch, the box) come from the epoch's seeded streams."""
     tmp, run_config = prepared
