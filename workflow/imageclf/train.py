@@ -270,9 +270,11 @@ def train(run_config_path, index: dict, out_dir, state_dir=None, threads: int = 
     weights_file: the file of torchvision weights named by model.weights (the weights rule's)."""
     cfg = load_run_config(run_config_path)
     tcfg, out_dir, plan = cfg["train"], Path(out_dir), cfg.get("full_fit")
-    if (plan is None) != bool(index.get("val")) or (plan is not None and model_out is None):
-        raise ConfigError(f"{run_config_path}: a full fit's run config trains with a model output and no val "
-                          "index, any other with a val index")
+    if plan is not None and (index.get("val") or model_out is None):
+        raise ConfigError(f"{run_config_path}: a full fit (its run config has full_fit) takes --model-out and "
+                          "no --val-index")
+    if plan is None and not index.get("val"):
+        raise ConfigError(f"{run_config_path}: a run without full_fit in its run config needs --val-index")
     state_dir = Path(state_dir) if state_dir else out_dir / "resume"
     dist = Distributed(tcfg)
     if not dist.is_main:  # one progress log, not one per process
