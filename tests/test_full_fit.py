@@ -1,10 +1,16 @@
-"""The full fit's plan (cv.full_fit): its epoch count, learning rates and weights follow the
-written rule from the folds' histories and selections."""
+"""The full fit (cv.full_fit): its plan's epoch count, learning rates and weights follow the
+written rule from the folds' histories and selections, and training follows the plan."""
 
 import pandas as pd
 import pytest
-from imageclf import full_fit
-from imageclf.errors import DataError
+import torch
+import yaml
+from conftest import REPO, index_dataset, index_files, make_dataset, tiny_overlay
+from imageclf import config as C
+from imageclf import full_fit, train
+from imageclf.checks import checked_config
+from imageclf.errors import ConfigError, DataError
+from imageclf.io_utils import write_json
 
 BASE = {"variant": "full", "seed": 0, "train": {"epochs": 6, "optimizer": {"lr": 0.01}}}
 
@@ -43,3 +49,47 @@ def test_a_fold_history_shorter_than_the_plan_is_named():
     histories = [history([0.01, 0.01, 0.01]), history([0.01])]
     with pytest.raises(DataError, match="fold1/history.csv: has no epoch 2"):
         full_fit.plan(BASE, histories, [{"epoch": 3}, {"epoch": 1}], ["fold0/history.csv", "fold1/history.csv"])
+
+
+@pytest.fixture
+def full_fit_config(tmp_path):
+    """A tiny run config (backbone at a tenth of the head's rate, EMA on) with a full fit's plan:
+    two epochs at half and a quarter of the rate, keeping the EMA."""
+    make_dataset(tmp_path / "data")
+    index_dataset(tmp_path / "data", tmp_path / "index")
+    overlay = tiny_overlay(tmp_path / "data", train={"optimizer": {"lr": 0.002, "backbone_lr_scale": 0.1},
+                                                     "ema": {"enabled": True, "decay": 0.9}})
+    cfg = checked_config(C.deep_merge(yaml.safe_load((REPO / "config.yaml").read_text()), overlay))
+    base = C.run_config(cfg, "full", 0)
+    planned = {**base, "train": {**base["train"], "epochs": 2},
+               "full_fit": {"fold_epochs": [2, 2], "lr_factors": [0.5, 0.25], "weights": "ema"}}
+    path = tmp_path / "full" / "config.json"
+    path.parent.mkdir()
+    write_json(path, planned)
+    return tmp_path, path
+
+
+def test_a_full_fit_trains_its_plan_without_validation_and_keeps_its_last_ema(full_fit_config):
+    tmp, run_config = full_fit_config
+    index = {**index_files(tmp / "index"), "val": None}
+    out = tmp / "full"
+    history = train.train(run_config, index, out, threads=1, model_out=out / "model.pt")
+    assert history["epoch"].tolist() == [1, 2] and history["val_acc"].isna().all()
+    assert history["lr"].tolist() == pytest.approx([0.001, 0.0005])  # the head's rate, replayed
+    assert not (out / "checkpoints").exists()  # nothing held out, nothing selected
+    state = torch.load(out / "resume" / "state.pt", map_location="cpu", weights_only=True)
+    backbone, head = state["optimizer"]["param_groups"]
+    assert backbone["lr"] == pytest.approx(0.00005) and head["lr"] == pytest.approx(0.0005)
+    saved = torch.load(out / "model.pt", map_location="cpu", weights_only=True)
+    assert saved["meta"]["weights"] == "ema" and saved["meta"]["epoch"] == 2
+    for key, tensor in saved["model"].items():  # the EMA's weights, not the trained ones
+        assert torch.equal(tensor, state["ema"][f"module.{key}"]), key
+    assert any(not torch.equal(t, state["model"][k]) for k, t in saved["model"].items())
+
+
+def test_a_full_fit_called_like_a_fold_run_is_one_line(full_fit_config):
+    tmp, run_config = full_fit_config
+    with pytest.raises(ConfigError, match="a full fit .* takes --model-out and no --val-index"):
+        train.train(run_config, index_files(tmp / "index"), tmp / "x", model_out=tmp / "x" / "model.pt")
+    with pytest.raises(ConfigError, match="takes --model-out"):
+        train.train(run_config, {**index_files(tmp / "index"), "val": None}, tmp / "x")

@@ -78,5 +78,6 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     setup_logging(args.log_file)
     if len(args.histories) != len(args.selections):
-        raise DataError(f"{len(args.histories)} histories but {len(args.selections)} selections given")
+        raise DataError(f"--histories names {len(args.histories)} files but --selections {len(args.selections)}: "
+                        "give one of each per fold, fold 0 first")
     run(args.run_config, args.histories, args.selections, args.out)

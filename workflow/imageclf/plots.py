@@ -148,7 +148,10 @@ def run(manifest_path, out_dir) -> None:
     errors = per_class_errors(pred, classes)
     tables.write_table(out_dir / "worst_classes.csv", errors.head(10))
     acc = (pred["label"] == pred["pred_label"]).mean()
-    plot_confusion(pred, classes, errors, f"Confusion matrix, submitted model, {split} ({100 * acc:.1f} % right)",
+    # under cross-validation, val is the out-of-fold predictions of the run's fold models
+    cv = split == "val" and manifest["cv"]["folds"]
+    what = "submitted run's fold models, out-of-fold" if cv else f"submitted model, {split}"
+    plot_confusion(pred, classes, errors, f"Confusion matrix, {what} ({100 * acc:.1f} % right)",
                    out_dir / "confusion_matrix.png")
     plot_worst(errors, f"Ten worst classes by {split} error rate", out_dir / "worst_classes.png")
     plot_gallery(val, tables.read_index(manifest["index"]["val"]), errors["class"].head(10).tolist(),

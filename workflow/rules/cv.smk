@@ -119,6 +119,7 @@ if FULL_FIT:
             "logs/run_config/{variant}/seed{seed}{fold}.log",
         wildcard_constraints:
             fold=FULL_FIT,
+        localrule: True
         conda:
             CONDA_ENV
         shell:
