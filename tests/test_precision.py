@@ -80,6 +80,7 @@ def test_fp16_trains_through_the_grad_scaler(monkeypatch):
     assert calls == ["scale", "step", "update"] * 2 and np.isfinite(stats["train_loss"])
 
 
+@pytest.mark.slow  # 8 s: two short trainings; the quick loop keeps the choice of precision
 def test_a_fp16_run_trains_and_resumes_with_a_grad_scaler(tmp_path, monkeypatch):
     """Through train.train, as the train rule runs it: precision fp16 (what auto picks on 7.x)
     gets one GradScaler, and every optimizer step goes through it."""

@@ -41,6 +41,7 @@ def rule_commands(tmp_path) -> list[str]:
     return [line[len(prefix):] for line in lines if line.startswith(prefix) and line != prefix + "None"]  # None: a run: rule
 
 
+@pytest.mark.slow  # a Snakemake dry run of every optional stage, about 10 s
 def test_every_rule_command_parses_under_its_stage(tmp_path, parse_only):
     commands = rule_commands(tmp_path)
     seen = set()
