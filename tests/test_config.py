@@ -239,7 +239,7 @@ def test_ensembles_are_checked_and_take_their_defaults():
 def test_cross_validation_settings_are_checked():
     cfg = user_config()
     cfg["cv"] = {"folds": 1, "seed": 0, "full_fit": False, "submit": "fold_average"}
-    with pytest.raises(C.ConfigError, match="cv.folds"):
+    with pytest.raises(C.ConfigError, match="cv.folds: 1 fold holds nothing out"):
         C.effective_config(cfg)
     cfg["cv"] = {"folds": 0, "seed": 0, "full_fit": True, "submit": "fold_average"}
     with pytest.raises(C.ConfigError, match=r"cv.full_fit: needs cv.folds >= 2"):

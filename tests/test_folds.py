@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 from conftest import make_dataset
 from imageclf import folds, index, tables
-from imageclf.errors import DataError
+from imageclf.errors import ConfigError, DataError
 
 
 def labelled(classes=8, per_class=23, duplicates=0, seed=0) -> pd.DataFrame:
@@ -64,6 +64,13 @@ def test_a_class_smaller_than_the_folds_is_spread_and_warned_about(caplog):
     fold = folds.assign_folds(frame, classes_of(frame), 5, seed=0)
     assert fold[frame["label"] == "3"].nunique() == 2
     assert "fewer distinct images than the 5 folds" in caplog.text and "'3' (2)" in caplog.text
+
+
+def test_more_folds_than_distinct_images_is_an_error_naming_the_key():
+    frame = labelled(classes=2, per_class=4, duplicates=2)  # 10 rows, 8 distinct images
+    assert len(folds.assign_folds(frame, classes_of(frame), 8, seed=0).unique()) == 8
+    with pytest.raises(ConfigError, match="cv.folds: 9 folds, but the labelled images .* only 8 distinct"):
+        folds.assign_folds(frame, classes_of(frame), 9, seed=0)
 
 
 def test_holdout_takes_the_fraction_of_each_class():

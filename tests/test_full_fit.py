@@ -7,7 +7,7 @@ import torch
 import yaml
 from conftest import REPO, index_dataset, index_files, make_dataset, tiny_overlay
 from imageclf import config as C
-from imageclf import full_fit, train
+from imageclf import full_fit, tables, train
 from imageclf.checks import checked_config
 from imageclf.errors import ConfigError, DataError
 from imageclf.io_utils import write_json
@@ -93,3 +93,20 @@ def test_a_full_fit_called_like_a_fold_run_is_one_line(full_fit_config):
         train.train(run_config, index_files(tmp / "index"), tmp / "x", model_out=tmp / "x" / "model.pt")
     with pytest.raises(ConfigError, match="takes --model-out"):
         train.train(run_config, {**index_files(tmp / "index"), "val": None}, tmp / "x")
+
+
+def test_the_stage_writes_the_plan_and_warns_about_folds_not_to_be_trusted(tmp_path, caplog):
+    write_json(tmp_path / "config.json", BASE)
+    histories, selections = [], []
+    for k, (epoch, warnings) in enumerate([(3, []), (2, ["val accuracy 10.0 % is no better than chance"])]):
+        frame = history([0.01, 0.01, 0.005]).assign(train_loss=1.0, val_loss=1.0, val_acc=0.5, seconds=1.0,
+                                                    images_per_s=1.0)
+        tables.write_history(tmp_path / f"h{k}.csv", frame)
+        tables.write_selection(tmp_path / f"s{k}.json", {"epoch": epoch, "weights": "model", "warnings": warnings})
+        histories.append(tmp_path / f"h{k}.csv")
+        selections.append(tmp_path / f"s{k}.json")
+    full_fit.run(tmp_path / "config.json", histories, selections, tmp_path / "full.json")
+    planned = C.load_run_config(tmp_path / "full.json")
+    assert planned["train"]["epochs"] == 3 and planned["full_fit"]["lr_factors"] == pytest.approx([1.0, 1.0, 0.5])
+    warned = [r.message for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warned) == 1 and "s1.json" in warned[0] and "no better than chance" in warned[0]

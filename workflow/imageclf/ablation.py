@@ -246,7 +246,7 @@ def footnote(table: pd.DataFrame, reference: str, splits: list[str], folds: int 
                 f"mean of its {folds} fold models' probabilities, its **selected epoch** their mean, its **train "
                 f"min** their sum. Each fold model selected its checkpoint on its own held-out fold, which makes "
                 f"out-of-fold accuracy slightly optimistic, equally for every variant. ") + text.replace(
-                    "val predictions", "out-of-fold predictions")
+                    "val predictions", "out-of-fold predictions").replace("**val loss**", "**oof loss**")
     if seeds == 1:
         text += (" With one run per variant, runs that differ as a whole (not image by image) are not "
                  "covered: seed-to-seed noise is unmeasured. Train several seeds (`seeds`) before calling "

@@ -156,6 +156,8 @@ def effective_config(config: dict) -> dict:
     if chosen is not None and chosen not in config["ensembles"]:
         raise ConfigError(f"submission.ensemble '{chosen}' is not one of the ensembles {sorted(config['ensembles'])}")
     cv = config["cv"]
+    if cv["folds"] == 1:
+        raise ConfigError("cv.folds: 1 fold holds nothing out; use 0 (train on train/, select on val/) or 2 or more")
     if cv["full_fit"] and not cv["folds"]:
         raise ConfigError("cv.full_fit: needs cv.folds >= 2 (its epoch count is the folds' selected epochs)")
     if cv["submit"] == "full_fit" and not cv["full_fit"]:

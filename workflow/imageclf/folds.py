@@ -17,7 +17,7 @@ import logging
 import pandas as pd
 
 from . import ensemble, tables
-from .errors import DataError
+from .errors import ConfigError, DataError
 from .logs import add_log_argument, setup_logging
 
 log = logging.getLogger("imageclf.folds")
@@ -49,9 +49,14 @@ def assign_folds(index: pd.DataFrame, classes: list[str], folds: int, seed: int)
     spread over as many folds as it has images (its other folds hold none of it): a warning."""
     if folds < 2:
         raise ValueError("cross-validation needs at least 2 folds")
+    dealt = groups_by_class(index, classes, seed)
+    distinct = sum(len(hashes) for _, hashes in dealt)
+    if distinct < folds:  # a fold without images could neither train nor select
+        raise ConfigError(f"cv.folds: {folds} folds, but the labelled images (train/ and val/) hold only {distinct} "
+                          "distinct images; every fold needs at least one, so set cv.folds to at most that")
     fold_of, position = {}, 0
     short = []
-    for name, hashes in groups_by_class(index, classes, seed):
+    for name, hashes in dealt:
         if 0 < len(hashes) < folds:
             short.append(f"{name!r} ({len(hashes)})")
         for sha in hashes:
