@@ -106,6 +106,12 @@ def test_the_table_reads_the_out_of_fold_predictions(finished):
     workdir, _, _ = finished
     text = (workdir / "results/ablation/table.md").read_text()
     assert "oof acc %" in text and f"Cross-validation** ({FOLDS} folds)" in text and "full_x1" in text
+    assert "full fit test acc %" in text and "**full fit test acc**" in text
+    full_fit_runs = tables.read_table(workdir / "results/ablation/runs.csv", {"variant": "str", "full_fit_test_acc": "float"},
+                                      "runs")
+    full_fit_test = tables.read_predictions(workdir / "results/predict/full/seed0/full/test.csv")
+    assert full_fit_runs.loc[full_fit_runs["variant"] == "full", "full_fit_test_acc"].iloc[0] == pytest.approx(
+        tables.accuracy(full_fit_test))
     runs = tables.read_table(workdir / "results/ablation/runs.csv", {"variant": "str", "val_acc": "float"}, "runs")
     oof = tables.read_predictions(workdir / "results/predict/full/seed0/oof.csv")
     assert runs.loc[runs["variant"] == "full", "val_acc"].iloc[0] == pytest.approx(oof["correct"].astype(bool).mean())

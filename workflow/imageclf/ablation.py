@@ -59,6 +59,14 @@ def row_scores(preds: dict, classes: list[str], paths: dict) -> dict:
     return out
 
 
+def full_fit_accuracy(entry: dict) -> float:
+    """The test accuracy of a run's full fit (cv.full_fit), NaN without one or without test labels."""
+    if not entry.get("full_fit"):
+        return np.nan
+    accuracy = tables.accuracy(tables.read_predictions(entry["full_fit"]))
+    return np.nan if accuracy is None else accuracy
+
+
 def load_rows(manifest: dict, classes: list[str]) -> tuple[pd.DataFrame, dict]:
     """One row per run and per ensemble (kind "variant" or "ensemble"), and their predictions:
     {(name, seed): {split: frame}} (an ensemble is seed 0)."""
@@ -77,7 +85,7 @@ def load_rows(manifest: dict, classes: list[str]) -> tuple[pd.DataFrame, dict]:
             "select_metric": first_selection["metric"], **row_scores(preds, classes, entry),
             "train_minutes": float(sum(run["train_minutes"] for run, _ in models)),
             "config_hash": first_run["config_hash"], "index_hash": first_run["index_hash"],
-            "warnings": "; ".join(warnings),
+            "warnings": "; ".join(warnings), "full_fit_test_acc": full_fit_accuracy(entry),
         })
     runs = pd.DataFrame(rows).set_index(["variant", "seed"], drop=False)
     for entry in manifest["ensembles"]:
@@ -87,7 +95,7 @@ def load_rows(manifest: dict, classes: list[str]) -> tuple[pd.DataFrame, dict]:
             "variant": entry["name"], "seed": 0, "kind": "ensemble", "parameters": int(members["parameters"].sum()),
             "selected_epoch": np.nan, "select_metric": "", **row_scores(preds, classes, entry),
             "train_minutes": float(members["train_minutes"].sum()), "config_hash": "", "index_hash": "",
-            "warnings": "",
+            "warnings": "", "full_fit_test_acc": np.nan,
         })
     return pd.DataFrame(rows), predictions
 
@@ -117,7 +125,7 @@ def summarize(rows: pd.DataFrame, predictions, reference: str, classes: list[str
                "flagged": ", ".join(f"seed{s}" for s, w in zip(group["seed"], group["warnings"].fillna(""))
                                     if isinstance(w, str) and w)}
         for metric in [f"{s}_{m}" for s in SPLITS for m in stats.METRICS] + ["val_loss", "selected_epoch",
-                                                                             "train_minutes"]:
+                                                                             "train_minutes", "full_fit_test_acc"]:
             values = group[metric].astype(float)
             row[f"{metric}_mean"] = values.mean()
             row[f"{metric}_sd"] = values.std(ddof=1) if len(values) > 1 else np.nan
@@ -147,6 +155,11 @@ def summarize(rows: pd.DataFrame, predictions, reference: str, classes: list[str
     return table
 
 
+def has_full_fits(table: pd.DataFrame) -> bool:
+    """Whether the table has full fits' test accuracies (cv.full_fit with test labels)."""
+    return "full_fit_test_acc_mean" in table and bool(table["full_fit_test_acc_mean"].notna().any())
+
+
 def pct(mean, sd) -> str:
     if pd.isna(mean):
         return "n/a"
@@ -165,6 +178,8 @@ def markdown(table: pd.DataFrame, reference: str, spread: str = "", folds: int =
     name = {"val": "oof" if folds else "val", "test": "test"}
     head = ["variant", "runs", "parameters", f"{name['val']} acc %", f"{name['val']} loss"]
     head += ["test acc %"] if "test" in splits else []
+    full_fit = "test" in splits and has_full_fits(table)
+    head += ["full fit test acc %"] if full_fit else []
     head += ["selected epoch", "train min"]
     head += [f"{name[split]} Δ acc vs {reference} (95% CI); p (Holm)" for split in splits]
     flagged = bool(table["flagged"].fillna("").astype(bool).any())
@@ -175,6 +190,7 @@ def markdown(table: pd.DataFrame, reference: str, spread: str = "", folds: int =
         epoch = "n/a" if pd.isna(r.selected_epoch_mean) else f"{r.selected_epoch_mean:.1f}"  # ensembles
         cells = [r.variant, str(r.runs), f"{r.parameters:,}", pct(r.val_acc_mean, r.val_acc_sd), loss]
         cells += [pct(r.test_acc_mean, r.test_acc_sd)] if "test" in splits else []
+        cells += [pct(r.full_fit_test_acc_mean, r.full_fit_test_acc_sd)] if full_fit else []
         cells += [epoch, f"{r.train_minutes_mean:.1f}"]
         for split in splits:
             cells.append("reference" if r.variant == reference else
@@ -245,7 +261,11 @@ def footnote(table: pd.DataFrame, reference: str, splits: list[str], folds: int 
                 f"predicted by the fold model that did not train on it; a run's **test** predictions are the "
                 f"mean of its {folds} fold models' probabilities, its **selected epoch** their mean, its **train "
                 f"min** their sum. Each fold model selected its checkpoint on its own held-out fold, which makes "
-                f"out-of-fold accuracy slightly optimistic, equally for every variant. ") + text.replace(
+                f"out-of-fold accuracy slightly optimistic, equally for every variant. ") + (
+                    "**full fit test acc**: of each run's full fit (`cv.full_fit`), one model trained on every "
+                    "labelled image; the test Δ columns compare the fold averages. "
+                    if has_full_fits(table)
+                    else "") + text.replace(
                     "val predictions", "out-of-fold predictions").replace("**val loss**", "**oof loss**")
     if seeds == 1:
         text += (" With one run per variant, runs that differ as a whole (not image by image) are not "

@@ -26,6 +26,7 @@ rule ablation:
     input:
         manifest=MANIFEST_PATH,
         runs=manifest_files("runs", "val", "test"),
+        full_fits=FULL_FIT_PREDICTIONS,
         models=model_files("run", "selection"),
         ensembles=manifest_files("ensembles", "val", "test"),
         classes=INDEX_FILES["classes"],

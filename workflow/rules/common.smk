@@ -369,6 +369,8 @@ def run_entry(variant, seed):
             split: run_prediction(variant, seed, split, CFG["predict"]["tta"])
             for split in ("val", "test")
         },
+        # cv.full_fit: the test predictions of the run's full fit
+        **({"full_fit": full_fit_prediction(variant, seed)} if FULL_FIT else {}),
     }
 
 
