@@ -143,11 +143,16 @@ def test_labels_input(wildcards=None):
     return [labels] if labels else []
 
 
-def test_labels_flag(wildcards, input):
-    """A params function: --test-labels PATH, quoted, or nothing."""
-    if not input.get("test_labels"):
-        return ""
-    return f"--test-labels {shlex.quote(str(input.test_labels))}"
+def path_flag(name, key):
+    """A params function: --NAME PATH, quoted, when the job's input or output `key` names a file,
+    else nothing: no test labels, no torchvision weights file, or (rule full_fit, under cv.smk)
+    no val index, and model.pt written by training itself."""
+
+    def flag(wildcards, input, output):
+        path = input.get(key) or output.get(key)
+        return f"--{name} {shlex.quote(str(path))}" if path else ""
+
+    return flag
 
 
 def data_stamps():
@@ -220,13 +225,6 @@ def weights_input(wildcards):
     return {}
 
 
-def weights_flag(wildcards, input):
-    """A params function: --weights-file PATH for torchvision weights, or nothing."""
-    if "weights" not in input.keys():
-        return ""
-    return f"--weights-file {shlex.quote(str(input.weights))}"
-
-
 def weights_url(wildcards):
     """The download address of the torchvision weights file named `wildcards.file`."""
     for resolved in CFG[RESOLVED].values():
@@ -273,19 +271,6 @@ def cache_inputs(wildcards, splits):
         inputs[f"{split}_cache_pixels"] = f"{stem}.npy"
         inputs[f"{split}_cache_meta"] = f"{stem}.csv"
     return inputs
-
-
-def path_flag(name, key):
-    """A params function: --NAME PATH, quoted, when the job has input or output `key` (rule
-    full_fit, under cv.smk, trains without a val index and writes model.pt itself)."""
-
-    def flag(wildcards, input, output):
-        files = input if key in input.keys() else output
-        if key not in files.keys():
-            return ""
-        return f"--{name} {shlex.quote(str(files[key]))}"
-
-    return flag
 
 
 def fold_predictions(split):

@@ -67,7 +67,7 @@ rule index_test:
         max_pixels=CFG["data"]["max_image_pixels"],
     params:
         root=os.path.normpath(CFG["data"]["root"]),
-        test_labels=test_labels_flag,
+        test_labels=path_flag("test-labels", "test_labels"),
     shell:
         "imageclf index_test --root {params.root:q} --train-index {input.train:q} "
         "--val-index {input.val:q} --classes {input.classes:q} {params.test_labels} "

@@ -28,7 +28,7 @@ rule predict:
     params:
         batch_size=CFG["predict"]["batch_size"],
         cache=cache_flag("cache", lambda wildcards: wildcards.split),
-        test_labels=test_labels_flag,
+        test_labels=path_flag("test-labels", "test_labels"),
         tta=" ".join(CFG["predict"]["tta"]),
     shell:
         "imageclf predict --run-config {input.config:q} --model {input.model:q} "
@@ -50,7 +50,7 @@ use rule predict as predict_views with:
     params:
         batch_size=CFG["predict"]["batch_size"],
         cache=cache_flag("cache", lambda wildcards: wildcards.split),
-        test_labels=test_labels_flag,
+        test_labels=path_flag("test-labels", "test_labels"),
         # the views of an ensemble whose `tta` differs from predict.tta
         tta=lambda wildcards: (
             "" if wildcards.views == "none" else wildcards.views.replace("+", " ")

@@ -101,7 +101,7 @@ rule train:
         ),
         # a log, not an output: `tensorboard --logdir logs/tensorboard` while runs train
         tensorboard=lambda wildcards: f"logs/tensorboard/{wildcards.variant}/seed{wildcards.seed}{wildcards.fold}",
-        weights=weights_flag,
+        weights=path_flag("weights-file", "weights"),
     shell:
         "{params.launcher} train --run-config {input.config:q} --train-index {input.train:q} "
         "{params.val_index} --classes {input.classes:q} --out-dir {params.out_dir:q} "
