@@ -63,7 +63,7 @@ def run(run_config, history_paths: list, selection_paths: list, out) -> dict:
     planned = plan(base, histories, selections, [str(path) for path in history_paths])
     write_run_config(out, planned)
     for path, selection in zip(selection_paths, selections):
-        for warning in selection.get("warnings", []):
+        for warning in tables.selection_warnings(selection):
             log.warning("full fit of %s seed %s follows a fold not to be trusted (%s): %s", base["variant"],
                         base["seed"], path, warning)
     log.info("full fit of %s seed %s: %d epochs (the median of the folds' selected epochs %s), %s weights",

@@ -248,6 +248,12 @@ def log_epoch(row: dict, history: list[dict], epochs: int) -> None:
                  row["val_loss_ema"], row["val_acc_ema"])
 
 
+def checkpoint_meta(cfg: dict, classes: list[str], fingerprint: dict, epoch: int) -> dict:
+    """What a saved model says of itself (select checks its epoch, predict its classes)."""
+    return {"variant": cfg["variant"], "seed": int(cfg["seed"]), "epoch": epoch, "classes": classes,
+            "config_hash": fingerprint["config_hash"]}
+
+
 def set_learning_rate(optimizer, factor: float) -> None:
     """Every group at `factor` times its own learning rate (a full fit's replayed schedule)."""
     for group in optimizer.param_groups:
@@ -362,8 +368,7 @@ def train(run_config_path, index: dict, out_dir, state_dir=None, threads: int = 
         scalars.add({name: value for name, value in row.items() if name != "seconds"})
         log_epoch(row, history, epochs)
         if dist.is_main:  # keep the best epochs, then the state to resume after this one
-            meta = {"variant": cfg["variant"], "seed": seed, "epoch": epoch, "classes": classes,
-                    "val_acc": row["val_acc"], "val_loss": row["val_loss"], "config_hash": fingerprint["config_hash"]}
+            meta = {**checkpoint_meta(cfg, classes, fingerprint, epoch), "val_acc": row["val_acc"], "val_loss": row["val_loss"]}
             if plan is None:
                 keeper.offer(row, meta, (("model", "", model), ("ema", "_ema", ema and ema.module)))
             torch_save(checkpoints.resume_state(fingerprint, cfg, epoch, model, optimizer, scheduler, scaler, ema,
@@ -377,8 +382,7 @@ def train(run_config_path, index: dict, out_dir, state_dir=None, threads: int = 
             keeper.publish(out_dir / "checkpoints")
         else:  # the full fit's model: its last epoch's weights, or their EMA as its plan says
             final = ema.module if plan["weights"] == "ema" and ema is not None else model
-            meta = {"variant": cfg["variant"], "seed": seed, "epoch": epochs, "classes": classes,
-                    "config_hash": fingerprint["config_hash"], "weights": plan["weights"]}
+            meta = {**checkpoint_meta(cfg, classes, fingerprint, epochs), "weights": plan["weights"]}
             torch_save({"model": final.state_dict(), "meta": meta}, model_out)
         tables.write_run(out_dir / "run.json", {
             "variant": cfg["variant"], "seed": seed, "config": cfg, **fingerprint,
