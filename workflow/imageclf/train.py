@@ -365,8 +365,6 @@ def train(run_config_path, index: dict, out_dir, state_dir=None, threads: int = 
             step_scheduler(scheduler, stats["val_loss"])
         row = epoch_row(epoch, stats, lr, time.perf_counter() - epoch_start, dist.world_size)
         history.append(row)
-        scalars.add({name: value for name, value in row.items() if name != "seconds"})
-        log_epoch(row, history, epochs)
         if dist.is_main:  # keep the best epochs, then the state to resume after this one
             meta = {**checkpoint_meta(cfg, classes, fingerprint, epoch), "val_acc": row["val_acc"], "val_loss": row["val_loss"]}
             if plan is None:
@@ -374,6 +372,9 @@ def train(run_config_path, index: dict, out_dir, state_dir=None, threads: int = 
             torch_save(checkpoints.resume_state(fingerprint, cfg, epoch, model, optimizer, scheduler, scaler, ema,
                                                 history, keeper.best), state_path)
         dist.barrier()
+        # announced only once a resume would find it: the log never claims an epoch that is lost
+        scalars.add({name: value for name, value in row.items() if name != "seconds"})
+        log_epoch(row, history, epochs)
 
     scalars.close()
     frame = pd.DataFrame(history, columns=HISTORY_COLUMNS + (EMA_COLUMNS if ema is not None else []))
