@@ -54,16 +54,21 @@ def synthetic_jpegs(folder: Path, count: int, size=(500, 375), seed=0, workers: 
     return paths
 
 
-def timed_steps(batches, step, warmup: int) -> float:
-    """Images per second over the batches after `warmup` ones (loading time included)."""
+def timed_steps(batches, step, warmup: int, device=None) -> float:
+    """Images per second over the batches after `warmup` ones (loading time included). On a GPU the
+    clock starts and stops with the GPU idle; in between the steps queue up as in training."""
     seen, start = 0, None
-    for i, (images, targets, *drawn) in enumerate(batches):
+    for i, (images, targets, *seeds) in enumerate(batches):
         if i == warmup:
+            if device is not None and device.type == "cuda":
+                torch.cuda.synchronize(device)
             start, seen = time.perf_counter(), 0
-        step(images, targets, *drawn)
+        step(images, targets, *seeds)
         seen += images.shape[0]
     if start is None:
         raise ValueError("not enough batches: raise --images or lower --warmup")
+    if device is not None and device.type == "cuda":
+        torch.cuda.synchronize(device)
     return seen / (time.perf_counter() - start)
 
 
@@ -72,18 +77,16 @@ def make_step(model, device, precision, channels_last, train_cfg: dict, augment=
     criterion = nn.CrossEntropyLoss(label_smoothing=train_cfg["label_smoothing"])
     model.train()
 
-    def step(images, targets, drawn=None):
+    def step(images, targets, seeds=None):
         if augment is not None:
-            images = augment.apply(images.to(device, non_blocking=True), drawn)
+            images = augment(images.to(device, non_blocking=True), seeds)
         images = engine.to_device(images, device, channels_last)
-        targets = targets.to(device)
+        targets = targets.to(device, non_blocking=True)
         with engine.autocast(device, precision):
             loss = criterion(model(images), targets)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
 
     return step
 
@@ -96,9 +99,10 @@ def model_and_step(cfg: dict, device, precision: str, channels_last: bool):
     return model, make_step(model, device, precision, channels_last, cfg["train"])
 
 
-def recipe_config(user: dict) -> dict:
-    """The user's config with data.root off the demo, so the recipe's model and sizes apply."""
-    return {**user, "data": {**user["data"], "root": "/not/the/demo"}}
+def recipe_config(user: dict, root) -> dict:
+    """The user's config with data.root off the demo (`root`, a folder that exists), so the
+    recipe's model and sizes apply."""
+    return {**user, "data": {**user["data"], "root": str(root), "test_labels": None}}
 
 
 def augmentation_rate(dataset, count: int) -> float:
@@ -110,17 +114,19 @@ def augmentation_rate(dataset, count: int) -> float:
 
 
 def batched_augmentation_rate(augmenter, squares, batch_size: int, device, rounds: int = 3) -> float:
-    """Images/s of the chain alone, batched on the device (parameter draws excluded: the workers
-    make them), uint8 batch already on the device."""
+    """Images/s of the chain alone, batched on the device, uint8 batch already on the device
+    (the parameter draws included: they are made there)."""
     images = torch.stack([torch.from_numpy(np.array(squares.image(i % len(squares.shapes)))).permute(2, 0, 1)
                           for i in range(batch_size)]).to(device)
-    drawn = [augmenter.draw(range(r * batch_size, (r + 1) * batch_size), *images.shape[-2:]) for r in range(rounds + 1)]
-    augmenter.apply(images, drawn[0])
+    side = augmenter.image_size + 1 if images.shape[-1] == augmenter.image_size else images.shape[-1]
+    images = torch.nn.functional.interpolate(images.float(), size=(side, side)).to(torch.uint8)
+    seeds = [torch.arange(r * batch_size, (r + 1) * batch_size) for r in range(rounds + 1)]
+    augmenter(images, seeds[0])
     if device.type == "cuda":
         torch.cuda.synchronize()
     start = time.perf_counter()
     for r in range(1, rounds + 1):
-        augmenter.apply(images, drawn[r])
+        augmenter(images, seeds[r])
     if device.type == "cuda":
         torch.cuda.synchronize()
     return batch_size * rounds / (time.perf_counter() - start)
@@ -188,10 +194,10 @@ def bench_size(cfg, paths, workdir: Path, batch_size, steps, warmup, workers, th
     device_step = make_step(model, device, precision, channels_last, tcfg, augment=augmenter)
 
     columns = {
-        "a_model_img_s": lambda: timed_steps(synthetic, step, warmup),
-        "b_reference_path_img_s": lambda: timed_steps(loader_for(reference), step, warmup),
-        "c_our_path_img_s": lambda: timed_steps(loader_for(ours), step, warmup),
-        "d_device_aug_path_img_s": lambda: timed_steps(loader_for(raw, augmenter), device_step, warmup),
+        "a_model_img_s": lambda: timed_steps(synthetic, step, warmup, device),
+        "b_reference_path_img_s": lambda: timed_steps(loader_for(reference), step, warmup, device),
+        "c_our_path_img_s": lambda: timed_steps(loader_for(ours), step, warmup, device),
+        "d_device_aug_path_img_s": lambda: timed_steps(loader_for(raw, augmenter), device_step, warmup, device),
     }
     ratios = {"c_over_a": ("c_our_path_img_s", "a_model_img_s"),
               "c_over_b": ("c_our_path_img_s", "b_reference_path_img_s"),
@@ -201,7 +207,7 @@ def bench_size(cfg, paths, workdir: Path, batch_size, steps, warmup, workers, th
         # the same rounds, so each round's ratio compares two runs a minute apart on this machine.
         fp32_layout = engine.resolve_channels_last(tcfg["channels_last"], "fp32", device)
         _, fp32_step = model_and_step(cfg, device, "fp32", fp32_layout)
-        columns["c_fp32_img_s"] = lambda: timed_steps(loader_for(ours), fp32_step, warmup)
+        columns["c_fp32_img_s"] = lambda: timed_steps(loader_for(ours), fp32_step, warmup, device)
         ratios["c_over_fp32_c"] = ("c_our_path_img_s", "c_fp32_img_s")
     row.update(measure_rounds(columns, ratios, rounds, threads))
 
@@ -261,7 +267,7 @@ def main(argv=None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         for size in args.sizes:
-            effective = checked_config(dict(user) if size == "demo" else recipe_config(user))
+            effective = checked_config(dict(user) if size == "demo" else recipe_config(user, tmp))
             cfg = run_config(effective, args.variant, 0)
             if size != "demo":
                 cfg["train"]["image_size"] = int(size)

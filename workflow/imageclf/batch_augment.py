@@ -1,24 +1,25 @@
-"""The training chain on whole batches, on the training device (`train.augment_on: device`).
+"""The training augmentation chain, one table for both of its paths.
 
-With it the DataLoader workers only hand over uint8 images of one fixed square size (made once by
-the cache) and each sample's seed; the augmentation then runs here, batched, on the GPU (or CPU).
-On a GPU host this takes the per-image CPU work (ColorJitter's hue most of all) off the workers.
+OPS holds every augmentation op once: its config key, the torchvision transform that the loader
+path runs per image (presets.train_transform builds the chain from it), and its batched version,
+which `train.augment_on: device` (the default on a GPU) runs on whole batches on the device.
+Adding an op is one entry here plus its entry in the config schema.
 
-Same ops, same parameters, same random draws: each sample's parameters are drawn by the transform
-objects of presets.train_transform themselves (their make_params), under that sample's seed and in
-chain order, exactly as the loader path draws them. Only the application is batched:
-- resize, float conversion and normalize are torchvision's, on the whole batch; RandAugment's
-  posterize, solarize, autocontrast and equalize are torchvision's, on the group of samples that
-  drew the same op and magnitude; ColorJitter's hue uses torchvision's HSV-to-RGB conversion,
-  which takes batches, with a shift per sample, and every sample's hue runs in one call (the
-  blends before and after it keep each sample's own order);
-- everything else whose value differs per sample (flips, rotation, affine, brightness, contrast,
-  saturation, RGB-to-HSV, RandAugment's geometric, brightness/contrast/colour and sharpness picks,
-  erasing) runs kernels written here that repeat torchvision's float arithmetic operation for
-  operation, a few launches per batch rather than per image; tests/test_batch_augment.py checks
-  that every image is bit-identical to torchvision's per-image chain.
-Per-sample values reach a GPU from pinned memory, asynchronously (to_device): the chain never
-makes the CPU wait for the GPU.
+The batched chain keeps the reference chain's ops, in the same order, with the same parameter
+distributions (tests/test_batch_augment.py checks each against torchvision's own draws); it is not
+bit-identical to the per-image chain. How it is made cheap:
+- Every random number is a function of (sample seed, draw number): an integer hash computed on the
+  device for the whole batch at once (`uniforms`). So a sample's parameters depend on its seed
+  alone, never on the batch it is in, the worker count or the process count, and they are the same
+  on the CPU and on a GPU. Erasing noise comes from a generator seeded by the batch's seeds.
+- Per-sample parameters are tensors, never Python values: no host synchronisation, one fixed set
+  of kernels whatever the batch size (a CUDA graph can replay them).
+- Consecutive geometric ops (flips, rotation, affine) are composed into one warp, with the fill of
+  each op kept (a pixel that an op fills stays filled).
+- An op with alternatives (ColorJitter's random order, RandAugment's pick) computes what the batch
+  needs on the whole batch and selects per sample; a choice that leaves a sample unchanged is an
+  exact identity (factor 1, identity matrix).
+Pixel values stay float in [0, 255] until the float conversion after the resize.
 """
 
 from __future__ import annotations
@@ -30,75 +31,283 @@ import torch.nn.functional as nnf
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
-from . import presets
-
-FLIPS = {v2.RandomHorizontalFlip: -1, v2.RandomVerticalFlip: -2}  # op -> the axis it mirrors
-NO_RANDOMNESS = (v2.Resize, v2.ToImage, v2.ToDtype, v2.Normalize)
+# --- random numbers: splitmix64 of (seed + (draw + 1) * golden ratio), top 24 bits as a float in [0, 1)
 
 
-class BatchAugment:
-    """Callable: (uint8 images (B, 3, S, S) on any device, B sample seeds) -> normalized float batch."""
+def _int64(value: int) -> int:
+    return value - (1 << 64) if value >= 1 << 63 else value
 
-    def __init__(self, augment: dict, image_size: int):
-        self.ops = list(presets.train_transform(augment, image_size).transforms)
-        for op in self.ops:
-            if not isinstance(op, (*FLIPS, *NO_RANDOMNESS, v2.RandomRotation, v2.RandomAffine,
-                                   v2.ColorJitter, v2.RandAugment, v2.RandomErasing)):
-                raise TypeError(f"{type(op).__name__} has no batched implementation in batch_augment.py")
-        self.drawers = [params_drawer(op) for op in self.ops]
 
-    def draw(self, seeds, height: int, width: int) -> list[list]:
-        """Each sample's parameters for every op, drawn as the op's own forward() would draw them.
+GOLDEN, MIX1, MIX2 = _int64(0x9E3779B97F4A7C15), _int64(0xBF58476D1CE4E5B9), _int64(0x94D049BB133111EB)
 
-        Cheap but not free (docs/performance.md), so the DataLoader workers do it (collate)."""
-        # make_params reads only the shape of the image it is given: the op's input at its position
-        shape_of, steps = torch.empty((3, height, width), dtype=torch.uint8), []
-        for op, drawer in zip(self.ops, self.drawers):
-            if isinstance(op, v2.Resize):
-                shape_of = torch.empty((3, *op.size), dtype=torch.uint8)
-            steps.append((drawer, shape_of))
-        drawn = []
-        with torch.random.fork_rng(devices=[]):  # leave the caller's random stream untouched
-            for seed in seeds:
-                torch.default_generator.manual_seed(int(seed))  # CPU only: torch.manual_seed seeds every backend
-                drawn.append([drawer(shape) if drawer else None for drawer, shape in steps])
-        return drawn
 
-    def collate(self, samples: list) -> tuple:
-        """collate_fn for (uint8 image, target, seed) samples: the batch plus its drawn parameters."""
-        images = torch.stack([image for image, _, _ in samples])
-        targets = torch.tensor([target for _, target, _ in samples])
-        return images, targets, self.draw([seed for _, _, seed in samples], *images.shape[-2:])
+def _shift_right(x: torch.Tensor, bits: int) -> torch.Tensor:
+    """Logical shift of int64 (torch's >> is arithmetic): the sign bits masked off."""
+    return (x >> bits) & ((1 << (64 - bits)) - 1)
 
-    def apply(self, images: torch.Tensor, drawn: list[list]) -> torch.Tensor:
-        if images.dtype != torch.uint8 or images.ndim != 4:
-            raise TypeError(f"batched augmentation takes a uint8 (B, C, H, W) batch, got {images.dtype} "
-                            f"{tuple(images.shape)}")
-        for position, op in enumerate(self.ops):
-            images = apply_op(op, images, [params[position] for params in drawn])
+
+def uniforms(seeds: torch.Tensor, count: int, first: int = 0) -> torch.Tensor:
+    """(B, count) float32 uniforms in [0, 1): draws first..first+count-1 of each sample's stream.
+    int64 products wrap modulo 2**64 on every torch backend (checked against Python integers in
+    the tests), so the draws are the same on every device."""
+    draws = torch.arange(first + 1, first + count + 1, dtype=torch.int64, device=seeds.device)
+    x = seeds.to(torch.int64).view(-1, 1) + draws * GOLDEN
+    x = (x ^ _shift_right(x, 30)) * MIX1
+    x = (x ^ _shift_right(x, 27)) * MIX2
+    x = x ^ _shift_right(x, 31)
+    return _shift_right(x, 40).to(torch.float32) * (1.0 / (1 << 24))
+
+
+def between(u: torch.Tensor, low: float, high: float) -> torch.Tensor:
+    return low + (high - low) * u
+
+
+# --- geometry: output-to-input maps as (B, 3, 3) matrices in pixel coordinates centred on the image
+
+
+def inverse_affine(angle, translate_x, translate_y, scale, shear_x, shear_y, center=(0.0, 0.0)) -> torch.Tensor:
+    """torchvision's inverse affine matrix (rotation, scale and shear about `center`, then a
+    translation) for per-sample tensors of degrees, pixels and factors."""
+    rot, sx, sy = (torch.deg2rad(torch.as_tensor(a, dtype=torch.float32)) for a in (angle, shear_x, shear_y))
+    rot, sx, sy = torch.broadcast_tensors(rot, sx, sy)
+    a = torch.cos(rot - sy) / torch.cos(sy)
+    b = -(a * torch.tan(sx) + torch.sin(rot))
+    c = torch.sin(rot - sy) / torch.cos(sy)
+    d = torch.cos(rot) - c * torch.tan(sx)
+    m00, m01, m10, m11 = d / scale, -b / scale, -c / scale, a / scale
+    cx, cy = center
+    tx, ty = cx + translate_x, cy + translate_y
+    m02 = cx - m00 * tx - m01 * ty
+    m12 = cy - m10 * tx - m11 * ty
+    zeros, ones = torch.zeros_like(m00), torch.ones_like(m00)
+    return torch.stack([m00, m01, m02, m10, m11, m12, zeros, zeros, ones], -1).view(-1, 3, 3)
+
+
+def flip_matrix(flipped: torch.Tensor, axis: int) -> torch.Tensor:
+    """Mirror about the centre (axis 0: x, 1: y) where `flipped`; exact at pixel centres."""
+    sign = 1.0 - 2.0 * flipped.to(torch.float32)
+    ones, zeros = torch.ones_like(sign), torch.zeros_like(sign)
+    sx, sy = (sign, ones) if axis == 0 else (ones, sign)
+    return torch.stack([sx, zeros, zeros, zeros, sy, zeros, zeros, zeros, ones], -1).view(-1, 3, 3)
+
+
+def warp(images: torch.Tensor, maps: list[tuple[torch.Tensor, bool]]) -> torch.Tensor:
+    """The images through consecutive geometric ops in one nearest-neighbour resampling (torchvision's
+    default interpolation for rotation, affine and RandAugment). maps: each op's (output-to-input
+    matrix, fills) in chain order; a pixel whose source lies outside the image at the input of
+    a filling op is 0, as that op's fill makes it."""
+    batch, _, height, width = images.shape
+    device = images.device
+    xs = torch.arange(width, device=device, dtype=torch.float32) - (width - 1) * 0.5
+    ys = torch.arange(height, device=device, dtype=torch.float32) - (height - 1) * 0.5
+    inside, suffix = None, None
+    for matrix, fills in reversed(maps):  # suffix: the map from the chain's output to this op's input
+        suffix = matrix if suffix is None else matrix @ suffix
+        if fills:
+            u = suffix[:, 0, 0, None, None] * xs + suffix[:, 0, 1, None, None] * ys[:, None] + suffix[:, 0, 2, None, None]
+            v = suffix[:, 1, 0, None, None] * xs + suffix[:, 1, 1, None, None] * ys[:, None] + suffix[:, 1, 2, None, None]
+            here = (u.abs() <= width * 0.5) & (v.abs() <= height * 0.5)
+            inside = here if inside is None else inside & here
+    u = suffix[:, 0, 0, None, None] * xs + suffix[:, 0, 1, None, None] * ys[:, None] + suffix[:, 0, 2, None, None]
+    v = suffix[:, 1, 0, None, None] * xs + suffix[:, 1, 1, None, None] * ys[:, None] + suffix[:, 1, 2, None, None]
+    grid = torch.stack((u * (2.0 / width), v * (2.0 / height)), -1)
+    out = nnf.grid_sample(images, grid, mode="nearest", padding_mode="zeros", align_corners=False)
+    return out if inside is None else out * inside.unsqueeze(1)
+
+
+# --- colour, on float batches in [0, 255]
+
+GRAY = (0.2989, 0.587, 0.114)  # ITU-R 601 luma, as torchvision's rgb_to_grayscale
+
+
+def grayscale(images: torch.Tensor) -> torch.Tensor:
+    weights = torch.tensor(GRAY, dtype=images.dtype).to(images.device, non_blocking=True)
+    return torch.einsum("bchw,c->bhw", images, weights).unsqueeze(1)
+
+
+BRIGHTNESS, CONTRAST, SATURATION = 0, 1, 2
+
+
+def blend(images: torch.Tensor, kind: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    """Per sample: images * factor + other * (1 - factor), clamped, where other is 0 (brightness),
+    the mean grey (contrast) or the grey image (saturation), as torchvision's _blend. A factor of 1
+    leaves a sample as it is."""
+    gray = grayscale(images)
+    kind = kind.view(-1, 1, 1, 1)
+    other = torch.where(kind == SATURATION, gray, gray.mean(dim=(2, 3), keepdim=True) * (kind == CONTRAST))
+    factor = factor.view(-1, 1, 1, 1).to(images.dtype)
+    return torch.lerp(other, images, factor).clamp_(0, 255)
+
+
+def adjust_hue(images: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """Hue + shift (mod 1) per sample, through HSV as torchvision's adjust_hue."""
+    rgb = images * (1.0 / 255)
+    red, green, blue = rgb.unbind(1)
+    value = torch.maximum(torch.maximum(red, green), blue)
+    spread = value - torch.minimum(torch.minimum(red, green), blue)
+    grey = spread == 0
+    saturation = spread / torch.where(grey, 1.0, value)
+    safe = torch.where(grey, 1.0, spread)
+    rc, gc, bc = (value - red) / safe, (value - green) / safe, (value - blue) / safe
+    hue = torch.where(value == red, bc - gc, torch.where(value == green, 2.0 + rc - bc, 4.0 + gc - rc))
+    hue = (hue / 6.0 + 1.0 + shift.view(-1, 1, 1)).remainder(1.0)
+    # back to RGB: channel k is v - v*s*clamp(min(n, 4 - n), 0, 1) with n = (k' + 6h) mod 6 (k' = 5, 3, 1)
+    offsets = torch.tensor([5.0, 3.0, 1.0]).to(images.device, non_blocking=True).view(1, 3, 1, 1)
+    n = (offsets + hue.unsqueeze(1) * 6.0).remainder(6.0)
+    ramp = torch.minimum(n, 4.0 - n).clamp(0.0, 1.0)
+    value, saturation = value.unsqueeze(1), saturation.unsqueeze(1)
+    return (value - value * saturation * ramp) * 255.0
+
+
+def sharpen(images: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    """adjust_sharpness per sample: the inner pixels blended with torchvision's 3x3 smoothing
+    (border pixels kept); a factor of 1 leaves a sample as it is."""
+    channels = images.shape[1]
+    kernel = torch.tensor([[1.0, 1.0, 1.0], [1.0, 5.0, 1.0], [1.0, 1.0, 1.0]]) / 13.0
+    kernel = kernel.to(images.device, images.dtype, non_blocking=True).expand(channels, 1, 3, 3)
+    smoothed = nnf.pad(nnf.conv2d(images, kernel, groups=channels), (1, 1, 1, 1))
+    border = torch.ones_like(images[:1, :1])
+    border[..., 1:-1, 1:-1] = 0
+    smoothed = torch.where(border.bool(), images, smoothed)
+    return torch.lerp(smoothed, images, factor.view(-1, 1, 1, 1).to(images.dtype)).clamp_(0, 255)
+
+
+def autocontrast(images: torch.Tensor) -> torch.Tensor:
+    low = images.amin(dim=(2, 3), keepdim=True)
+    high = images.amax(dim=(2, 3), keepdim=True)
+    flat = high == low
+    scale = 255.0 / torch.where(flat, 1.0, high - low)
+    return torch.where(flat, images, ((images - low) * scale).clamp_(0, 255))
+
+
+def equalize(images: torch.Tensor) -> torch.Tensor:
+    return F.equalize(images.round().clamp_(0, 255).to(torch.uint8)).to(images.dtype)  # batched, no sync
+
+
+# --- the ops: one class each, in chain order in OPS
+
+
+class Op:
+    """key: its config key. draws: uniforms per sample. after_resize: runs after Resize and the
+    float conversion (on [0, 1] values) instead of before. Geometric ops define matrix() and
+    `fills`; the others apply()."""
+
+    key = ""
+    draws = 0
+    after_resize = False
+    fills = False
+
+    def __init__(self, config: dict):
+        self.config = config
+
+    def reference(self):
+        """The torchvision transform of the loader path, per image."""
+        raise NotImplementedError
+
+    def params(self, u: torch.Tensor, height: int, width: int) -> dict:
+        raise NotImplementedError
+
+    matrix = None  # (params, height, width) -> (B, 3, 3), for geometric ops
+
+    def apply(self, images: torch.Tensor, params: dict) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class HorizontalFlip(Op):
+    key, draws, axis = "horizontal_flip", 1, 0
+
+    def reference(self):
+        return v2.RandomHorizontalFlip(p=self.config["p"])
+
+    def params(self, u, height, width):
+        return {"flipped": u[:, 0] < self.config["p"]}
+
+    def matrix(self, params, height, width):
+        return flip_matrix(params["flipped"], self.axis)
+
+
+class VerticalFlip(HorizontalFlip):
+    key, axis = "vertical_flip", 1
+
+    def reference(self):
+        return v2.RandomVerticalFlip(p=self.config["p"])
+
+
+class Rotation(Op):
+    key, draws, fills = "rotation", 1, True
+
+    def reference(self):
+        return v2.RandomRotation(degrees=self.config["degrees"])
+
+    def params(self, u, height, width):
+        return {"angle": between(u[:, 0], -self.config["degrees"], self.config["degrees"])}
+
+    def matrix(self, params, height, width):  # v2's rotate(angle) is affine(-angle)
+        zeros = torch.zeros_like(params["angle"])
+        return inverse_affine(-params["angle"], zeros, zeros, 1.0, zeros, zeros)
+
+
+class Affine(Op):
+    key, draws, fills = "affine", 4, True
+
+    def reference(self):
+        c = self.config
+        return v2.RandomAffine(degrees=c["degrees"], translate=tuple(c["translate"]), scale=tuple(c["scale"]))
+
+    def params(self, u, height, width):
+        c = self.config
+        max_dx, max_dy = c["translate"][0] * width, c["translate"][1] * height
+        return {"angle": between(u[:, 0], -c["degrees"], c["degrees"]),
+                "tx": torch.round(between(u[:, 1], -max_dx, max_dx)), "ty": torch.round(between(u[:, 2], -max_dy, max_dy)),
+                "scale": between(u[:, 3], *c["scale"])}
+
+    def matrix(self, params, height, width):
+        zeros = torch.zeros_like(params["angle"])
+        return inverse_affine(params["angle"], params["tx"], params["ty"], params["scale"], zeros, zeros)
+
+
+class ColorJitter(Op):
+    """Brightness, contrast, saturation and hue, each sample in its own random order. Run as: the
+    blends before each sample's hue (three passes, identity where a sample has fewer), every
+    sample's hue in one pass, the blends after it."""
+
+    key, draws = "color_jitter", 8
+    NAMES = ("brightness", "contrast", "saturation", "hue")
+
+    def reference(self):
+        return v2.ColorJitter(**{name: self.config[name] for name in self.NAMES})
+
+    def ranges(self) -> list:
+        c = self.config
+        ranges = [(max(0.0, 1.0 - c[name]), 1.0 + c[name]) if c[name] > 0 else None for name in self.NAMES[:3]]
+        return [*ranges, (-c["hue"], c["hue"]) if c["hue"] > 0 else None]
+
+    def params(self, u, height, width):
+        values = [between(u[:, k], *r) if r else torch.full_like(u[:, k], 0.0 if k == 3 else 1.0)
+                  for k, r in enumerate(self.ranges())]
+        return {"factors": torch.stack(values, 1), "order": u[:, 4:8].argsort(dim=1)}  # a uniform random order
+
+    def apply(self, images, params):
+        order, factors = params["order"], params["factors"]
+        hue_at = (order == 3).to(torch.int64).argmax(dim=1, keepdim=True)
+        passes = torch.arange(3, device=images.device).view(1, 3)
+        after = hue_at + 1 + passes  # the positions after the hue, in order
+        images = self.blends(images, order[:, :3], passes < hue_at, factors)
+        if self.ranges()[3]:
+            images = adjust_hue(images, factors[:, 3])
+        return self.blends(images, order.gather(1, after.clamp(max=3)), after <= 3, factors)
+
+    @staticmethod
+    def blends(images, kinds, active, factors):
+        """Three passes; in pass j a sample with `active` makes its blend kinds[:, j], the rest none."""
+        for j in range(3):
+            kind = torch.where(active[:, j], kinds[:, j], BRIGHTNESS)
+            factor = factors.gather(1, kind.clamp(max=2).view(-1, 1)).squeeze(1)
+            images = blend(images, kind, torch.where(active[:, j], factor, 1.0))
         return images
 
-    def __call__(self, images: torch.Tensor, seeds) -> torch.Tensor:
-        return self.apply(images, self.draw(seeds, *images.shape[-2:]))
 
-
-def params_drawer(op):
-    """A function (the op's input, for its shape) -> parameters, making the random draws of the op's
-    forward (torchvision.transforms.v2) in the same order; None for ops that draw nothing."""
-    if isinstance(op, tuple(FLIPS)):  # _RandomApplyTransform: a coin, then make_params
-        return lambda image: None if torch.rand(1) >= op.p else True
-    if isinstance(op, v2.RandomErasing):
-        return lambda image: None if torch.rand(1) >= op.p else op.make_params([image])
-    if isinstance(op, (v2.RandomRotation, v2.RandomAffine, v2.ColorJitter)):
-        return lambda image: op.make_params([image])
-    if isinstance(op, v2.RandAugment):
-        return rand_augment_drawer(op)
-    return None
-
-
-# RandAugment's ops in torchvision's order, with (magnitudes for num_bins at height x width, signed):
-# the values of torchvision's RandAugment, written out here so that no private attribute is read.
-# tests/test_batch_augment.py checks every image against torchvision's own RandAugment.
+# RandAugment's ops in torchvision's order: (magnitudes over num_bins for height x width, signed)
 RAND_AUGMENT_SPACE = {
     "Identity": (lambda bins, height, width: None, False),
     "ShearX": (lambda bins, height, width: torch.linspace(0.0, 0.3, bins), True),
@@ -115,339 +324,184 @@ RAND_AUGMENT_SPACE = {
     "AutoContrast": (lambda bins, height, width: None, False),
     "Equalize": (lambda bins, height, width: None, False),
 }
+RAND_AUGMENT_NAMES = tuple(RAND_AUGMENT_SPACE)
+NUM_MAGNITUDE_BINS = 31  # torchvision's default
 
 
-def rand_augment_drawer(op: v2.RandAugment):
-    """RandAugment.forward's draws: an op name, then for signed ops a coin for the sign."""
-    names = tuple(RAND_AUGMENT_SPACE)
-    magnitude_of = {}  # (name, height, width) -> (magnitude or None, signed); computing it draws nothing
+class RandAugment(Op):
+    """Per slot, each sample picks one of RAND_AUGMENT_NAMES (uniformly) and, for a signed op, a sign.
+    One warp for every geometric pick (identity for the others), one blend for brightness, colour
+    and contrast, one sharpening; posterize, solarize, autocontrast and equalize are selected."""
 
-    def draw(image: torch.Tensor) -> list[tuple[str, float]]:
-        chosen = []
-        for _ in range(op.num_ops):
-            name = names[int(torch.randint(len(names), ()))]
-            key = (name, *image.shape[-2:])
-            if key not in magnitude_of:
-                magnitudes_fn, signed = RAND_AUGMENT_SPACE[name]
-                magnitudes = magnitudes_fn(op.num_magnitude_bins, *image.shape[-2:])
-                magnitude_of[key] = (None if magnitudes is None else float(magnitudes[op.magnitude]), signed)
-            magnitude, signed = magnitude_of[key]
-            if magnitude is None:
-                magnitude = 0.0
-            elif signed and torch.rand(()) <= 0.5:
-                magnitude = -magnitude
-            chosen.append((name, magnitude))
-        return chosen
+    key = "rand_augment"
 
-    return draw
+    def __init__(self, config):
+        super().__init__(config)
+        self.draws = 2 * config["num_ops"]
 
+    def reference(self):
+        return v2.RandAugment(num_ops=self.config["num_ops"], magnitude=self.config["magnitude"])
 
-def to_device(values, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """A small tensor of per-sample values (factors, matrices, indices) on the device. On a GPU the
-    copy is asynchronous, from pinned memory: torch.tensor(..., device="cuda") would wait for the
-    GPU to finish all the work queued so far, dozens of times a batch."""
-    tensor = torch.tensor(values, dtype=dtype)
-    return tensor if device.type == "cpu" else tensor.pin_memory().to(device, non_blocking=True)
+    def magnitude(self, name: str, height: int, width: int) -> float:
+        magnitudes = RAND_AUGMENT_SPACE[name][0](NUM_MAGNITUDE_BINS, height, width)
+        return 0.0 if magnitudes is None else float(magnitudes[self.config["magnitude"]])
 
+    def params(self, u, height, width):
+        picks = (u[:, 0::2] * len(RAND_AUGMENT_NAMES)).to(torch.int64).clamp_(max=len(RAND_AUGMENT_NAMES) - 1)
+        signed = torch.tensor([RAND_AUGMENT_SPACE[name][1] for name in RAND_AUGMENT_NAMES]).to(u.device, non_blocking=True)
+        sign = torch.where(signed[picks] & (u[:, 1::2] < 0.5), -1.0, 1.0)
+        table = torch.tensor([self.magnitude(name, height, width) for name in RAND_AUGMENT_NAMES])
+        return {"picks": picks, "magnitude": table.to(u.device, non_blocking=True)[picks] * sign}
 
-def apply_op(op, images: torch.Tensor, params: list) -> torch.Tensor:
-    device = images.device
-    if isinstance(op, tuple(FLIPS)):
-        mask = to_device([p is not None for p in params], torch.bool, device).view(-1, 1, 1, 1)
-        return torch.where(mask, images.flip(FLIPS[type(op)]), images)
-    if isinstance(op, v2.RandomRotation):
-        # v2's rotate(angle) is affine(-angle) about the centre
-        matrices = [inverse_affine_matrix(-p["angle"], (0.0, 0.0), 1.0, (0.0, 0.0)) for p in params]
-        return affine_batch(images, matrices, op.interpolation, fill_for(op.fill))
-    if isinstance(op, v2.RandomAffine):
-        matrices = [inverse_affine_matrix(p["angle"], p["translate"], p["scale"], p["shear"]) for p in params]
-        return affine_batch(images, matrices, op.interpolation, fill_for(op.fill))
-    if isinstance(op, v2.ColorJitter):
-        return color_jitter_batch(images, params)
-    if isinstance(op, v2.RandAugment):
-        return rand_augment_batch(op, images, params)
-    if isinstance(op, v2.RandomErasing):
-        images = images.clone()
-        for k, p in enumerate(params):
-            if p is not None and p["v"] is not None:
-                i, j, h, w = p["i"], p["j"], p["h"], p["w"]
-                images[k, :, i : i + h, j : j + w] = p["v"].to(device, images.dtype, non_blocking=True)
+    def apply(self, images, params):
+        height, width = images.shape[-2:]
+        index = {name: k for k, name in enumerate(RAND_AUGMENT_NAMES)}
+        for slot in range(self.config["num_ops"]):
+            pick, magnitude = params["picks"][:, slot], params["magnitude"][:, slot]
+            images = warp(images, [(self.slot_matrix(pick, magnitude, index, height, width), True)])
+            kind = torch.where(pick == index["Contrast"], CONTRAST, torch.where(pick == index["Color"], SATURATION, BRIGHTNESS))
+            is_blend = (pick == index["Brightness"]) | (pick == index["Color"]) | (pick == index["Contrast"])
+            images = blend(images, kind, torch.where(is_blend, 1.0 + magnitude, 1.0))
+            images = sharpen(images, torch.where(pick == index["Sharpness"], 1.0 + magnitude, 1.0))
+            step = 2.0 ** (8 - int(self.magnitude("Posterize", height, width)))  # posterize keeps the top bits
+            threshold = 255.0 * self.magnitude("Solarize", height, width)
+            for name, changed in (("Posterize", lambda x: torch.floor(x / step) * step),
+                                  ("Solarize", lambda x: torch.where(x >= threshold, 255.0 - x, x)),
+                                  ("AutoContrast", autocontrast), ("Equalize", equalize)):
+                chosen = (pick == index[name]).view(-1, 1, 1, 1)
+                images = torch.where(chosen, changed(images), images)
         return images
-    if isinstance(op, v2.ToImage):
-        return images  # already a tensor batch
-    return op(images)  # Resize, ToDtype, Normalize: the same for every sample
+
+    @staticmethod
+    def slot_matrix(pick, magnitude, index, height, width) -> torch.Tensor:
+        """Each sample's geometric pick as an output-to-input matrix (identity for the rest)."""
+        zeros = torch.zeros_like(magnitude)
+        shear = torch.rad2deg(torch.atan(magnitude))
+        is_x, is_y = pick == index["ShearX"], pick == index["ShearY"]
+        sheared = inverse_affine(zeros, zeros, zeros, 1.0, torch.where(is_x, shear, 0.0), torch.where(is_y, shear, 0.0),
+                                 center=(-0.5 * width, -0.5 * height))  # RandAugment shears about the top-left corner
+        shift = magnitude.trunc()
+        moved = inverse_affine(zeros, torch.where(pick == index["TranslateX"], shift, 0.0),
+                               torch.where(pick == index["TranslateY"], shift, 0.0), 1.0, zeros, zeros)
+        rotated = inverse_affine(-torch.where(pick == index["Rotate"], magnitude, 0.0), zeros, zeros, 1.0, zeros, zeros)
+        # at most one of the three differs from the identity, so their product is that one
+        return sheared @ moved @ rotated
 
 
-def inverse_affine_matrix(angle: float, translate, scale: float, shear, center=(0.0, 0.0)) -> list[float]:
-    """Output-to-input map of a rotation/scale/shear about `center`, then a translation, in
-    coordinates whose origin is the image centre (the convention of torchvision's affine)."""
-    rot, shear_x, shear_y = (math.radians(a) for a in (angle, *shear))
-    (tx, ty), (cx, cy) = translate, center
-    # forward linear part R(angle) . S(scale) . ShearY . ShearX, as [[a, b], [c, d]] / scale
-    a = math.cos(rot - shear_y) / math.cos(shear_y)
-    b = -(a * math.tan(shear_x) + math.sin(rot))
-    c = math.sin(rot - shear_y) / math.cos(shear_y)
-    d = math.cos(rot) - c * math.tan(shear_x)
-    # its inverse (the determinant of [[a, b], [c, d]] is 1), after undoing translation and centre
-    m = [d / scale, -b / scale, 0.0, -c / scale, a / scale, 0.0]
-    m[2] = cx - m[0] * (cx + tx) - m[1] * (cy + ty)
-    m[5] = cy - m[3] * (cx + tx) - m[4] * (cy + ty)
-    return m
+class RandomErasing(Op):
+    """torchvision's ten tries at a box of random area and aspect ratio, the first that fits."""
+
+    key, draws, after_resize = "random_erasing", 1 + 4 * 10, True
+    TRIES = 10
+
+    def reference(self):
+        c = self.config
+        return v2.RandomErasing(p=c["p"], scale=tuple(c["scale"]), ratio=tuple(c["ratio"]), value=c["value"])
+
+    def params(self, u, height, width):
+        c = self.config
+        tries = u[:, 1:].reshape(-1, self.TRIES, 4)
+        area = height * width * between(tries[..., 0], *c["scale"])
+        aspect = torch.exp(between(tries[..., 1], math.log(c["ratio"][0]), math.log(c["ratio"][1])))
+        h, w = torch.sqrt(area * aspect).round(), torch.sqrt(area / aspect).round()
+        fits = (h < height) & (w < width)
+        first = fits.to(torch.int64).argmax(dim=1, keepdim=True)  # the first try that fits
+        h, w = h.gather(1, first).squeeze(1), w.gather(1, first).squeeze(1)
+        top = torch.floor(tries[..., 2].gather(1, first).squeeze(1) * (height - h + 1))
+        left = torch.floor(tries[..., 3].gather(1, first).squeeze(1) * (width - w + 1))
+        erased = (u[:, 0] < c["p"]) & fits.any(dim=1)
+        return {"erased": erased, "top": top, "left": left, "height": h, "width": w}
+
+    def apply(self, images, params, noise=None):
+        rows = torch.arange(images.shape[-2], device=images.device, dtype=torch.float32).view(1, -1, 1)
+        cols = torch.arange(images.shape[-1], device=images.device, dtype=torch.float32).view(1, 1, -1)
+        view = {name: value.view(-1, 1, 1) for name, value in params.items()}
+        box = ((rows >= view["top"]) & (rows < view["top"] + view["height"]) & (cols >= view["left"])
+               & (cols < view["left"] + view["width"]) & view["erased"])
+        value = noise if self.config["value"] == "random" else torch.full_like(images[:1], float(self.config["value"]))
+        return torch.where(box.unsqueeze(1), value, images)
 
 
-def affine_batch(images: torch.Tensor, matrices: list, interpolation, fill_values) -> torch.Tensor:
-    """Each image warped by its own inverse matrix; pixels from outside the image take
-    `fill_values` (per channel), or zeros when None."""
-    batch, channels, height, width = images.shape
-    device = images.device
-    theta = to_device(matrices, torch.float32, device).view(batch, 2, 3)
-    # pixel-centre coordinates with the origin at the image centre, as (x, y, 1)
-    xs = torch.linspace((1.0 - width) * 0.5, (width - 1.0) * 0.5, width, device=device)
-    ys = torch.linspace((1.0 - height) * 0.5, (height - 1.0) * 0.5, height, device=device)
-    x, y = (c.reshape(1, -1) for c in torch.broadcast_tensors(xs.view(1, -1), ys.view(-1, 1)))
-    scale_to_unit = to_device([0.5 * width, 0.5 * height], torch.float32, device)
-    coeff = (theta.transpose(1, 2) / scale_to_unit).unsqueeze(-1)  # (batch, x|y|1, u|v, 1)
-    # torchvision's grid is (x, y, 1) @ coeff per image (bmm); written out, in the same order of
-    # float operations, it is bit-identical on CPU and faster than a bmm with so small a K
-    u = (x * coeff[:, 0, 0] + y * coeff[:, 1, 0]) + coeff[:, 2, 0]
-    v = (x * coeff[:, 0, 1] + y * coeff[:, 1, 1]) + coeff[:, 2, 1]
-    grid = torch.stack((u, v), -1)
-    mode = v2.InterpolationMode(interpolation).value
-    source = images.float()
-    if fill_values is not None:  # a ones channel marks where the sample came from inside the image
-        source = torch.cat([source, torch.ones(batch, 1, height, width, device=device)], 1)
-    warped = nnf.grid_sample(source, grid.view(batch, height, width, 2), mode=mode, padding_mode="zeros",
-                             align_corners=False)
-    if fill_values is not None:
-        warped, inside = warped[:, :channels], warped[:, channels:]
-        fill_image = to_device(fill_values, warped.dtype, device).view(1, -1, 1, 1)
-        warped = torch.where(inside < 0.5, fill_image.expand_as(warped), warped)
-    return warped.round_().to(images.dtype)
+OPS = (HorizontalFlip, VerticalFlip, Rotation, Affine, ColorJitter, RandAugment, RandomErasing)
+OP_BY_KEY = {op.key: op for op in OPS}
 
 
-def fill_for(fill):
-    """v2 ops store fill per input type; None means zeros (the padding already gives them)."""
-    if isinstance(fill, dict):
-        fill = fill.get(torch.Tensor, fill.get(next(iter(fill)), None)) if fill else None
-    if fill is None:
-        return None
-    return [float(v) for v in fill] if isinstance(fill, (list, tuple)) else [float(fill)]
+def enabled_ops(augment: dict) -> list[Op]:
+    """The config's switched-on ops, built, in chain order."""
+    return [op(augment[op.key]) for op in OPS if augment.get(op.key, {}).get("enabled", False)]
 
 
-def grayscale(images: torch.Tensor) -> torch.Tensor:
-    """ITU-R 601 luma as float, floored as torchvision does for uint8 input."""
-    r, g, b = images.float().unbind(1)
-    return (r * 0.2989 + g * 0.587 + b * 0.114).floor_().unsqueeze(1)
+def normalization(augment: dict) -> tuple[list, list]:
+    norm = augment["normalize"]
+    return norm["mean"], norm["std"]
 
 
-def as_input_dtype(values: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
-    """uint8 conversion (truncation) of a result in [0, 255], or the same values kept in float when
-    `images` is a float batch of whole numbers (ColorJitter keeps one float copy across its steps).
-    The values are never negative, so floor is the truncation (and faster than trunc on CPU)."""
-    return values.to(torch.uint8) if images.dtype == torch.uint8 else values.floor_()
+class BatchAugment:
+    """Callable: (uint8 images (B, 3, S, S) on the device, their int64 sample seeds (B,)) -> the
+    normalized float batch (B, 3, size, size). Everything runs on the images' device."""
 
+    def __init__(self, augment: dict, image_size: int):
+        self.ops = enabled_ops(augment)
+        self.image_size = image_size
+        self.mean, self.std = normalization(augment)
+        self.draws = sum(op.draws for op in self.ops)
 
-def rgb_to_hsv(rgb: torch.Tensor) -> torch.Tensor:
-    """(..., 3, H, W) floats in [0, 1] -> hue, saturation, value, each value exactly as torchvision's
-    _rgb_to_hsv computes it (same float operations in the same order). Only the bookkeeping is
-    cheaper: max/min as elementwise chains (aminmax over a strided dim is slow on CPU) and the
-    hue's case split as a selection rather than multiplications by masks."""
-    red, green, blue = rgb.unbind(dim=-3)
-    value = torch.maximum(torch.maximum(red, green), blue)
-    smallest = torch.minimum(torch.minimum(red, green), blue)
-    grey = value == smallest  # no hue and no saturation; divide by one instead of by zero
-    spread = value - smallest
-    saturation = spread / value.masked_fill(grey, 1.0)
-    rc, gc, bc = ((value.unsqueeze(-3) - rgb) / spread.masked_fill(grey, 1.0).unsqueeze(-3)).unbind(dim=-3)
-    # the sector of the largest channel: red first, then green, then blue (as torchvision's masks)
-    hue = torch.where(value == red, bc - gc, torch.where(value == green, (rc + 2.0) - bc, (gc + 4.0) - rc))
-    hue = hue.mul_(1.0 / 6.0).add_(1.0).fmod_(1.0)
-    return torch.stack((hue, saturation, value), dim=-3)
+    def collate(self, samples: list) -> tuple:
+        """collate_fn for (uint8 image, target, seed) samples: (images, targets, seeds)."""
+        images = torch.stack([image for image, _, _ in samples])
+        targets = torch.tensor([target for _, target, _ in samples])
+        return images, targets, torch.tensor([seed for _, _, seed in samples], dtype=torch.int64)
 
+    def draw(self, seeds: torch.Tensor, height: int, width: int) -> list[dict]:
+        """Every op's parameters for these samples, as tensors on the seeds' device."""
+        u, first, drawn = uniforms(seeds, self.draws), 0, []
+        for op in self.ops:
+            size = (self.image_size, self.image_size) if op.after_resize else (height, width)
+            drawn.append(op.params(u[:, first : first + op.draws], *size))
+            first += op.draws
+        return drawn
 
-def adjust_hue_batch(images: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
-    """Hue + shift (mod 1) per image, with torchvision's uint8 <-> float scaling (to_dtype_image)
-    and its conversion back to RGB; the shift is added in float32, as adjust_hue_image adds its
-    Python float."""
-    # not in place: .float() of a float batch is the batch itself
-    hue, saturation, value = rgb_to_hsv(images.float().mul(1.0 / 255)).unbind(dim=-3)
-    hue = hue.add(shift.to(hue.dtype).view(-1, 1, 1)).remainder_(1.0)
-    rgb = hsv_to_rgb(hue, saturation, value)
-    return as_input_dtype(rgb.mul_(255 + 1.0 - 1e-3), images)
+    def noise(self, seeds: torch.Tensor, images: torch.Tensor) -> torch.Tensor | None:
+        """Random erasing's N(0, 1) values, from a generator seeded by the batch's seeds (on the CPU,
+        where the seeds are: reading them from a GPU would wait for it)."""
+        if not any(isinstance(op, RandomErasing) and op.config["value"] == "random" for op in self.ops):
+            return None
+        seed = int(seeds.sum()) % (2**63 - 1) if seeds.device.type == "cpu" else 0
+        generator = torch.Generator(images.device).manual_seed(seed)
+        shape = (images.shape[0], images.shape[1], self.image_size, self.image_size)
+        return torch.randn(shape, generator=generator, device=images.device)
 
-
-# Which of (v, p, q, t) each of r, g, b takes in each of the six hue sectors.
-HSV_SECTOR_CHANNELS = ((0, 2, 1, 1, 3, 0), (3, 0, 0, 2, 1, 1), (1, 1, 3, 0, 0, 2))
-
-
-def hsv_to_rgb(hue: torch.Tensor, saturation: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
-    """(N, H, W) planes in [0, 1] to (N, 3, H, W) RGB: torchvision's arithmetic, step for step
-    (adjust_hue's conversion back), so the result is bit-identical."""
-    h6 = hue.mul(6)
-    sector = torch.floor(h6)
-    fraction = h6.sub_(sector)
-    sector = sector.to(torch.int64).remainder_(6)
-    s_times_f = saturation * fraction
-    one_minus_s = 1.0 - saturation
-    q = (1.0 - s_times_f).mul_(value).clamp_(0.0, 1.0)
-    t = s_times_f.add_(one_minus_s).mul_(value).clamp_(0.0, 1.0)
-    p = one_minus_s.mul_(value).clamp_(0.0, 1.0)
-    vpqt = torch.stack((value, p, q, t), dim=-3)
-    table = torch.tensor(HSV_SECTOR_CHANNELS, dtype=torch.int64).to(hue.device, non_blocking=True)
-    return vpqt.gather(-3, table[:, sector].moveaxis(0, -3))
-
-
-BLEND_WITH_ZERO, BLEND_WITH_MEAN_GRAY, BLEND_WITH_GRAY = 0, 1, 2  # brightness, contrast, saturation
-
-
-def blend_batch(images: torch.Tensor, kind: list[int], ratio: list[float]) -> torch.Tensor:
-    """Brightness, contrast or saturation per sample (kind): images * ratio + other * (1 - ratio),
-    where other is 0, the mean grey or the grey image, clamped and truncated to uint8 as
-    torchvision's _blend does; one pass over the batch.
-
-    ratio and 1 - ratio are computed in double first, as torchvision's Python floats are; addcmul
-    rounds like torchvision's add_(other, alpha=...). A ratio of 1 leaves a sample exactly as it is
-    (x * 1 + y * 0 == x in float)."""
-    rows = [[r, 1.0 - r, k == BLEND_WITH_GRAY, k == BLEND_WITH_MEAN_GRAY] for k, r in zip(kind, ratio)]
-    weight, other_weight, is_gray, is_mean = to_device(rows, torch.float32, images.device).view(
-        -1, 4, 1, 1, 1).unbind(1)
-    gray = grayscale(images)
-    # 0/1 factors pick the other image exactly (a product by 1, plus a product by 0)
-    other = torch.addcmul(gray.mean(dim=(1, 2, 3), keepdim=True) * is_mean, gray, is_gray)
-    blended = torch.addcmul(images.float() * weight, other, other_weight).clamp_(0, 255)
-    return as_input_dtype(blended, images)
-
-
-def blend_steps(images: torch.Tensor, steps: list[list[tuple[int, float]]]) -> torch.Tensor:
-    """Each sample's own list of (blend kind, ratio) applied in order, step j of every sample in one
-    pass. Samples with fewer steps get ratio 1 (exactly no change) when at least half the batch has
-    a step j; smaller groups are blended on their own (less pixel work, one gather and scatter)."""
-    for j in range(max(map(len, steps), default=0)):
-        members = [k for k, sample in enumerate(steps) if j < len(sample)]
-        if 2 * len(members) > len(steps):
-            kind = [sample[j][0] if j < len(sample) else BLEND_WITH_ZERO for sample in steps]
-            ratio = [sample[j][1] if j < len(sample) else 1.0 for sample in steps]
-            images = blend_batch(images, kind, ratio)
-        else:
-            kind, ratio = zip(*(steps[k][j] for k in members))
-            index = to_device(members, torch.int64, images.device)
-            images = images.index_copy(0, index, blend_batch(images[index], kind, ratio))
-    return images
-
-
-def color_jitter_batch(images: torch.Tensor, params: list) -> torch.Tensor:
-    """ColorJitter with each sample's own factors and own random order of the four adjustments.
-
-    Per sample the order is kept; across samples the steps are regrouped as: the blends before
-    the sample's hue, every sample's hue in one call, the blends after it. The batch stays in float
-    (whole numbers, truncated where torchvision converts to uint8) until the end."""
-    names = ("brightness_factor", "contrast_factor", "saturation_factor", "hue_factor")
-    before, after, shifts = [], [], []
-    for p in params:
-        steps, shift = ([], []), None
-        for fn_id in p["fn_idx"].tolist():  # adjustment ids 0..3 (the names above) in this sample's order
-            value = p[names[fn_id]]
-            if value is None:  # switched off in the config
+    def __call__(self, images: torch.Tensor, seeds: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
+        if images.dtype != torch.uint8 or images.ndim != 4:
+            raise TypeError(f"batched augmentation takes a uint8 (B, C, H, W) batch, got {images.dtype} "
+                            f"{tuple(images.shape)}")
+        if noise is None:
+            noise = self.noise(seeds, images)
+        height, width = images.shape[-2:]
+        drawn = self.draw(seeds.to(images.device, non_blocking=True), height, width)
+        x, maps, resized = images.float(), [], False
+        for op, params in zip(self.ops, drawn):
+            if op.matrix is not None:  # geometric: composed with its neighbours into one warp
+                maps.append((op.matrix(params, height, width), op.fills))
                 continue
-            if fn_id == 3:
-                shift = value
-            else:  # make_params' Python floats, used as they are
-                steps[shift is not None].append((fn_id, value))
-        before.append(steps[0])
-        after.append(steps[1])
-        shifts.append(shift)
-    images_float = blend_steps(images.float(), before)
-    hued = [k for k, shift in enumerate(shifts) if shift is not None]
-    if hued:
-        shift = to_device([shifts[k] for k in hued], torch.float64, images.device)
-        if len(hued) == len(params):
-            images_float = adjust_hue_batch(images_float, shift)
-        else:
-            index = to_device(hued, torch.int64, images.device)
-            images_float = images_float.index_copy(0, index, adjust_hue_batch(images_float[index], shift))
-    return blend_steps(images_float, after).to(images.dtype)
+            if maps:
+                x, maps = warp(x, maps), []
+            if op.after_resize and not resized:
+                x, resized = self.resize(x), True
+            x = op.apply(x, params, noise) if isinstance(op, RandomErasing) else op.apply(x, params)
+        if maps:
+            x = warp(x, maps)
+        if not resized:
+            x = self.resize(x)
+        return self.normalize(x)
 
+    def resize(self, x: torch.Tensor) -> torch.Tensor:
+        """Resize((size, size)) with antialiasing, then the float conversion's scale to [0, 1]."""
+        if x.shape[-2:] != (self.image_size, self.image_size):
+            x = F.resize(x, [self.image_size, self.image_size], antialias=True).clamp_(0, 255)
+        return x.mul(1.0 / 255)
 
-def sharpness_batch(images: torch.Tensor, factors: list[float]) -> torch.Tensor:
-    """adjust_sharpness with a factor per sample: torchvision's 3x3 smoothing kernel and its blend
-    of the inner pixels, on uint8 images; the blend weight 1 - factor per sample goes through
-    addcmul, which rounds as torchvision's add_(alpha=...) does."""
-    channels, height, width = images.shape[-3:]
-    if height <= 2 or width <= 2:
-        return images
-    a, b = 1.0 / 13.0, 5.0 / 13.0
-    kernel = to_device([[a, a, a], [a, b, a], [a, a, a]], torch.float32, images.device).expand(channels, 1, 3, 3)
-    output = images.to(torch.float32, copy=True)
-    smoothed = nnf.conv2d(output, kernel, groups=channels).round_()
-    inner = output[..., 1:-1, 1:-1]
-    weight = to_device([1.0 - f for f in factors], torch.float32, images.device)
-    inner.addcmul_(smoothed.sub_(inner), weight.view(-1, 1, 1, 1))
-    return output.clamp_(0, 255).to(torch.uint8)
-
-
-# RandAugment ops applied per sample by the kernels above instead of one group per setting
-RAND_AUGMENT_BLENDS = {"Brightness": BLEND_WITH_ZERO, "Contrast": BLEND_WITH_MEAN_GRAY, "Color": BLEND_WITH_GRAY}
-
-
-def rand_augment_matrix(name: str, magnitude: float, height: int, width: int) -> list[float] | None:
-    """The inverse matrix of RandAugment's geometric ops (torchvision's definitions), else None."""
-    if name in ("ShearX", "ShearY"):  # sheared about the top-left corner
-        shear = math.degrees(math.atan(magnitude))
-        return inverse_affine_matrix(0.0, (0, 0), 1.0, (shear, 0.0) if name == "ShearX" else (0.0, shear),
-                                     center=(-0.5 * width, -0.5 * height))
-    if name in ("TranslateX", "TranslateY"):
-        shift = int(magnitude)
-        return inverse_affine_matrix(0.0, (shift, 0) if name == "TranslateX" else (0, shift), 1.0, (0.0, 0.0))
-    if name == "Rotate":
-        return inverse_affine_matrix(-magnitude, (0.0, 0.0), 1.0, (0.0, 0.0))
-    return None
-
-
-def rand_augment_batch(op: v2.RandAugment, images: torch.Tensor, params: list) -> torch.Tensor:
-    """Slot by slot: all geometric picks in one warp, all brightness/contrast/colour picks in one
-    blend, all sharpness picks in one convolution, and torchvision's kernels for the rest (posterize,
-    solarize, autocontrast, equalize), one call per (op, magnitude) group."""
-    device, (height, width) = images.device, images.shape[-2:]
-    for slot in range(op.num_ops):
-        picks = [chosen[slot] for chosen in params]
-        out = images.clone()
-        matrices = [rand_augment_matrix(name, magnitude, height, width) for name, magnitude in picks]
-        warped = [k for k, matrix in enumerate(matrices) if matrix is not None]
-        if warped:
-            index = to_device(warped, torch.int64, device)
-            out[index] = affine_batch(images[index], [matrices[k] for k in warped], op.interpolation,
-                                      fill_for(op.fill))
-        blends = [k for k, (name, _) in enumerate(picks) if name in RAND_AUGMENT_BLENDS]
-        if blends:
-            index = to_device(blends, torch.int64, device)
-            kind = [RAND_AUGMENT_BLENDS[picks[k][0]] for k in blends]
-            ratio = [1.0 + picks[k][1] for k in blends]
-            out[index] = blend_batch(images[index], kind, ratio)
-        sharpened = [k for k, (name, _) in enumerate(picks) if name == "Sharpness"]
-        if sharpened:  # both signs in one convolution
-            index = to_device(sharpened, torch.int64, device)
-            out[index] = sharpness_batch(images[index], [1.0 + picks[k][1] for k in sharpened])
-        groups: dict[tuple, list[int]] = {}
-        for k, (name, magnitude) in enumerate(picks):
-            if matrices[k] is None and name not in (*RAND_AUGMENT_BLENDS, "Sharpness", "Identity"):
-                groups.setdefault((name, magnitude), []).append(k)
-        for (name, magnitude), members in groups.items():
-            index = to_device(members, torch.int64, device)
-            out[index] = pixel_op(name, images[index], magnitude)
-        images = out
-    return images
-
-
-def pixel_op(name: str, images: torch.Tensor, magnitude: float) -> torch.Tensor:
-    """RandAugment's ops that have no batched version here, through torchvision's public kernels
-    with RandAugment's own arguments."""
-    if name == "Posterize":
-        return F.posterize(images, bits=int(magnitude))
-    if name == "Solarize":
-        bound = 255.0 if images.dtype == torch.uint8 else 1.0
-        return F.solarize(images, threshold=bound * magnitude)
-    if name == "AutoContrast":
-        return F.autocontrast(images)
-    if name == "Equalize":
-        return F.equalize(images)
-    raise ValueError(f"RandAugment op {name} has no batched implementation")
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        mean = torch.tensor(self.mean).to(x.device, non_blocking=True).view(1, -1, 1, 1)
+        std = torch.tensor(self.std).to(x.device, non_blocking=True).view(1, -1, 1, 1)
+        return (x - mean) / std

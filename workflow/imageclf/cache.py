@@ -3,7 +3,7 @@
 Later epochs then read pixels from a memory map instead of decoding JPEGs, and the expensive
 ops (ColorJitter's hue most of all) run on a small image instead of a full-size one.
 
-Two layouts, chosen so that results change as little as possible:
+Three layouts, chosen so that results change as little as possible:
 - `exact`: the image already at (image_size, image_size), i.e. what Resize((size, size)) of the
   reference chain makes. Used for val/test (evaluation does nothing else before the resize), and for
   train when no op before the resize is switched on; cached and uncached tensors are then identical.
@@ -12,6 +12,8 @@ Two layouts, chosen so that results change as little as possible:
   but on this smaller image: the one difference from the reference chain (docs/performance.md).
 - `s<margin>` (e.g. s1.15): a square of ceil(margin x image_size) pixels a side, for train with
   `train.augment_on: device`, which augments whole batches and so needs one size for all images.
+  With `auto` the layout is `m` (the job learns only on its node whether it has a GPU): the
+  workers then make each square from it, a small resize of a uint8 image.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import pandas as pd
 from PIL import Image
 
 from . import tables
-from .config import PRE_RESIZE_OP_KEYS, op_enabled
+from .config import augment_op_keys, op_enabled
 from .errors import DataError
 from .images import open_image
 from .io_utils import atomic_path, file_sha256
@@ -40,7 +42,7 @@ EXACT = "exact"
 
 def cache_mode(augment: dict, split: str, margin: float, augment_on: str = "loader") -> str:
     """Torch-free on purpose: the Snakefile calls it while building the DAG."""
-    if split != "train" or not any(op_enabled(augment, key) for key in PRE_RESIZE_OP_KEYS):
+    if split != "train" or not any(op_enabled(augment, key) for key in augment_op_keys()):
         return EXACT
     return f"{'s' if augment_on == 'device' else 'm'}{margin:g}"
 

@@ -30,8 +30,15 @@ EXECUTION_ONLY = {"train": ("num_workers",)}
 RESOLVED = "resolved"
 # Checked before any job runs, never part of a run: raising the budget retrains nothing.
 CHECK_ONLY = {"model": ("max_params",)}
-# The augmentation ops that run before Resize, in the reference order (presets.py builds them).
-PRE_RESIZE_OP_KEYS = ("horizontal_flip", "vertical_flip", "rotation", "affine", "color_jitter", "rand_augment")
+
+
+def augment_op_keys(after_resize: bool = False) -> tuple[str, ...]:
+    """The augmentation ops' keys (those with an `enabled` switch) in the schema's order, which is
+    the chain's: those before Resize, or with after_resize those after it (schema `x-after-resize`).
+    batch_augment.OPS implements each; tests/test_batch_augment.py checks that the two agree."""
+    ops = schema()["definitions"]["augment"]["properties"]
+    return tuple(key for key, entry in ops.items()
+                 if "enabled" in entry.get("properties", {}) and bool(entry.get("x-after-resize")) == after_resize)
 
 
 def op_enabled(augment: dict, key: str) -> bool:

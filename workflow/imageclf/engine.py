@@ -108,6 +108,55 @@ def to_device(images, device, channels_last: bool):
     return images.to(device, non_blocking=True, memory_format=memory_format(channels_last))
 
 
+def resolve_augment_on(augment_on: str, device: torch.device) -> str:
+    """`auto`: the batched chain on a GPU (docs/performance.md: it keeps a GPU fed where the
+    workers cannot), per image in the DataLoader workers on a CPU (faster there)."""
+    if augment_on == "auto":
+        return "device" if device.type == "cuda" else "loader"
+    return augment_on
+
+
+class DeviceBatches:
+    """The loader's batches on the device, ready for the step: copied (from pinned memory) and,
+    with a batch_augment.BatchAugment, augmented there. On a GPU this runs one batch ahead on a
+    stream of its own, so the copy and the augmentation of batch i + 1 overlap the step of batch
+    i; the step's stream waits for it only when it takes the batch."""
+
+    def __init__(self, loader, device: torch.device, channels_last: bool, augment=None):
+        self.loader, self.device, self.channels_last, self.augment = loader, device, channels_last, augment
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def prepare(self, images, targets, *rest):
+        images = images.to(self.device, non_blocking=True)
+        if self.augment is not None:
+            images = self.augment(images, rest[0])  # rest: the samples' seeds
+        return images.contiguous(memory_format=memory_format(self.channels_last)), targets.to(self.device, non_blocking=True)
+
+    def __iter__(self):
+        if self.device.type != "cuda":
+            yield from (self.prepare(*batch) for batch in self.loader)
+            return
+        side, main = torch.cuda.Stream(self.device), torch.cuda.current_stream(self.device)
+        batches = iter(self.loader)
+
+        def ahead():
+            batch = next(batches, None)
+            if batch is None:
+                return None
+            with torch.cuda.stream(side):
+                return self.prepare(*batch)
+
+        ready = ahead()
+        while ready is not None:
+            main.wait_stream(side)
+            for tensor in ready:  # made on the side stream, used on the main one
+                tensor.record_stream(main)
+            current, ready = ready, ahead()
+            yield current
+
+
 def mixup_batch(images, targets, alpha: float, rng: np.random.Generator, generator: torch.Generator):
     """Mixup (Zhang et al. 2018): one lambda ~ Beta(alpha, alpha) per batch, pairs by a permutation."""
     lam = float(rng.beta(alpha, alpha))
@@ -207,8 +256,8 @@ def train_one_epoch(model, loader, optimizer, criterion, device, *, mixup_alpha:
                     ) -> dict:
     """Returns the mean training loss (against the mixed targets when mixup or CutMix is on) and speed.
 
-    augment: a batch_augment.BatchAugment when the loader yields uint8 batches plus their drawn
-    parameters (train.augment_on: device); the chain then runs here, on `device`.
+    augment: a batch_augment.BatchAugment when the loader yields uint8 batches plus their samples'
+    seeds (train.augment_on: device); the chain then runs on `device`, a batch ahead (DeviceBatches).
     progress_every_s: a progress line (running loss, images/s, the epoch's ETA) at most this often;
     on a GPU each one waits for the GPU once, so keep it at tens of seconds.
     accumulate_steps: each loader batch runs as this many micro-batches (forward and backward),
@@ -229,11 +278,8 @@ def train_one_epoch(model, loader, optimizer, criterion, device, *, mixup_alpha:
     seen = 0
     steps = len(loader) if hasattr(loader, "__len__") else 0
     start = last_progress = time.perf_counter()
-    for step, (images, targets, *drawn) in enumerate(loader, start=1):
-        if augment is not None:
-            images = augment.apply(images.to(device, non_blocking=True), drawn[0])
-        images = to_device(images, device, channels_last)
-        targets = targets.to(device, non_blocking=True)
+    batches = DeviceBatches(loader, device, channels_last, augment)
+    for step, (images, targets) in enumerate(batches, start=1):
         with autocast(device, precision):
             mixed = mix_batch(images, targets, mixing, rng, generator)
         if mixed is not None:

@@ -59,11 +59,11 @@ def package_versions() -> dict:
     }
 
 
-def training_dataset(cfg: dict, frame: pd.DataFrame, classes: list[str], cached_images=None):
-    """The training data set and, with train.augment_on: device, the BatchAugment that finishes
-    its batches on the device (its collate draws each sample's parameters); else None."""
+def training_dataset(cfg: dict, frame: pd.DataFrame, classes: list[str], cached_images=None, augment_on=None):
+    """The training data set and, where the augmentation runs on the device (augment_on, resolved
+    from train.augment_on), the BatchAugment that finishes its batches there; else None."""
     tcfg, size = cfg["train"], cfg["train"]["image_size"]
-    if tcfg["augment_on"] != "device":
+    if (augment_on or tcfg["augment_on"]) != "device":
         return data.ImageDataset(frame, classes, presets.train_transform(cfg["augment"], size), cached_images), None
     input_size = batch_input_size(cfg["augment"], size, tcfg["cache_margin"])
     dataset = data.ImageDataset(frame, classes, presets.batch_input_transform(input_size), cached_images,
@@ -205,7 +205,8 @@ def make_loaders(cfg: dict, index: dict, classes: list[str], dist: Distributed, 
     tcfg, seed = cfg["train"], int(cfg["seed"])
     size = tcfg["image_size"]
     train_set, augment = training_dataset(cfg, tables.read_index(index["train"]), classes,
-                                          open_cache(train_cache, index["train"]))
+                                          open_cache(train_cache, index["train"]),
+                                          engine.resolve_augment_on(tcfg["augment_on"], dist.device))
     check_batches(tcfg, str(cfg["variant"]), dist.world_size)
     per_rank_batch = tcfg["batch_size"] // dist.world_size
     sampler = data.SeededSampler(len(train_set), seed, shuffle=True, rank=dist.rank, world_size=dist.world_size)
@@ -332,7 +333,8 @@ def train(run_config_path, index: dict, out_dir, state_dir=None, threads: int = 
         "%d epochs, batch %d on %s x%d, %s%s, augment_on %s, %d DataLoader workers",
         cfg["variant"], seed, cfg["model"]["arch"], cfg["model"]["head"], n_params, len(classes),
         loaders.train_images, loaders.val_images, epochs, tcfg["batch_size"], device, dist.world_size,
-        precision, ", channels_last" if channels_last else "", tcfg["augment_on"], num_workers,
+        precision, ", channels_last" if channels_last else "", engine.resolve_augment_on(tcfg["augment_on"], device),
+        num_workers,
     )
     for epoch in range(start_epoch, epochs + 1):
         # every random stream of the epoch derives from (seed, epoch): a resumed run repeats it
@@ -389,6 +391,7 @@ def train(run_config_path, index: dict, out_dir, state_dir=None, threads: int = 
             "variant": cfg["variant"], "seed": seed, "config": cfg, **fingerprint,
             "parameters": n_params, "classes": classes, "device": str(device),
             "precision": precision, "channels_last": channels_last,
+            "augment_on": engine.resolve_augment_on(tcfg["augment_on"], device),
             "train_minutes": round(frame["seconds"].sum() / 60, 3), "versions": package_versions(),
         })
         tables.write_history(out_dir / "history.csv", frame)
