@@ -15,6 +15,7 @@ import pandas as pd
 from . import tables
 from .errors import DataError
 from .logs import add_log_argument, setup_logging
+from .provenance import check_model_config
 
 log = logging.getLogger("imageclf.ensemble")
 
@@ -43,6 +44,19 @@ def run(member_paths: list[str], classes_csv, out_csv) -> pd.DataFrame:
     return result
 
 
+def check_member_models(manifest: dict, entry: dict) -> None:
+    """Refuse an ensemble whose member runs hold a model of another configuration than their
+    config.json (provenance.py): every trained model of every member run."""
+    runs = {(run["variant"], int(run["seed"])): run for run in manifest["runs"]}
+    for member in entry["members"]:
+        run = runs.get((member["variant"], int(member["seed"])))
+        if run is None:
+            raise DataError(f"the manifest's ensemble '{entry['name']}' names run {member['variant']} seed "
+                            f"{member['seed']}, which is not among its runs; rerun the workflow to rewrite it")
+        for model in run["models"]:
+            check_model_config(model["model"], model["config"])
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="imageclf ensemble", description=__doc__.splitlines()[0])
     parser.add_argument("--manifest", required=True, help="the workflow's manifest (results/manifest.json)")
@@ -54,4 +68,5 @@ def main(argv=None) -> None:
     setup_logging(args.log_file)
     manifest = tables.read_manifest(args.manifest)
     entry = tables.manifest_ensemble(manifest, args.name)
+    check_member_models(manifest, entry)
     run([member[args.split] for member in entry["members"]], manifest["index"]["classes"], args.out)

@@ -20,6 +20,7 @@ from .errors import WeightsError
 from .index import read_test_labels
 from .logs import add_log_argument, setup_logging
 from .models import load_trained_model
+from .provenance import check_model_config
 
 log = logging.getLogger("imageclf.predict")
 
@@ -29,6 +30,7 @@ def predict(run_config_path, model_path, index_csv, classes_csv, out_csv, test_l
     """Predict the split indexed in `index_csv` into `out_csv`; returns its accuracy (nan when
     unlabelled). cache_paths: (pixels.npy, meta.csv) of the split's decoded-image cache.
     tta: test-time augmentation views (predict.tta), averaged with the image itself."""
+    check_model_config(model_path, run_config_path)  # never a model of another configuration
     cfg = load_run_config(run_config_path)
     torch.set_num_threads(max(1, threads))
     classes = tables.read_classes(classes_csv)

@@ -13,6 +13,7 @@ from .errors import ConfigError, DataError, WeightsError
 from .io_utils import copy_file
 from .logs import add_log_argument, setup_logging
 from .models import load_checkpoint_file
+from .provenance import check_meta_config
 
 log = logging.getLogger("imageclf.select")
 
@@ -61,10 +62,12 @@ def garbage_flags(history: pd.DataFrame, val_acc: float, val_labels: pd.Series, 
     return flags
 
 
-def select(history_path, checkpoint, metric: str, model_out, selection_out, val_index=None) -> dict:
+def select(history_path, checkpoint, metric: str, model_out, selection_out, val_index=None,
+           run_config=None) -> dict:
     """checkpoint: the one training kept for `metric` (checkpoints/best_<metric>.pt). val_index:
     val.csv of the index, for the chance level that the choice is checked against
-    (selection.json: warnings)."""
+    (selection.json: warnings). run_config: the run's config.json; a checkpoint trained under
+    another configuration is refused (provenance.py)."""
     history = tables.read_history(history_path)
     if metric not in history:
         raise DataError(f"{history_path}: has no {metric} column (trained by an older version); retrain this run "
@@ -73,6 +76,8 @@ def select(history_path, checkpoint, metric: str, model_out, selection_out, val_
     source = checkpoint
     checkpoint = load_checkpoint_file(source)
     meta = checkpoint.get("meta", {}) if isinstance(checkpoint, dict) else {}
+    if run_config is not None:
+        check_meta_config(source, meta.get("config_hash"), run_config)
     saved = (meta.get("epoch"), meta.get("weights", "model"))
     if saved != (epoch, weights):
         raise WeightsError(
@@ -109,7 +114,10 @@ def main(argv=None) -> None:
     parser.add_argument("--model-out", required=True)
     parser.add_argument("--selection-out", required=True)
     parser.add_argument("--val-index", default=None, help="val.csv of the index: the chance level")
+    parser.add_argument("--run-config", default=None,
+                        help="the run's config.json: a checkpoint trained under another is refused")
     add_log_argument(parser)
     args = parser.parse_args(argv)
     setup_logging(args.log_file)
-    select(args.history, args.checkpoint, args.metric, args.model_out, args.selection_out, args.val_index)
+    select(args.history, args.checkpoint, args.metric, args.model_out, args.selection_out, args.val_index,
+           args.run_config)

@@ -12,6 +12,7 @@ from . import tables
 from .errors import SubmissionError
 from .io_utils import atomic_path
 from .logs import add_log_argument, setup_logging
+from .provenance import check_models
 
 log = logging.getLogger("imageclf.submission")
 
@@ -54,8 +55,12 @@ def warn_if_untrusted(selections) -> list[str]:
     return warnings
 
 
-def write_submission(predictions_path, test_index, classes_csv, out_csv, out_zip, selections=()) -> pd.DataFrame:
-    """selections: selection.json of each submitted run, to warn about any that select flagged."""
+def write_submission(predictions_path, test_index, classes_csv, out_csv, out_zip, selections=(), models=(),
+                     run_configs=()) -> pd.DataFrame:
+    """selections: selection.json of each submitted run, to warn about any that select flagged.
+    models, run_configs: each submitted model.pt with its run's config.json; a model trained under
+    another configuration is refused (provenance.py)."""
+    check_models(list(models), list(run_configs))
     warn_if_untrusted(selections)
     table = build_submission(tables.read_predictions(predictions_path), tables.read_index(test_index),
                              tables.read_classes(classes_csv))
@@ -73,9 +78,12 @@ def main(argv=None) -> None:
     parser.add_argument("--test-index", required=True)
     parser.add_argument("--classes", required=True)
     parser.add_argument("--selections", nargs="*", default=[], help="selection.json of each submitted run")
+    parser.add_argument("--models", nargs="*", default=[], help="model.pt of each submitted model")
+    parser.add_argument("--run-configs", nargs="*", default=[], help="config.json of each, in the same order")
     parser.add_argument("--out-csv", required=True)
     parser.add_argument("--out-zip", required=True)
     add_log_argument(parser)
     args = parser.parse_args(argv)
     setup_logging(args.log_file)
-    write_submission(args.predictions, args.test_index, args.classes, args.out_csv, args.out_zip, args.selections)
+    write_submission(args.predictions, args.test_index, args.classes, args.out_csv, args.out_zip, args.selections,
+                     args.models, args.run_configs)

@@ -202,7 +202,8 @@ MANIFEST_VERSION = 1
 MANIFEST_FIELDS = {
     "index": ("classes", "val"),
     "cv": ("folds",),
-    # models: fold (None without cv), run, selection, history; with cv.full_fit also full_fit (its test.csv)
+    # models: fold (None without cv), run, selection, history, model, config; with cv.full_fit also
+    # full_fit (its test.csv)
     "runs": ("variant", "seed", "models", "val", "test"),
     "ensembles": ("name", "tta", "members", "val", "test"),  # members: variant, seed, val, test
     "submitted": ("name", "val", "test"),

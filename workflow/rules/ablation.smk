@@ -27,7 +27,7 @@ rule ablation:
         manifest=MANIFEST_PATH,
         runs=manifest_files("runs", "val", "test"),
         full_fits=FULL_FIT_PREDICTIONS,
-        models=model_files("run", "selection"),
+        models=model_files(*MODEL_FILES),
         ensembles=manifest_files("ensembles", "val", "test"),
         classes=INDEX_FILES["classes"],
     output:

@@ -310,6 +310,12 @@ def run_files(variant, seed, name):
     return [model[name] for model in trained_models(variant, seed)]
 
 
+# What a trained model is, for every target alike (the submission and the ablation table): its
+# run record, its selection, the selected model and the configuration it must have been trained
+# under (predict, ensemble and submission refuse a model.pt of another config.json).
+MODEL_FILES = ("run", "selection", "model", "config")
+
+
 def trained_models(variant, seed):
     """The files of each model a run trains: one, or one per fold under cross-validation."""
     folds = [os.sep + f"fold{k}" for k in range(CV_FOLDS)] or [""]
@@ -324,6 +330,8 @@ def trained_models(variant, seed):
                     ("run", "json"),
                     ("selection", "json"),
                     ("history", "csv"),
+                    ("model", "pt"),
+                    ("config", "json"),
                 )
             },
         }
@@ -394,6 +402,25 @@ def submitted_selections(wildcards=None):
     else:
         runs = [(CFG["submission"]["variant"], CFG["submission"]["seed"])]
     return [selection for v, s in runs for selection in run_files(v, s, "selection")]
+
+
+def submitted_models(field):
+    """`field` (a MODEL_FILES name) of every model the submission rests on: each trained model of
+    the submitted run or of each member run of the submitted ensemble; the full fit's model.pt or
+    config.json with cv.submit: full_fit (whose folds' files, the plan's sources, come too).
+    """
+    name = CFG["submission"]["ensemble"]
+    if name:
+        spec = ENSEMBLES[name]
+        runs = [(v, s) for v in spec["variants"] for s in spec["seeds"]]
+    else:
+        runs = [(CFG["submission"]["variant"], CFG["submission"]["seed"])]
+    files = [path for v, s in runs for path in run_files(v, s, field)]
+    if not name and CFG["cv"]["submit"] == "full_fit" and field in ("model", "config"):
+        file_name = "model.pt" if field == "model" else "config.json"
+        variant, seed = runs[0]
+        files = [f"{RUN_DIR}{FULL_FIT}/{file_name}".format(variant=variant, seed=seed)]
+    return files
 
 
 # One manifest of named paths for the aggregating stages (ensemble, ablation, plots), built from

@@ -5,6 +5,11 @@ rule submission:
         test=INDEX_FILES["test"],
         classes=INDEX_FILES["classes"],
         selections=submitted_selections(),
+        # what a run needs, as for the ablation table (MODEL_FILES); the models are checked
+        # against their configurations
+        runs=submitted_models("run"),
+        models=submitted_models("model"),
+        configs=submitted_models("config"),
     output:
         csv="results/submission.csv",
         zip="results/submission.zip",
@@ -15,4 +20,5 @@ rule submission:
     shell:
         "imageclf submission --predictions {input.predictions:q} --test-index {input.test:q} "
         "--classes {input.classes:q} --selections {input.selections:q} "
+        "--models {input.models:q} --run-configs {input.configs:q} "
         "--out-csv {output.csv:q} --out-zip {output.zip:q} --log-file {log:q}"
