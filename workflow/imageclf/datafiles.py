@@ -47,7 +47,10 @@ def signature(info: os.stat_result) -> tuple[int, int, int, int]:
 
 def scan(root: Path, splits) -> dict[str, tuple[int, int, int, int]]:
     """relative path -> (size, mtime_ns, ctime_ns, inode) of every file under root/<split>/,
-    junk (hidden files, Thumbs.db, ...) left out, as the index leaves it out."""
+    junk (hidden files, Thumbs.db, ...) left out, as the index leaves it out. An empty folder
+    (nothing but junk in it: an empty class folder, which the index refuses) is an entry of its
+    own, its relative path with a trailing '/', so adding one changes the digest; a data set
+    without empty folders has the digest it always had."""
     found = {}
     prefix = len(os.path.join(str(root), ""))  # entry paths start with root/: cut it off (relpath is slow)
     stack = [os.path.join(str(root), split) for split in splits]
@@ -60,9 +63,13 @@ def scan(root: Path, splits) -> dict[str, tuple[int, int, int, int]]:
         except OSError:  # unreadable folder, symlink loop: the index job reports it
             found[folder[prefix:]] = UNREADABLE
             continue
+        entries = [entry for entry in entries if not is_junk(entry.name)]
+        if not entries:
+            try:
+                found[folder[prefix:] + "/"] = signature(os.stat(folder))
+            except OSError:
+                found[folder[prefix:] + "/"] = UNREADABLE
         for entry in entries:
-            if is_junk(entry.name):
-                continue
             try:
                 if entry.is_dir():
                     stack.append(entry.path)
@@ -92,7 +99,12 @@ def content_digest(hashes: dict[str, str]) -> str:
     return digest.hexdigest()
 
 
+EMPTY_FOLDER = "empty folder"  # the "hash" of an empty folder's entry (see scan)
+
+
 def hash_file(path: Path) -> str:
+    if path.is_dir():
+        return EMPTY_FOLDER
     try:
         return file_sha256(path)
     except OSError as error:  # the index job names the file; here it only has to count as changed

@@ -25,11 +25,14 @@ import pandas as pd
 from . import folds, tables
 from .errors import DataError
 from .images import DEFAULT_MAX_PIXELS, image_extensions, is_image_name, is_junk, open_image
-from .io_utils import file_sha256
+from .io_utils import file_sha256, write_json
 from .logs import add_log_argument, setup_logging
 
 LABELLED = ("train", "val")
 MAX_LISTED_PROBLEMS = 25
+# Images smaller than this on a side carry next to nothing (a 1 x 1 thumbnail, a tracking pixel):
+# a warning, or an error with data.on_small_image: error.
+MIN_IMAGE_SIDE = 8
 SNAKEMAKE_TIMESTAMP = ".snakemake_timestamp"
 
 log = logging.getLogger("imageclf.index")
@@ -174,17 +177,32 @@ def inspect_all(pairs: list[tuple[Path, str]], root: Path, threads: int, max_pix
     return results
 
 
+def check_small_images(results: dict, on_small: str, root: Path) -> None:
+    """Images below MIN_IMAGE_SIDE pixels on a side: a warning listing them, or (on_small:
+    "error", data.on_small_image) the error that lists them."""
+    small = [f"{path}: {info['width']} x {info['height']} pixels" for path, info in results.items()
+             if min(info["width"], info["height"]) < MIN_IMAGE_SIDE]
+    if not small:
+        return
+    what = f"data set {root} has images below {MIN_IMAGE_SIDE} pixels on a side"
+    if on_small == "error":
+        raise_problems(small, what + " (data.on_small_image is 'error'; remove them, or set it to 'warn')")
+    log.warning("%s (%d, which carry next to nothing; data.on_small_image: error refuses them): %s", what,
+                len(small), "; ".join(small[:5]) + (" ..." if len(small) > 5 else ""))
+
+
 def frame_of(pairs, results) -> pd.DataFrame:
     rows = [{"path": str(path), "label": label, "image_name": path.stem, **results[path]} for path, label in pairs]
     return pd.DataFrame(rows, columns=list(tables.INDEX))
 
 
 def build_index(root, threads: int = 1, max_pixels: int | None = DEFAULT_MAX_PIXELS,
-                val_fraction: float | None = None, seed: int = 0) -> dict[str, pd.DataFrame]:
+                val_fraction: float | None = None, seed: int = 0, on_small: str = "warn") -> dict[str, pd.DataFrame]:
     """train and val: one DataFrame each, and the class names (the `index` stage).
 
     val_fraction: when there is no val/ folder, the share of each class of train/ held out as the
-    validation split, chosen by content (folds.holdout, with `seed`); None keeps val/ required."""
+    validation split, chosen by content (folds.holdout, with `seed`); None keeps val/ required.
+    on_small: "warn" or "error" for images below MIN_IMAGE_SIDE on a side (data.on_small_image)."""
     root = Path(root)
     carve = val_fraction is not None and not (root / "val").is_dir()
     listing = scan(root, ("train",) if carve else LABELLED, "data set")
@@ -206,6 +224,7 @@ def build_index(root, threads: int = 1, max_pixels: int | None = DEFAULT_MAX_PIX
         log.warning("%d train class(es) have no val images, so validation never checks them: %s",
                     len(without_val), ", ".join(repr(name) for name in without_val[:10]))
     results = inspect_all(listing.pairs, root, threads, max_pixels)
+    check_small_images(results, on_small, root)
     frames = {split: frame_of(by_split[split], results) for split in LABELLED}
     if carve:
         held = folds.holdout(frames["train"], classes, val_fraction, seed)
@@ -215,7 +234,7 @@ def build_index(root, threads: int = 1, max_pixels: int | None = DEFAULT_MAX_PIX
     return {**frames, "classes": classes}
 
 
-def build_test(root, threads: int = 1, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> pd.DataFrame:
+def build_test(root, threads: int = 1, max_pixels: int | None = DEFAULT_MAX_PIXELS, on_small: str = "warn") -> pd.DataFrame:
     """test: one row per image (the `index_test` stage)."""
     root = Path(root)
     listing = scan(root, ("test",), "test split of")
@@ -226,7 +245,9 @@ def build_test(root, threads: int = 1, max_pixels: int | None = DEFAULT_MAX_PIXE
                             "test image names (file name without extension) must be unique")
         stems.setdefault(path.stem, path)
     raise_problems(problems, f"data set {root} has inconsistent splits")
-    return frame_of(listing.pairs, inspect_all(listing.pairs, root, threads, max_pixels))
+    results = inspect_all(listing.pairs, root, threads, max_pixels)
+    check_small_images(results, on_small, root)
+    return frame_of(listing.pairs, results)
 
 
 def find_leaks(frames: dict[str, pd.DataFrame]) -> pd.DataFrame:
@@ -289,11 +310,26 @@ def summarize(frames: dict[str, pd.DataFrame], classes: list[str], test_labels: 
     return summary
 
 
+def write_checked(check_out, root, what: str, images: int) -> None:
+    """The marker of a passed check (see `run`): what was checked, and how many images."""
+    write_json(check_out, {"checked": what, "root": str(root), "images": images})
+    log.info("%s of %s passed every check (%d images): %s", what, root, images, check_out)
+
+
 def run(root, train_out, val_out, classes_out, on_leak="warn", threads=1,
-        max_pixels: int | None = DEFAULT_MAX_PIXELS, val_fraction: float | None = None, seed: int = 0) -> dict:
-    """The `index` stage: train/ and val/ into train.csv, val.csv and classes.csv."""
-    frames = build_index(root, threads=threads, max_pixels=max_pixels, val_fraction=val_fraction, seed=seed)
+        max_pixels: int | None = DEFAULT_MAX_PIXELS, val_fraction: float | None = None, seed: int = 0,
+        on_small: str = "warn", check_out=None) -> dict:
+    """The `index` stage: train/ and val/ into train.csv, val.csv and classes.csv.
+
+    check_out: check only, and write this marker instead of the index files (the workflow's
+    check_data rule, which runs before the index is touched: a data problem then stops the run
+    and the finished index stays as it was)."""
+    frames = build_index(root, threads=threads, max_pixels=max_pixels, val_fraction=val_fraction, seed=seed,
+                         on_small=on_small)
     check_leaks(find_leaks({split: frames[split] for split in LABELLED}), on_leak, "train and val")
+    if check_out is not None:
+        write_checked(check_out, root, "train/ and val/", sum(len(frames[split]) for split in LABELLED))
+        return frames
     tables.write_index(train_out, frames["train"])
     tables.write_index(val_out, frames["val"])
     tables.write_classes(classes_out, frames["classes"])
@@ -303,14 +339,19 @@ def run(root, train_out, val_out, classes_out, on_leak="warn", threads=1,
 
 
 def run_test(root, train_index, val_index, classes_csv, test_out, summary_out, leaks_out, test_labels=None,
-             on_leak="warn", threads=1, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> pd.DataFrame:
-    """The `index_test` stage: test/ into test.csv; the per-class summary and every cross-split leak."""
-    test = build_test(root, threads=threads, max_pixels=max_pixels)
+             on_leak="warn", threads=1, max_pixels: int | None = DEFAULT_MAX_PIXELS, on_small: str = "warn",
+             check_out=None) -> pd.DataFrame:
+    """The `index_test` stage: test/ into test.csv; the per-class summary and every cross-split leak.
+    check_out: check only, and write this marker instead (see `run`)."""
+    test = build_test(root, threads=threads, max_pixels=max_pixels, on_small=on_small)
     classes = tables.read_classes(classes_csv)
     frames = {"train": tables.read_index(train_index), "val": tables.read_index(val_index), "test": test}
     labels = read_test_labels(test_labels, test, classes) if test_labels else None
     leaks = find_leaks(frames)
-    check_leaks(leaks, on_leak, f"see {leaks_out}")
+    check_leaks(leaks, on_leak, f"see {leaks_out}" if leaks_out else "index_test writes them to leaks.csv")
+    if check_out is not None:
+        write_checked(check_out, root, "test/", len(test))
+        return test
     tables.write_index(test_out, test)
     tables.write_table(summary_out, summarize(frames, classes, labels))
     tables.write_table(leaks_out, leaks)
@@ -324,22 +365,35 @@ def common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--max-image-pixels", type=int, default=DEFAULT_MAX_PIXELS,
                         help="refuse larger images (data.max_image_pixels)")
+    parser.add_argument("--on-small-image", choices=["warn", "error"], default="warn",
+                        help=f"images below {MIN_IMAGE_SIDE} pixels on a side (data.on_small_image)")
+    parser.add_argument("--check-out", default=None,
+                        help="check only: write this marker instead of the index files")
     add_log_argument(parser)
+
+
+def outputs_or_check(parser: argparse.ArgumentParser, args, names: list[str]) -> None:
+    """Either every output file or --check-out (the parser's error otherwise)."""
+    missing = [name for name in names if getattr(args, name) is None]
+    if args.check_out is None and missing:
+        parser.error("the following arguments are required without --check-out: "
+                     + ", ".join("--" + name.replace("_", "-") for name in missing))
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="imageclf index", description=run.__doc__)
     common_arguments(parser)
-    parser.add_argument("--train-out", required=True)
-    parser.add_argument("--val-out", required=True)
-    parser.add_argument("--classes-out", required=True)
+    parser.add_argument("--train-out", default=None)
+    parser.add_argument("--val-out", default=None)
+    parser.add_argument("--classes-out", default=None)
     parser.add_argument("--val-fraction", type=float, default=None,
                         help="without val/: hold out this share of train/ (data.val_fraction)")
     parser.add_argument("--seed", type=int, default=0, help="the seed of that choice (cv.seed)")
     args = parser.parse_args(argv)
+    outputs_or_check(parser, args, ["train_out", "val_out", "classes_out"])
     setup_logging(args.log_file)
     run(args.root, args.train_out, args.val_out, args.classes_out, args.on_leak, args.threads, args.max_image_pixels,
-        args.val_fraction, args.seed)
+        args.val_fraction, args.seed, args.on_small_image, args.check_out)
 
 
 def main_test(argv=None) -> None:
@@ -349,10 +403,12 @@ def main_test(argv=None) -> None:
     parser.add_argument("--val-index", required=True)
     parser.add_argument("--classes", required=True)
     parser.add_argument("--test-labels", default=None, help="CSV image_name,label for test (data.test_labels)")
-    parser.add_argument("--test-out", required=True)
-    parser.add_argument("--summary-out", required=True)
-    parser.add_argument("--leaks-out", required=True)
+    parser.add_argument("--test-out", default=None)
+    parser.add_argument("--summary-out", default=None)
+    parser.add_argument("--leaks-out", default=None)
     args = parser.parse_args(argv)
+    outputs_or_check(parser, args, ["test_out", "summary_out", "leaks_out"])
     setup_logging(args.log_file)
     run_test(args.root, args.train_index, args.val_index, args.classes, args.test_out, args.summary_out,
-             args.leaks_out, args.test_labels or None, args.on_leak, args.threads, args.max_image_pixels)
+             args.leaks_out, args.test_labels or None, args.on_leak, args.threads, args.max_image_pixels,
+             args.on_small_image, args.check_out)

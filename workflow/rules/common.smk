@@ -1,3 +1,4 @@
+import hashlib
 import shlex
 import os
 from pathlib import Path
@@ -159,26 +160,31 @@ def data_stamps():
     """Bring the stamp of each side of a user's data set up to date, before the DAG is built
     (Snakemake takes stock of the files in a folder once: a stamp made while it builds the DAG
     could look missing). Once per invocation; a cluster job's own Snakemake only reads them.
+    Returns the stamps and the content digests they hold.
     """
     if is_demo(CFG):
-        return {}
+        return {}, {}
     root = Path(CFG["data"]["root"])  # a folder: checked_config made sure
     stamps = {group: f"{INDEX}/data_{group}.sha256" for group in DATA_GROUPS}
-    if workflow.is_main_process:
-        for group, splits in DATA_GROUPS.items():
-            # the test labels are watched by content too (cp -p keeps an old mtime)
-            labels = test_labels_input() if group == "test" else []
-            update_stamp(
-                root,
-                splits,
-                stamps[group],
-                f".snakemake/imageclf/data_{group}.tsv",
-                extra_files=labels,
-            )
-    return stamps
+    digests = {}
+    for group, splits in DATA_GROUPS.items():
+        if not workflow.is_main_process:
+            stamp = Path(stamps[group])
+            digests[group] = stamp.read_text().strip() if stamp.is_file() else ""
+            continue
+        # the test labels are watched by content too (cp -p keeps an old mtime)
+        labels = test_labels_input() if group == "test" else []
+        digests[group] = update_stamp(
+            root,
+            splits,
+            stamps[group],
+            f".snakemake/imageclf/data_{group}.tsv",
+            extra_files=labels,
+        )
+    return stamps, digests
 
 
-DATA_STAMPS = data_stamps()
+DATA_STAMPS, DATA_DIGESTS = data_stamps()
 
 
 def carved_val_flags():
@@ -238,15 +244,48 @@ def weights_url(wildcards):
     )
 
 
+# The index outputs of each side of the data set, and the rule that checks that side first.
+INDEX_OUTPUTS = {
+    "labelled": ("train", "val", "classes"),
+    "test": ("test", "summary", "leaks"),
+}
+
+
+def checked_key(group):
+    """What a check of `group` answers for: the data's contents (the test side's check also
+    reads the labelled index) and how val/ is made. Its marker is named by it, so a check that
+    passed stays passed when the data come back to what they were."""
+    parts = [DATA_DIGESTS["labelled"], carved_val_flags()]
+    if group == "test":
+        parts.append(DATA_DIGESTS["test"])
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
+
+
+def index_is_current(group, stamp):
+    """Whether a side's index files all exist and are newer than its data stamp."""
+    paths = [Path(INDEX_FILES[name]) for name in INDEX_OUTPUTS[group]]
+    if not all(path.is_file() for path in paths):
+        return False
+    return min(path.stat().st_mtime for path in paths) >= Path(stamp).stat().st_mtime
+
+
 def data_stamp(group):
     """The input that makes a group's index rerun exactly when its files change: the demo's
-    folders (made by a rule), or the stamp of a user's data set."""
+    folders (made by a rule), or the stamp of a user's data set, with the marker of its check
+    (rule check_data or check_test_data): a data problem stops the run at the check, before the
+    index job starts, so Snakemake never deletes the finished index. An index made before these
+    checks existed, and still current, keeps the stamp alone as its input until its data
+    change: a new input would rerun it, and every training after it.
+    """
 
     def stamp(wildcards):
         if is_demo(CFG):
             return [
                 getattr(rules.demo_data.output, split) for split in DATA_GROUPS[group]
             ]
+        marker = f"{INDEX}/checked/{group}-{checked_key(group)}.json"
+        if Path(marker).is_file() or not index_is_current(group, DATA_STAMPS[group]):
+            return [DATA_STAMPS[group], marker]
         return [DATA_STAMPS[group]]
 
     return stamp
