@@ -317,3 +317,15 @@ def test_an_empty_class_folder_added_to_a_finished_run_is_noticed(finished, tmp_
     assert jobs.get("check_data") == 1 and jobs.get("index") == 1, dry.stdout[-3000:]
     result = snakemake(workdir, configfile, "results/submission.csv")
     assert result.returncode != 0 and "train/12: empty class folder" in result.stderr
+
+
+@pytest.mark.slow
+def test_too_many_folds_for_a_finished_index_stop_before_any_job(finished, tmp_path):
+    """A cv.folds the labelled images cannot fill is refused before any job, so a folds job never
+    fails on it (and never deletes a finished folds.csv)."""
+    workdir, configfile, _ = copy_of(finished, tmp_path)
+    overlay = yaml.safe_load(configfile.read_text())
+    overlay["cv"] = {"folds": 1000}
+    result = snakemake(workdir, write_overlay(configfile.parent / "folds.yaml", overlay), "-n", "results/submission.csv")
+    assert result.returncode != 0
+    assert "cv.folds: 1000 folds, but the labelled images (train/ and val/) hold only 96" in result.stdout + result.stderr

@@ -40,6 +40,22 @@ def groups_by_class(index: pd.DataFrame, classes: list[str], seed: int) -> list[
     return dealt
 
 
+def require_images_for(folds: int, distinct: int) -> None:
+    """The one error for more folds than distinct labelled images."""
+    if distinct < folds:  # a fold without images could neither train nor select
+        raise ConfigError(f"cv.folds: {folds} folds, but the labelled images (train/ and val/) hold only {distinct} "
+                          "distinct images; every fold needs at least one, so set cv.folds to at most that")
+
+
+def check_fold_count(folds: int, index_files) -> None:
+    """require_images_for on a finished labelled index (train.csv, val.csv): the workflow asks
+    before any job, so a cv.folds too large for unchanged data stops Snakemake instead of failing
+    the folds job, which would delete folds.csv and, once cv.folds is set back, retrain every
+    fold run."""
+    frames = [tables.read_index(path) for path in index_files]
+    require_images_for(folds, pd.concat(frames)["sha256"].nunique())
+
+
 def assign_folds(index: pd.DataFrame, classes: list[str], folds: int, seed: int) -> pd.Series:
     """The fold (0 .. folds-1) of every row of `index` (the labelled images, with `label` and
     `sha256`), stratified by class and balanced in size.
@@ -50,10 +66,7 @@ def assign_folds(index: pd.DataFrame, classes: list[str], folds: int, seed: int)
     if folds < 2:
         raise ValueError("cross-validation needs at least 2 folds")
     dealt = groups_by_class(index, classes, seed)
-    distinct = sum(len(hashes) for _, hashes in dealt)
-    if distinct < folds:  # a fold without images could neither train nor select
-        raise ConfigError(f"cv.folds: {folds} folds, but the labelled images (train/ and val/) hold only {distinct} "
-                          "distinct images; every fold needs at least one, so set cv.folds to at most that")
+    require_images_for(folds, sum(len(hashes) for _, hashes in dealt))
     fold_of, position = {}, 0
     short = []
     for name, hashes in dealt:
