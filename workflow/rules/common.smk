@@ -19,6 +19,7 @@ from imageclf.config import (
 )
 from imageclf.cache import cache_mode
 from imageclf.datafiles import update_stamp
+from imageclf.folds import check_fold_count
 from imageclf.weights import is_local_file, stamp_name, update_stamp as weights_stamp
 
 # The workflow's own defaults under the user's settings: as a Snakemake module given a partial
@@ -272,7 +273,7 @@ def index_is_current(group, stamp):
 def data_stamp(group):
     """The input that makes a group's index rerun exactly when its files change: the demo's
     folders (made by a rule), or the stamp of a user's data set, with the marker of its check
-    (rule check_data or check_test_data): a data problem stops the run at the check, before the
+    (check_data or check_test_data): a data problem stops the run at the check, before the
     index job starts, so Snakemake never deletes the finished index. An index made before these
     checks existed, and still current, keeps the stamp alone as its input until its data
     change: a new input would rerun it, and every training after it.
@@ -508,3 +509,20 @@ def train_launcher(wildcards):
     if devices > 1:
         return f"torchrun --standalone --nproc_per_node {devices} -m imageclf"
     return "imageclf"
+
+
+def folds_fit_the_index():
+    """Before any job: a cv.folds too large for a user's current labelled index stops Snakemake
+    here, naming cv.folds, rather than failing (and so deleting) folds.csv. The demo's, or a
+    stale index, is left to the folds job, which makes folds.csv anew anyway."""
+    if not CV_FOLDS or is_demo(CFG) or not workflow.is_main_process:
+        return
+    if not index_is_current("labelled", DATA_STAMPS["labelled"]):
+        return
+    try:
+        check_fold_count(CV_FOLDS, [INDEX_FILES["train"], INDEX_FILES["val"]])
+    except ConfigError as error:
+        raise WorkflowError(str(error))
+
+
+folds_fit_the_index()

@@ -2,25 +2,6 @@
 # trains one model per fold with the train, select and predict rules, on the fold's own index
 # files; the rules here make the folds and gather each run's fold models into its predictions.
 
-from imageclf.folds import check_fold_count
-
-
-def folds_fit_the_index():
-    """Before any job: a cv.folds too large for a user's current labelled index stops Snakemake
-    here, naming cv.folds, rather than failing (and so deleting) folds.csv. The demo's, or a
-    stale index, is left to the folds job, which makes folds.csv anew anyway."""
-    if is_demo(CFG) or not workflow.is_main_process:
-        return
-    if not index_is_current("labelled", DATA_STAMPS["labelled"]):
-        return
-    try:
-        check_fold_count(CV_FOLDS, [INDEX_FILES["train"], INDEX_FILES["val"]])
-    except ConfigError as error:
-        raise WorkflowError(str(error))
-
-
-folds_fit_the_index()
-
 
 rule folds:
     """Every labelled image (train/ and val/ pooled) with its fold, decided by content."""
