@@ -104,13 +104,16 @@ def model_alone(cfg: dict, batch: int, steps: int, graphed: bool) -> float:
     return batch * steps / (time.perf_counter() - start)
 
 
-def augment_alone(cfg: dict, batch: int, steps: int) -> tuple[float, int]:
+def augment_alone(cfg: dict, batch: int, steps: int, replayed: bool = False) -> tuple[float, int]:
     """Images/s of the batched chain alone (uint8 squares already on the device), and the host
-    synchronisations one batch makes (counted on CUDA only; -1 elsewhere)."""
+    synchronisations one batch makes (counted on CUDA only; -1 elsewhere). replayed: as training
+    runs it on a GPU, a CUDA graph per batch shape (batch_augment.ReplayedAugment)."""
     device = engine.resolve_device(cfg["train"]["device"])
     size = cfg["train"]["image_size"]
     side = bench.cache.batch_input_size(cfg["augment"], size, cfg["train"]["cache_margin"])
     augmenter = batch_augment.BatchAugment(cfg["augment"], size)
+    if replayed:
+        augmenter = batch_augment.ReplayedAugment(augmenter)
     images = torch.randint(0, 256, (batch, 3, side, side), dtype=torch.uint8, device=device)
     seeds = [torch.arange(k * batch, (k + 1) * batch) for k in range(steps + 2)]
     augmenter(images, seeds[0])
@@ -243,11 +246,12 @@ def main(argv=None) -> None:
         graphed = guarded(model_alone, cfg, batch, args.steps, graphed=True) if cuda else None
         if graphed:
             add("model alone, CUDA graph of the whole step", batch, graphed, alone[batch])
-        measured = guarded(augment_alone, cfg, batch, args.steps)
-        if measured:
-            rate, syncs = measured
-            add("batched augmentation alone", batch, rate, None,
-                f"host syncs per batch: {syncs if syncs >= 0 else 'not counted (CPU)'}")
+        for replayed in (False, True) if cuda else (False,):
+            measured = guarded(augment_alone, cfg, batch, args.steps, replayed)
+            if measured:
+                rate, syncs = measured
+                add(f"batched augmentation alone, {'a CUDA graph' if replayed else 'eager'}", batch, rate, None,
+                    f"host syncs per batch: {syncs if syncs >= 0 else 'not counted (CPU)'}")
     add("determinism of the batched chain", args.batches[0], float("nan"), None, guarded(determinism, cfg, args.batches[0]))
     paths = sorted(str(p) for p in (root / "train").rglob("*.jpg"))
     small = args.batches[0]

@@ -8,6 +8,7 @@ import torch
 import yaml
 from conftest import REPO, index_dataset
 from imageclf import cache, data, presets, tables
+from imageclf.config import augment_op_keys
 from imageclf.errors import DataError
 from imageclf.images import open_image
 from PIL import Image
@@ -18,7 +19,7 @@ AUGMENT = yaml.safe_load((REPO / "config.yaml").read_text())["augment"]
 
 def augment_off():
     augment = copy.deepcopy(AUGMENT)
-    for key in presets.PRE_RESIZE_BUILDERS:
+    for key in augment_op_keys():
         augment[key]["enabled"] = False
     augment["random_erasing"]["enabled"] = False
     return augment

@@ -55,7 +55,12 @@ def test_train_chain_output_shape_on_a_real_image():
     assert out.shape == (3, 64, 64) and torch.isfinite(out).all()
 
 
-def test_every_pre_resize_op_of_the_config_has_a_builder():
-    from imageclf.config import PRE_RESIZE_OP_KEYS
+def test_the_chain_is_built_from_the_table_of_ops_in_the_schemas_order():
+    from imageclf.batch_augment import OPS
+    from imageclf.config import augment_op_keys
 
-    assert sorted(presets.PRE_RESIZE_BUILDERS) == sorted(PRE_RESIZE_OP_KEYS)
+    # one table of ops, and the schema's entries in the same order: before the resize, then after
+    assert [op.key for op in OPS] == [*augment_op_keys(), *augment_op_keys(after_resize=True)]
+    chain = [type(t).__name__ for t in presets.train_transform(RECIPE["augment"], 64).transforms]
+    assert chain == ["RandomHorizontalFlip", "RandomVerticalFlip", "RandomRotation", "RandomAffine", "ColorJitter",
+                     "RandAugment", "Resize", "ToImage", "ToDtype", "RandomErasing", "Normalize"]

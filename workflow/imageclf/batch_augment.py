@@ -24,12 +24,16 @@ Pixel values stay float in [0, 255] until the float conversion after the resize.
 
 from __future__ import annotations
 
+import functools
+import logging
 import math
 
 import torch
 import torch.nn.functional as nnf
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
+
+log = logging.getLogger("imageclf.batch_augment")
 
 # --- random numbers: splitmix64 of (seed + (draw + 1) * golden ratio), top 24 bits as a float in [0, 1)
 
@@ -60,6 +64,13 @@ def uniforms(seeds: torch.Tensor, count: int, first: int = 0) -> torch.Tensor:
 
 def between(u: torch.Tensor, low: float, high: float) -> torch.Tensor:
     return low + (high - low) * u
+
+
+@functools.lru_cache(maxsize=None)
+def constant(values: tuple, device: torch.device, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """A small constant tensor on the device, made once: a copy made during a CUDA graph's capture
+    would be replayed from host memory that no longer holds it."""
+    return torch.tensor(values, dtype=dtype).to(device)
 
 
 # --- geometry: output-to-input maps as (B, 3, 3) matrices in pixel coordinates centred on the image
@@ -121,7 +132,7 @@ GRAY = (0.2989, 0.587, 0.114)  # ITU-R 601 luma, as torchvision's rgb_to_graysca
 
 
 def grayscale(images: torch.Tensor) -> torch.Tensor:
-    weights = torch.tensor(GRAY, dtype=images.dtype).to(images.device, non_blocking=True)
+    weights = constant(GRAY, images.device, images.dtype)
     return torch.einsum("bchw,c->bhw", images, weights).unsqueeze(1)
 
 
@@ -152,7 +163,7 @@ def adjust_hue(images: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
     hue = torch.where(value == red, bc - gc, torch.where(value == green, 2.0 + rc - bc, 4.0 + gc - rc))
     hue = (hue / 6.0 + 1.0 + shift.view(-1, 1, 1)).remainder(1.0)
     # back to RGB: channel k is v - v*s*clamp(min(n, 4 - n), 0, 1) with n = (k' + 6h) mod 6 (k' = 5, 3, 1)
-    offsets = torch.tensor([5.0, 3.0, 1.0]).to(images.device, non_blocking=True).view(1, 3, 1, 1)
+    offsets = constant((5.0, 3.0, 1.0), images.device).view(1, 3, 1, 1)
     n = (offsets + hue.unsqueeze(1) * 6.0).remainder(6.0)
     ramp = torch.minimum(n, 4.0 - n).clamp(0.0, 1.0)
     value, saturation = value.unsqueeze(1), saturation.unsqueeze(1)
@@ -163,8 +174,8 @@ def sharpen(images: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
     """adjust_sharpness per sample: the inner pixels blended with torchvision's 3x3 smoothing
     (border pixels kept); a factor of 1 leaves a sample as it is."""
     channels = images.shape[1]
-    kernel = torch.tensor([[1.0, 1.0, 1.0], [1.0, 5.0, 1.0], [1.0, 1.0, 1.0]]) / 13.0
-    kernel = kernel.to(images.device, images.dtype, non_blocking=True).expand(channels, 1, 3, 3)
+    kernel = constant(((1 / 13, 1 / 13, 1 / 13), (1 / 13, 5 / 13, 1 / 13), (1 / 13, 1 / 13, 1 / 13)), images.device,
+                      images.dtype).expand(channels, 1, 3, 3)
     smoothed = nnf.pad(nnf.conv2d(images, kernel, groups=channels), (1, 1, 1, 1))
     border = torch.ones_like(images[:1, :1])
     border[..., 1:-1, 1:-1] = 0
@@ -348,10 +359,10 @@ class RandAugment(Op):
 
     def params(self, u, height, width):
         picks = (u[:, 0::2] * len(RAND_AUGMENT_NAMES)).to(torch.int64).clamp_(max=len(RAND_AUGMENT_NAMES) - 1)
-        signed = torch.tensor([RAND_AUGMENT_SPACE[name][1] for name in RAND_AUGMENT_NAMES]).to(u.device, non_blocking=True)
+        signed = constant(tuple(RAND_AUGMENT_SPACE[name][1] for name in RAND_AUGMENT_NAMES), u.device, torch.bool)
         sign = torch.where(signed[picks] & (u[:, 1::2] < 0.5), -1.0, 1.0)
-        table = torch.tensor([self.magnitude(name, height, width) for name in RAND_AUGMENT_NAMES])
-        return {"picks": picks, "magnitude": table.to(u.device, non_blocking=True)[picks] * sign}
+        table = constant(tuple(self.magnitude(name, height, width) for name in RAND_AUGMENT_NAMES), u.device)
+        return {"picks": picks, "magnitude": table[picks] * sign}
 
     def apply(self, images, params):
         height, width = images.shape[-2:]
@@ -471,14 +482,17 @@ class BatchAugment:
         shape = (images.shape[0], images.shape[1], self.image_size, self.image_size)
         return torch.randn(shape, generator=generator, device=images.device)
 
-    def __call__(self, images: torch.Tensor, seeds: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
+    def __call__(self, images: torch.Tensor, seeds: torch.Tensor) -> torch.Tensor:
+        """images: uint8 on the device; seeds: on the CPU, where the loader made them."""
         if images.dtype != torch.uint8 or images.ndim != 4:
             raise TypeError(f"batched augmentation takes a uint8 (B, C, H, W) batch, got {images.dtype} "
                             f"{tuple(images.shape)}")
-        if noise is None:
-            noise = self.noise(seeds, images)
+        return self.run(images, seeds.to(images.device, non_blocking=True), self.noise(seeds, images))
+
+    def run(self, images: torch.Tensor, seeds: torch.Tensor, noise: torch.Tensor | None) -> torch.Tensor:
+        """The chain, on the device alone: no host sync and no host copy (a CUDA graph can replay it)."""
         height, width = images.shape[-2:]
-        drawn = self.draw(seeds.to(images.device, non_blocking=True), height, width)
+        drawn = self.draw(seeds, height, width)
         x, maps, resized = images.float(), [], False
         for op, params in zip(self.ops, drawn):
             if op.matrix is not None:  # geometric: composed with its neighbours into one warp
@@ -502,6 +516,56 @@ class BatchAugment:
         return x.mul(1.0 / 255)
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
-        mean = torch.tensor(self.mean).to(x.device, non_blocking=True).view(1, -1, 1, 1)
-        std = torch.tensor(self.std).to(x.device, non_blocking=True).view(1, -1, 1, 1)
+        mean = constant(tuple(self.mean), x.device).view(1, -1, 1, 1)
+        std = constant(tuple(self.std), x.device).view(1, -1, 1, 1)
         return (x - mean) / std
+
+
+class ReplayedAugment:
+    """A BatchAugment on a GPU, replayed as one CUDA graph per batch shape. The chain is a few
+    hundred small kernels, and launching them from Python costs more than running them (about 20 ms
+    a batch on an H200: docs/performance.md); a replay is one launch. Same kernels, same results.
+    A shape whose capture fails runs eagerly, with one warning."""
+
+    def __init__(self, augment: BatchAugment):
+        self.augment, self.graphs = augment, {}
+        self.image_size = augment.image_size
+
+    def __call__(self, images: torch.Tensor, seeds: torch.Tensor) -> torch.Tensor:
+        key = tuple(images.shape)
+        if key not in self.graphs:
+            self.graphs[key] = self.capture(images, seeds)
+        if self.graphs[key] is None:
+            return self.augment(images, seeds)
+        graph, static = self.graphs[key]
+        static["images"].copy_(images, non_blocking=True)
+        static["seeds"].copy_(seeds, non_blocking=True)
+        if static["noise"] is not None:
+            static["noise"].copy_(self.augment.noise(seeds, images))
+        graph.replay()
+        return static["out"].clone()  # the next replay overwrites the graph's output
+
+    def capture(self, images: torch.Tensor, seeds: torch.Tensor):
+        device = images.device
+        noise = self.augment.noise(seeds, images)
+        static = {"images": images.clone(), "seeds": seeds.to(device), "noise": None if noise is None else noise.clone()}
+        try:
+            stream = torch.cuda.Stream(device)
+            stream.wait_stream(torch.cuda.current_stream(device))
+            with torch.cuda.stream(stream):  # warm-up: the allocator, the constants, cuDNN's choices
+                for _ in range(2):
+                    self.augment.run(static["images"], static["seeds"], static["noise"])
+            torch.cuda.current_stream(device).wait_stream(stream)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                static["out"] = self.augment.run(static["images"], static["seeds"], static["noise"])
+            return graph, static
+        except RuntimeError as error:
+            log.warning("batched augmentation of %s batches runs without a CUDA graph: %s", tuple(images.shape),
+                        str(error).splitlines()[0])
+            return None
+
+
+def on_device(augment: BatchAugment, device: torch.device):
+    """The chain as the training loop runs it on `device`: replayed as CUDA graphs on a GPU."""
+    return ReplayedAugment(augment) if device.type == "cuda" else augment

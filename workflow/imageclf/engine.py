@@ -97,11 +97,11 @@ def memory_format(channels_last: bool):
     return torch.channels_last if channels_last else torch.contiguous_format
 
 
-def autocast(device: torch.device, precision: str):
+def autocast(device: torch.device, precision: str, cache_enabled: bool = True):
     if precision == "fp32":
         return contextlib.nullcontext()
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return torch.autocast(device_type=device.type, dtype=dtype)
+    return torch.autocast(device_type=device.type, dtype=dtype, cache_enabled=cache_enabled)
 
 
 def to_device(images, device, channels_last: bool):
@@ -157,14 +157,6 @@ class DeviceBatches:
             yield current
 
 
-def mixup_batch(images, targets, alpha: float, rng: np.random.Generator, generator: torch.Generator):
-    """Mixup (Zhang et al. 2018): one lambda ~ Beta(alpha, alpha) per batch, pairs by a permutation."""
-    lam = float(rng.beta(alpha, alpha))
-    perm = torch.randperm(images.shape[0], generator=generator).to(images.device)
-    mixed = lam * images + (1.0 - lam) * images[perm]
-    return mixed, targets, targets[perm], lam
-
-
 def cutmix_box(height: int, width: int, lam: float, rng: np.random.Generator) -> tuple[int, int, int, int]:
     """(top, bottom, left, right) of CutMix's box: sides sqrt(1 - lam) of the image's, its centre
     uniform over the image, clipped to the image (so a box near an edge is smaller)."""
@@ -176,35 +168,57 @@ def cutmix_box(height: int, width: int, lam: float, rng: np.random.Generator) ->
     return top, bottom, left, right
 
 
-def cutmix_batch(images, targets, alpha: float, rng: np.random.Generator, generator: torch.Generator):
-    """CutMix (Yun et al. 2019): one lambda ~ Beta(alpha, alpha) per batch draws a box, which each
-    image takes from its partner by a permutation. The returned lambda is the weight of the
-    image's own label: 1 minus the box's area after clipping, as the images really are."""
-    lam = float(rng.beta(alpha, alpha))
-    perm = torch.randperm(images.shape[0], generator=generator).to(images.device)
-    height, width = images.shape[-2:]
-    top, bottom, left, right = cutmix_box(height, width, lam, rng)
-    mixed = images.clone()
-    mixed[..., top:bottom, left:right] = images[..., top:bottom, left:right][perm]  # copies the box only
-    lam = 1.0 - (bottom - top) * (right - left) / (height * width)
-    return mixed, targets, targets[perm], lam
-
-
-def mix_batch(images, targets, mixing: dict, rng: np.random.Generator, generator: torch.Generator):
-    """The batch mixed as `mixing` says ({"mixup_alpha", "cutmix_alpha", "mix_switch_prob"}), or
-    None when both are off. With both on, CutMix with probability mix_switch_prob, else mixup.
-    Each draw comes from `rng` and `generator` (seeded per epoch), so a resumed run repeats them;
-    with CutMix off the draws are mixup's alone, as before CutMix existed."""
+def draw_mix(size: int, height: int, width: int, mixing: dict, rng: np.random.Generator,
+             generator: torch.Generator) -> dict | None:
+    """The batch's mixing draws as `mixing` says ({"mixup_alpha", "cutmix_alpha", "mix_switch_prob"}),
+    or None when both are off: {"kind": "mixup" or "cutmix", "lam", "perm" (CPU), "box" (CutMix's)}.
+    With both on, CutMix with probability mix_switch_prob, else mixup. Mixup (Zhang et al. 2018):
+    one lambda ~ Beta(alpha, alpha) per batch, partners by a permutation. CutMix (Yun et al. 2019):
+    the same draws, then a box that each image takes from its partner; its lambda is then the
+    weight of the image's own label, 1 minus the box's area after clipping. Each draw comes from
+    `rng` and `generator` (seeded per epoch), so a resumed run repeats them; with CutMix off the
+    draws are mixup's alone, as before CutMix existed."""
     mixup_alpha, cutmix_alpha = mixing.get("mixup_alpha", 0.0), mixing.get("cutmix_alpha", 0.0)
     if mixup_alpha > 0 and cutmix_alpha > 0:
         use_cutmix = float(rng.random()) < mixing["mix_switch_prob"]
     else:
         use_cutmix = cutmix_alpha > 0
-    if use_cutmix:
-        return cutmix_batch(images, targets, cutmix_alpha, rng, generator)
-    if mixup_alpha > 0:
-        return mixup_batch(images, targets, mixup_alpha, rng, generator)
-    return None
+    if not use_cutmix and mixup_alpha <= 0:
+        return None
+    alpha = cutmix_alpha if use_cutmix else mixup_alpha
+    lam = float(rng.beta(alpha, alpha))
+    perm = torch.randperm(size, generator=generator)
+    if not use_cutmix:
+        return {"kind": "mixup", "lam": lam, "perm": perm}
+    top, bottom, left, right = cutmix_box(height, width, lam, rng)
+    lam = 1.0 - (bottom - top) * (right - left) / (height * width)
+    return {"kind": "cutmix", "lam": lam, "perm": perm, "box": (top, bottom, left, right)}
+
+
+def apply_mix(images, targets, mix: dict):
+    """(mixed images, targets, partners' targets, lambda) for draw_mix's draws."""
+    perm = mix["perm"].to(images.device, non_blocking=True)
+    if mix["kind"] == "mixup":
+        mixed = mix["lam"] * images + (1.0 - mix["lam"]) * images[perm]
+    else:
+        top, bottom, left, right = mix["box"]
+        mixed = images.clone()
+        mixed[..., top:bottom, left:right] = images[..., top:bottom, left:right][perm]  # copies the box only
+    return mixed, targets, targets[perm], mix["lam"]
+
+
+def mix_batch(images, targets, mixing: dict, rng: np.random.Generator, generator: torch.Generator):
+    """The batch mixed as `mixing` says (draw_mix, then apply_mix), or None when both are off."""
+    mix = draw_mix(images.shape[0], *images.shape[-2:], mixing, rng, generator)
+    return None if mix is None else apply_mix(images, targets, mix)
+
+
+def mixup_batch(images, targets, alpha: float, rng: np.random.Generator, generator: torch.Generator):
+    return mix_batch(images, targets, {"mixup_alpha": alpha}, rng, generator)
+
+
+def cutmix_batch(images, targets, alpha: float, rng: np.random.Generator, generator: torch.Generator):
+    return mix_batch(images, targets, {"cutmix_alpha": alpha}, rng, generator)
 
 
 def mixup_loss(criterion, outputs, targets_a, targets_b, lam: float):
@@ -248,12 +262,51 @@ def log_progress(label: str, step: int, steps: int, seen: int, seconds: float, t
              step, steps or "?", total_loss.item() / max(seen, 1), rate, left // 60, left % 60)
 
 
+def eager_step(model, optimizer, criterion, images, targets, mix, total_loss, *, device, precision, scaler,
+               accumulate_steps: int, clip_grad_norm, check: bool) -> None:
+    """One optimizer step on the batch, op by op; the batch's loss sum is added to total_loss.
+    check: stop before a non-finite loss reaches the weights (check_finite)."""
+    if mix is not None:
+        images, targets_a, targets_b, lam = apply_mix(images, targets, mix)
+    size = images.shape[0]
+    optimizer.zero_grad(set_to_none=True)
+    parts = micro_batches(size, accumulate_steps)
+    for index, (first, stop) in enumerate(parts):
+        whole = len(parts) == 1  # the whole batch: no slicing, no loss weighting
+        part = slice(first, stop)
+        # DDP all-reduces the gradients in the backward of the last micro-batch only
+        syncs = index == len(parts) - 1 or not hasattr(model, "no_sync")
+        with contextlib.nullcontext() if syncs else model.no_sync():
+            with autocast(device, precision):
+                outputs = model(images if whole else images[part])
+                if mix is not None:
+                    loss = mixup_loss(criterion, outputs, targets_a if whole else targets_a[part],
+                                      targets_b if whole else targets_b[part], lam)
+                else:
+                    loss = criterion(outputs, targets if whole else targets[part])
+            total_loss += loss.detach().double() * (stop - first)
+            if not whole:
+                loss = loss * ((stop - first) / size)
+            (scaler.scale(loss) if scaler is not None else loss).backward()
+    if check:
+        check_finite(total_loss, precision)
+    if clip_grad_norm is not None:
+        if scaler is not None:
+            scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
+        torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad_norm)
+    if scaler is not None:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
+
+
 def train_one_epoch(model, loader, optimizer, criterion, device, *, mixup_alpha: float,
                     rng: np.random.Generator, generator: torch.Generator, precision: str = "fp32",
                     channels_last: bool = False, scaler=None, augment=None, progress_every_s: float = 60.0,
                     label: str = "", world_size: int = 1, after_step=None, cutmix_alpha: float = 0.0,
-                    mix_switch_prob: float = 0.5, accumulate_steps: int = 1, clip_grad_norm: float | None = None
-                    ) -> dict:
+                    mix_switch_prob: float = 0.5, accumulate_steps: int = 1, clip_grad_norm: float | None = None,
+                    graphs=None) -> dict:
     """Returns the mean training loss (against the mixed targets when mixup or CutMix is on) and speed.
 
     augment: a batch_augment.BatchAugment when the loader yields uint8 batches plus their samples'
@@ -267,6 +320,7 @@ def train_one_epoch(model, loader, optimizer, criterion, device, *, mixup_alpha:
     clip_grad_norm: the gradients' total norm is clipped to this before each step (after
     unscaling under fp16); None: no clipping.
     after_step: called after each optimizer step (e.g. the EMA of the weights).
+    graphs: a step_graph.StepGraphs, which replays the step where it can (a GPU); None: every step eager.
     """
     model.train()
     mixing = {"mixup_alpha": mixup_alpha, "cutmix_alpha": cutmix_alpha, "mix_switch_prob": mix_switch_prob}
@@ -280,42 +334,18 @@ def train_one_epoch(model, loader, optimizer, criterion, device, *, mixup_alpha:
     start = last_progress = time.perf_counter()
     batches = DeviceBatches(loader, device, channels_last, augment)
     for step, (images, targets) in enumerate(batches, start=1):
-        with autocast(device, precision):
-            mixed = mix_batch(images, targets, mixing, rng, generator)
-        if mixed is not None:
-            images, targets_a, targets_b, lam = mixed
         size = images.shape[0]
-        optimizer.zero_grad(set_to_none=True)
-        parts = micro_batches(size, accumulate_steps)
-        for index, (first, stop) in enumerate(parts):
-            whole = len(parts) == 1  # the whole batch: no slicing, no loss weighting
-            part = slice(first, stop)
-            # DDP all-reduces the gradients in the backward of the last micro-batch only
-            syncs = index == len(parts) - 1 or not hasattr(model, "no_sync")
-            with contextlib.nullcontext() if syncs else model.no_sync():
-                with autocast(device, precision):
-                    outputs = model(images if whole else images[part])
-                    if mixed is not None:
-                        loss = mixup_loss(criterion, outputs, targets_a if whole else targets_a[part],
-                                          targets_b if whole else targets_b[part], lam)
-                    else:
-                        loss = criterion(outputs, targets if whole else targets[part])
-                total_loss += loss.detach().double() * (stop - first)
-                if not whole:
-                    loss = loss * ((stop - first) / size)
-                (scaler.scale(loss) if scaler is not None else loss).backward()
-        seen += size
-        if step % check_every == 0:
-            check_finite(total_loss, precision)
-        if clip_grad_norm is not None:
-            if scaler is not None:
-                scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
-            torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad_norm)
-        if scaler is not None:
-            scaler.step(optimizer)
-            scaler.update()
+        mix = draw_mix(size, *images.shape[-2:], mixing, rng, generator)
+        replayed = graphs.step(images, targets, mix) if graphs is not None else None
+        if replayed is not None:  # the whole step, replayed as a CUDA graph (step_graph.py)
+            total_loss += replayed.double() * size
         else:
-            optimizer.step()
+            eager_step(model, optimizer, criterion, images, targets, mix, total_loss, device=device, precision=precision,
+                       scaler=scaler, accumulate_steps=accumulate_steps, clip_grad_norm=clip_grad_norm,
+                       check=step % check_every == 0)
+        seen += size
+        if replayed is not None and step % check_every == 0:
+            check_finite(total_loss, precision)
         if after_step is not None:  # e.g. the EMA of the weights
             after_step()
         now = time.perf_counter()

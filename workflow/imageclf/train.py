@@ -26,7 +26,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from . import batch_augment, checkpoints, data, engine, models, presets, tables
+from . import batch_augment, checkpoints, data, engine, models, presets, step_graph, tables
 from .allocator import keep_freed_memory
 from .cache import batch_input_size, open_cache
 from .config import check_batches, config_hash, load_run_config
@@ -86,6 +86,7 @@ def make_optimizer(model: nn.Module, cfg: dict):
     backbone_lr_scale: the backbone's learning rate relative to the head's, which
     takes `lr`. At 1 every parameter is in one group, as in the reference recipe."""
     common = {"lr": cfg["lr"], "weight_decay": cfg["weight_decay"], "fused": cfg["fused"] or None}
+    on_gpu = next(model.parameters()).is_cuda
     scale = cfg["backbone_lr_scale"]
     if scale == 1.0:
         groups = [{"params": list(model.parameters())}]
@@ -95,8 +96,8 @@ def make_optimizer(model: nn.Module, cfg: dict):
                   {"params": [p for p in model.parameters() if id(p) in head]}]
     for group in groups:  # what warmup climbs to
         group["target_lr"] = group.get("lr", cfg["lr"])
-    if cfg["name"] == "adamw":
-        return torch.optim.AdamW(groups, **common)
+    if cfg["name"] == "adamw":  # capturable: its step counter on the GPU, so a CUDA graph can replay it
+        return torch.optim.AdamW(groups, **common, capturable=on_gpu)
     return torch.optim.SGD(groups, momentum=cfg.get("momentum", SGD_MOMENTUM), **common)
 
 
@@ -221,6 +222,7 @@ def make_loaders(cfg: dict, index: dict, classes: list[str], dist: Distributed, 
         val_set = data.ImageDataset(tables.read_index(index["val"]), classes,
                                     presets.eval_transform(cfg["augment"], size), open_cache(val_cache, index["val"]))
         val_loader, val_images = data.make_loader(val_set, tcfg["batch_size"], num_workers, pin_memory=pin), len(val_set)
+    augment = augment and batch_augment.on_device(augment, dist.device)
     return Loaders(train_loader, val_loader, sampler, augment, len(train_set), val_images)
 
 
@@ -323,6 +325,9 @@ def train(run_config_path, index: dict, out_dir, state_dir=None, threads: int = 
         elif dist.is_main:  # an extension: the kept checkpoints now belong to this config
             keeper.restamp({"config_hash": fingerprint["config_hash"]})
 
+    graphs = None
+    if step_graph.wanted(device, dist.world_size, scaler, tcfg["accumulate_steps"]):
+        graphs = step_graph.StepGraphs(model, optimizer, criterion, precision, tcfg["clip_grad_norm"])
     scalars = Scalars(tensorboard_dir if dist.is_main else None)
     net = model
     if dist.world_size > 1:
@@ -354,7 +359,7 @@ def train(run_config_path, index: dict, out_dir, state_dir=None, threads: int = 
             augment=loaders.augment, label=f"epoch {epoch}/{epochs}", world_size=dist.world_size,
             after_step=(lambda: ema.update_parameters(model)) if ema is not None else None,
             cutmix_alpha=tcfg["cutmix_alpha"], mix_switch_prob=tcfg["mix_switch_prob"],
-            accumulate_steps=tcfg["accumulate_steps"], clip_grad_norm=tcfg["clip_grad_norm"],
+            accumulate_steps=tcfg["accumulate_steps"], clip_grad_norm=tcfg["clip_grad_norm"], graphs=graphs,
         )
         if loaders.val is None:
             stats.update(val_loss=float("nan"), val_acc=float("nan"))
