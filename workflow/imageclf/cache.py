@@ -22,7 +22,7 @@ import argparse
 import functools
 import logging
 import math
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
 import pandas as pd
@@ -75,6 +75,22 @@ def resize_for_cache(image: Image.Image, mode: str, image_size: int) -> np.ndarr
     return np.asarray(image, dtype=np.uint8)
 
 
+CHUNK = 64  # images per task of the cache's worker processes
+
+
+def fill_chunk(pixels_path: str, paths: list[str], shapes: list, offsets, mode: str, image_size: int,
+               chunk: range) -> int:
+    """Decode, resize and write images `chunk` into the cache file (a process of build_cache's pool)."""
+    pixels = np.load(pixels_path, mmap_mode="r+")
+    for i in chunk:
+        array = resize_for_cache(open_image(paths[i]), mode, image_size)
+        if array.shape != (*shapes[i], 3):
+            raise DataError(f"{paths[i]}: size differs from the index; re-run the index")
+        pixels[offsets[i] : offsets[i] + array.size] = array.reshape(-1)
+    pixels.flush()
+    return len(chunk)
+
+
 def build_cache(index_csv, pixels_out, meta_out, mode: str, image_size: int, threads: int = 1) -> pd.DataFrame:
     """Two passes: shapes from the index's width/height, then the pixels into one memory map."""
     frame = tables.read_index(index_csv)
@@ -86,17 +102,18 @@ def build_cache(index_csv, pixels_out, meta_out, mode: str, image_size: int, thr
 
     with atomic_path(pixels_out) as tmp:
         pixels = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(max(total, 1),))
-
-        def fill(out, i):
-            array = resize_for_cache(open_image(frame["path"].iloc[i]), mode, image_size)
-            if array.shape != (*shapes[i], 3):
-                raise DataError(f"{frame['path'].iloc[i]}: size differs from the index; re-run the index")
-            out[offsets[i] : offsets[i] + sizes[i]] = array.reshape(-1)
-
-        with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
-            list(pool.map(functools.partial(fill, pixels), range(len(frame))))
-        pixels.flush()
-        del pixels
+        del pixels  # the file exists at its full size; each process maps it for itself
+        paths = frame["path"].tolist()
+        chunks = [range(start, min(start + CHUNK, len(paths))) for start in range(0, len(paths), CHUNK)]
+        work = functools.partial(fill_chunk, str(tmp), paths, shapes, offsets, mode, image_size)
+        if threads > 1 and len(chunks) > 1:
+            # processes, not threads: decoding and resizing hold the GIL for part of each image, and
+            # threads made 16 cores cache 340 images/s on a GPU host (docs/performance.md)
+            with ProcessPoolExecutor(max_workers=threads) as pool:
+                list(pool.map(work, chunks))
+        else:
+            for chunk in chunks:
+                work(chunk)
     meta = pd.DataFrame({
         "path": frame["path"], "offset": offsets, "height": [h for h, _ in shapes],
         "width": [w for _, w in shapes],
