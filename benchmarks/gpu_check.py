@@ -59,10 +59,15 @@ def recipe(user: dict, root: Path, size: int, device: str) -> dict:
     return cfg
 
 
-def model_alone(cfg: dict, batch: int, steps: int, graphed: bool) -> float:
-    """Training images/s of the model alone on random tensors already on the device, after warm-up.
-    graphed: forward, backward and the optimizer step replayed as one CUDA graph."""
+def model_alone(cfg: dict, batch: int, steps: int, graphed: bool, benchmark: bool | None = None) -> tuple[float, float]:
+    """Training images/s of the model alone on random tensors already on the device, after warm-up,
+    and the seconds of its first three steps (cuDNN's trials of its algorithms among them).
+    graphed: forward, backward and the optimizer step replayed as one CUDA graph. benchmark:
+    torch.backends.cudnn.benchmark (None: the workflow's setting, engine.use_fastest_kernels)."""
     device, precision, channels_last = engine.setup_device(cfg["train"])
+    workflows = torch.backends.cudnn.benchmark
+    if benchmark is not None:
+        torch.backends.cudnn.benchmark = benchmark
     torch.manual_seed(0)
     model = models.model_from_config(cfg["model"], 100, pretrained=False).to(
         device, memory_format=engine.memory_format(channels_last))
@@ -82,6 +87,7 @@ def model_alone(cfg: dict, batch: int, steps: int, graphed: bool) -> float:
         optimizer.step()
 
     side = torch.cuda.Stream(device) if graphed else None
+    begin = time.perf_counter()
     if graphed:  # warm up on a side stream, then capture (torch.cuda.graphs' whole-network recipe)
         side.wait_stream(torch.cuda.current_stream(device))
         with torch.cuda.stream(side):
@@ -94,6 +100,10 @@ def model_alone(cfg: dict, batch: int, steps: int, graphed: bool) -> float:
         run = graph.replay
     else:
         run = step
+        for _ in range(3):
+            run()
+    synchronize(device)
+    first = time.perf_counter() - begin
     for _ in range(5):
         run()
     synchronize(device)
@@ -101,7 +111,8 @@ def model_alone(cfg: dict, batch: int, steps: int, graphed: bool) -> float:
     for _ in range(steps):
         run()
     synchronize(device)
-    return batch * steps / (time.perf_counter() - start)
+    torch.backends.cudnn.benchmark = workflows
+    return batch * steps / (time.perf_counter() - start), first
 
 
 def augment_alone(cfg: dict, batch: int, steps: int, replayed: bool = False) -> tuple[float, int]:
@@ -206,6 +217,8 @@ def main(argv=None) -> None:
     parser.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: cores - 2)")
     parser.add_argument("--paths", nargs="+", default=["auto", "loader"], help="train.augment_on values to run")
     parser.add_argument("--out", default=None, help="CSV (default: WORK/gpu_check.csv)")
+    parser.add_argument("--skip", nargs="*", default=[], choices=["graphs", "augment", "reference"],
+                        help="leave out: the model alone as a CUDA graph, the chain alone, the reference data path")
     args = parser.parse_args(argv)
     setup_logging()
     work = Path(args.work).resolve()
@@ -241,12 +254,14 @@ def main(argv=None) -> None:
 
     alone = {}
     for batch in args.batches:
-        alone[batch] = model_alone(cfg, batch, args.steps, graphed=False)
-        add("model alone, eager", batch, alone[batch], alone[batch])
-        graphed = guarded(model_alone, cfg, batch, args.steps, graphed=True) if cuda else None
-        if graphed:
-            add("model alone, CUDA graph of the whole step", batch, graphed, alone[batch])
-        for replayed in (False, True) if cuda else (False,):
+        alone[batch], first = model_alone(cfg, batch, args.steps, graphed=False)
+        add("model alone, eager", batch, alone[batch], alone[batch], f"first 3 steps {first:.1f} s")
+        for benchmark in (True, False) if cuda and "graphs" not in args.skip else ():
+            graphed = guarded(model_alone, cfg, batch, args.steps, graphed=True, benchmark=benchmark)
+            if graphed:
+                add(f"model alone, CUDA graph of the whole step, cudnn.benchmark {'on' if benchmark else 'off'}", batch,
+                    graphed[0], alone[batch], f"first 3 steps and the capture {graphed[1]:.1f} s")
+        for replayed in () if "augment" in args.skip else (False, True) if cuda else (False,):
             measured = guarded(augment_alone, cfg, batch, args.steps, replayed)
             if measured:
                 rate, syncs = measured
@@ -255,7 +270,8 @@ def main(argv=None) -> None:
     add("determinism of the batched chain", args.batches[0], float("nan"), None, guarded(determinism, cfg, args.batches[0]))
     paths = sorted(str(p) for p in (root / "train").rglob("*.jpg"))
     small = args.batches[0]
-    reference = guarded(reference_path, cfg, paths, small, max(4, args.steps // 3), workers)
+    reference = None if "reference" in args.skip else guarded(reference_path, cfg, paths, small, max(4, args.steps // 3),
+                                                                   workers)
     if reference:
         add("reference data path (PIL per image, course order) + model", small, reference, alone[small])
 

@@ -162,7 +162,7 @@ def within_rounding(mine: torch.Tensor, reference: torch.Tensor, what: str, shar
 def test_geometric_ops_warp_as_torchvisions_kernels():
     image = smooth_images(1, 64, 80)
     height, width = image.shape[-2:]
-    angle, zero = torch.tensor([10.0]), torch.zeros(1)
+    angle = torch.tensor([10.0])
     rotate = B.Rotation({"degrees": 15}).matrix({"angle": angle}, height, width)
     within_rounding(B.warp(image.float(), [(rotate, True)]), F.rotate(image, 10.0), "rotation")
     affine = B.Affine({}).matrix({"angle": torch.tensor([7.0]), "tx": torch.tensor([5.0]), "ty": torch.tensor([-3.0]),

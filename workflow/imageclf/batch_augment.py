@@ -557,7 +557,7 @@ class ReplayedAugment:
                     self.augment.run(static["images"], static["seeds"], static["noise"])
             torch.cuda.current_stream(device).wait_stream(stream)
             graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
+            with torch.cuda.graph(graph, capture_error_mode="thread_local"):  # the loader's threads call CUDA too
                 static["out"] = self.augment.run(static["images"], static["seeds"], static["noise"])
             return graph, static
         except RuntimeError as error:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import time
 
 import numpy as np
@@ -59,11 +60,13 @@ def resolve_channels_last(channels_last, precision: str, device: torch.device) -
 
 
 def use_fastest_kernels(device: torch.device) -> None:
-    """On CUDA, let cuDNN time its convolution algorithms once per input shape and keep the fastest
-    (torchvision's references do the same). The pick may vary between runs, so GPU results are
-    not bit-reproducible; they are not anyway (atomic adds in some backward kernels). CPU: nothing."""
+    """cuDNN picks its convolution algorithms by its heuristics, not by timing trials
+    (cudnn.benchmark, which torchvision's references switch on): on an H200 the trials gave the
+    same steady speed at batch 64 and 256, and cost seconds for every new input shape (an
+    epoch's last batch, validation's), all in the first epoch (docs/performance.md).
+    IMAGECLF_CUDNN_BENCHMARK=1 switches the trials on. CPU: nothing."""
     if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
+        torch.backends.cudnn.benchmark = os.environ.get("IMAGECLF_CUDNN_BENCHMARK", "0") == "1"
 
 
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:

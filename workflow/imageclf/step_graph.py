@@ -49,7 +49,7 @@ class StepGraphs:
             return None
         rates = tuple(group["lr"] for group in self.optimizer.param_groups)
         if rates != self.learning_rates:  # a new rate is another optimizer kernel: capture again
-            self.graphs, self.seen, self.learning_rates = {}, {}, rates
+            self.graphs, self.seen, self.learning_rates, self.pool = {}, {}, rates, None
         kind = None if mix is None else mix["kind"]
         key = (tuple(images.shape), kind)
         if key not in self.graphs:
@@ -84,7 +84,8 @@ class StepGraphs:
         try:
             self.optimizer.zero_grad(set_to_none=True)  # the graph's backward makes its own gradients
             graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=self.pool):
+            # thread_local: the DataLoader's pinning thread keeps calling CUDA while we capture
+            with torch.cuda.graph(graph, pool=self.pool, capture_error_mode="thread_local"):
                 with engine.autocast(device, self.precision, cache_enabled=False):  # no weight-cast cache in graphs
                     x, targets_a = static["images"], static["targets"]
                     if kind is None:
