@@ -335,3 +335,25 @@ def test_training_with_device_augmentation_from_either_cache_or_the_files(tmp_pa
     columns = ["epoch", "train_loss", "val_loss", "val_acc"]
     pd.testing.assert_frame_equal(runs["s1.15"][columns], decoded[columns], check_exact=True)
     assert runs["m1.15"]["train_loss"].notna().all() and (runs["m1.15"]["train_loss"] < 10).all()
+
+
+def test_auto_is_decided_where_the_run_config_is_written(monkeypatch):
+    """A run's identity says which path made its data: a CPU run keeps the identity it had before
+    `auto` existed (its config hash is that of augment_on: loader), a GPU run is a run of its own."""
+    monkeypatch.setattr(C, "gpu_visible", lambda: False)
+    cfg = checked_config(copy.deepcopy(RECIPE))
+    on_cpu = C.run_config(cfg, "full", 0)
+    as_before = C.run_config(checked_config(C.deep_merge(copy.deepcopy(RECIPE), {"train": {"augment_on": "loader"}})),
+                             "full", 0)
+    assert on_cpu["train"]["augment_on"] == "loader" and C.config_hash(on_cpu) == C.config_hash(as_before)
+    train_cfg = {"augment_on": "auto", "device": "auto"}
+    assert C.resolved_augment_on(train_cfg, train_gpus=1) == "device"  # a cluster job that asks for a GPU
+    assert C.resolved_augment_on({**train_cfg, "device": "cuda"}) == "device"
+    assert C.resolved_augment_on({**train_cfg, "augment_on": "loader", "device": "cuda"}) == "loader"
+    monkeypatch.setattr(C, "gpu_visible", lambda: True)
+    assert C.resolved_augment_on(train_cfg) == "device"
+    assert C.resolved_augment_on({**train_cfg, "device": "cpu"}) == "loader"
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    monkeypatch.undo()
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    assert not C.gpu_visible()  # a job hidden from every GPU trains on the CPU

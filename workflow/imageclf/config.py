@@ -266,9 +266,32 @@ def run_config(config: dict, variant: str, seed: int) -> dict:
     if normalize:
         merged["augment"] = {**merged["augment"], "normalize": normalize}
     merged = canonical(merged, schema())
+    train_gpus = config.get("resources", {}).get("train", {}).get("gpu", 0)
+    merged["train"]["augment_on"] = resolved_augment_on(merged["train"], train_gpus)
     for section, keys in {**EXECUTION_ONLY, **CHECK_ONLY}.items():
         merged[section] = {key: value for key, value in merged[section].items() if key not in keys}
     return {"variant": variant, "seed": int(seed), **merged}
+
+
+def gpu_visible() -> bool:
+    """Whether this machine shows processes an NVIDIA GPU. Torch-free, as the Snakefile asks it
+    while it builds the DAG (importing torch there would cost seconds on every dry run)."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None and visible.strip() in ("", "-1"):
+        return False
+    return any(Path("/dev").glob("nvidia[0-9]*"))
+
+
+def resolved_augment_on(train: dict, train_gpus: int = 0) -> str:
+    """train.augment_on with `auto` decided where the run config is written: `device` for a run
+    that trains on a GPU (train.device cuda; or auto, with a GPU on this machine or GPUs asked for
+    its job by resources.train.gpu), `loader` otherwise. So a run's identity says which path made
+    its data, and a CPU run stays the run it was before `auto` existed."""
+    if train["augment_on"] != "auto":
+        return train["augment_on"]
+    device = train["device"]
+    on_gpu = device == "cuda" or (device == "auto" and (train_gpus > 0 or gpu_visible()))
+    return "device" if on_gpu else "loader"
 
 
 def variant_sections(config: dict, variant: str) -> dict:
