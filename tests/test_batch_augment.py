@@ -357,3 +357,16 @@ def test_auto_is_decided_where_the_run_config_is_written(monkeypatch):
     monkeypatch.undo()
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
     assert not C.gpu_visible()  # a job hidden from every GPU trains on the CPU
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU (benchmarks/gpu_check.sh counts the syncs there)")
+def test_the_batched_chain_never_waits_for_the_gpu():
+    augmenter = B.BatchAugment(AUGMENT, 32)
+    images, seeds = smooth_images(32, 37).cuda(), torch.arange(32).pin_memory()
+    augmenter(images, seeds)  # the first call sets up the allocator, the constants and the kernels
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        augmenter(images, seeds)
+        B.on_device(augmenter, images.device)(images, seeds)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
