@@ -363,10 +363,12 @@ def test_auto_is_decided_where_the_run_config_is_written(monkeypatch):
 def test_the_batched_chain_never_waits_for_the_gpu():
     augmenter = B.BatchAugment(AUGMENT, 32)
     images, seeds = smooth_images(32, 37).cuda(), torch.arange(32).pin_memory()
-    augmenter(images, seeds)  # the first call sets up the allocator, the constants and the kernels
+    replayed = B.on_device(augmenter, images.device)
+    augmenter(images, seeds)  # the first calls set up the allocator, the constants, the kernels, the graph
+    replayed(images, seeds)
     torch.cuda.set_sync_debug_mode("error")
     try:
         augmenter(images, seeds)
-        B.on_device(augmenter, images.device)(images, seeds)
+        replayed(images, seeds)
     finally:
         torch.cuda.set_sync_debug_mode("default")
