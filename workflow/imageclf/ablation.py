@@ -18,6 +18,10 @@ from .logs import add_log_argument, setup_logging
 
 log = logging.getLogger("imageclf.ablation")
 
+# What this stage writes, as a version: raised by a change that alters its outputs, and by nothing else
+# (stage_versions.py). Raising it reruns this stage and everything downstream, on every project.
+RESULTS_VERSION = 1
+
 SPLITS = ("val", "test")
 LABELS = {"acc": "acc", "balanced_acc": "bal. acc", "macro_f1": "macro-F1"}
 # Probabilities are stored to 6 decimals: a stored 0 stands for anything below 5e-7.

@@ -30,6 +30,9 @@ EXECUTION_ONLY = {"train": ("num_workers",)}
 RESOLVED = "resolved"
 # Checked before any job runs, never part of a run: raising the budget retrains nothing.
 CHECK_ONLY = {"model": ("max_params",)}
+# A run config's entry for the results versions past the first of the code that makes its model
+# (run_results_versions); absent while every one is the first.
+RESULTS_VERSIONS = "results_versions"
 
 
 def augment_op_keys(after_resize: bool = False) -> tuple[str, ...]:
@@ -270,7 +273,96 @@ def run_config(config: dict, variant: str, seed: int) -> dict:
     merged["train"]["augment_on"] = resolved_augment_on(merged["train"], train_gpus)
     for section, keys in {**EXECUTION_ONLY, **CHECK_ONLY}.items():
         merged[section] = {key: value for key, value in merged[section].items() if key not in keys}
-    return {"variant": variant, "seed": int(seed), **merged}
+    # the results versions of the code that makes the model, past its first (stage_versions.py)
+    versions = run_results_versions(cache=merged["train"]["cache"])
+    return {"variant": variant, "seed": int(seed), **merged, **({RESULTS_VERSIONS: versions} if versions else {})}
+
+
+def run_results_versions(cache: bool) -> dict:
+    """The results versions past the first of the stages that make a run's model: train, and
+    cache when the run reads the decoded-image cache. Part of the run's identity, so bumping one
+    retrains (and discards resume states: their config hash differs)."""
+    from .stage_versions import results_version
+
+    stages = ("cache", "train") if cache else ("train",)
+    return {stage: results_version(stage) for stage in stages if results_version(stage) > 1}
+
+
+@functools.lru_cache(maxsize=1)
+def neutral_values() -> dict:
+    """{(section, key, ...): value} of every run key the schema gives an `x-neutral` value: keys
+    added after the first release, at the value that reproduces what runs did before them."""
+    found = {}
+
+    def walk(node, path):
+        while isinstance(node, dict) and "$ref" in node:
+            node = resolve(node["$ref"])
+        for key, entry in node.get("properties", {}).items():
+            if isinstance(entry, dict) and "x-neutral" in entry:
+                found[(*path, key)] = canonical(entry["x-neutral"], entry)
+            walk(entry, (*path, key))
+
+    for section in RUN_SECTIONS:
+        walk(schema()["properties"][section], (section,))
+    return found
+
+
+def run_identity(run: dict) -> dict:
+    """What a run means: its config with every key at its neutral value left out (and an empty
+    results-versions entry). Two run configs that differ only by keys added later, at values that
+    reproduce the old behaviour, or by key order or float spelling, have the same identity."""
+    identity = canonical({key: value for key, value in run.items() if not (key == RESULTS_VERSIONS and not value)},
+                         schema())
+    for path, value in neutral_values().items():
+        parent = identity
+        for key in path[:-1]:
+            parent = parent.get(key) if isinstance(parent, dict) else None
+        if isinstance(parent, dict) and path[-1] in parent and parent[path[-1]] == value:
+            del parent[path[-1]]
+    return identity
+
+
+def with_neutral_values(run: dict) -> dict:
+    """A run config with each key it lacks at its neutral value: what every stage reads, so a
+    config.json written before a key existed runs as it always did."""
+    completed = copy.deepcopy(run)
+    for path, value in neutral_values().items():
+        parent = completed
+        for key in path[:-1]:
+            parent = parent.setdefault(key, {}) if isinstance(parent, dict) else None
+        if isinstance(parent, dict):
+            parent.setdefault(path[-1], copy.deepcopy(value))
+    return completed
+
+
+def in_run_order(run: dict) -> dict:
+    """A run config in the order run_config builds it (variant, seed, then the sections, keys
+    sorted at every level): Snakemake compares a param by its repr, which follows the order."""
+    def ordered(value):
+        if isinstance(value, dict):
+            return {key: ordered(value[key]) for key in sorted(value)}
+        if isinstance(value, list):
+            return [ordered(item) for item in value]
+        return value
+
+    first = [key for key in ("variant", "seed") if key in run]
+    return {**{key: run[key] for key in first},
+            **{key: ordered(run[key]) for key in sorted(run) if key not in first}}
+
+
+def run_config_param(run: dict, path) -> dict:
+    """The run_config job's param, and what it writes: `run`, or the config.json already at
+    `path` when it means the same (run_identity). So a key added at its neutral value leaves a
+    finished run's config.json, its param and its config hash as they were: nothing reruns."""
+    path = Path(path)
+    if path.is_file():
+        try:
+            stored = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            stored = None
+        if isinstance(stored, dict) and run_identity(stored) == run_identity(run):
+            return in_run_order(stored)
+    return run
 
 
 def gpu_visible() -> bool:
@@ -312,12 +404,24 @@ def config_hash(config: dict) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def load_run_config(path: str | Path) -> dict:
+def load_run_config(path: str | Path, as_written: bool = False) -> dict:
+    """A run's config.json, with each key it lacks at its neutral value (with_neutral_values);
+    as_written: the file's own content, which its config hash is of (run_config_hash)."""
     try:
         with open(path) as handle:
-            return json.load(handle)
+            run = json.load(handle)
     except (OSError, json.JSONDecodeError) as error:
         raise ConfigError(f"cannot read run config {path}: {error}") from error
+    if not isinstance(run, dict):
+        raise ConfigError(f"cannot read run config {path}: not a JSON object")
+    return run if as_written else with_neutral_values(run)
+
+
+def run_config_hash(path: str | Path) -> str:
+    """The config hash of a run's config.json as written: what training stamps on its checkpoints
+    and resume state, and what select, predict, ensemble and submission check a model against. A
+    config.json kept across an upgrade (run_config_param) keeps its hash, and so its models."""
+    return config_hash(load_run_config(path, as_written=True))
 
 
 def write_run_config(path: str | Path, run: dict) -> None:

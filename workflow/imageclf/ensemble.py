@@ -19,6 +19,10 @@ from .provenance import check_model_config
 
 log = logging.getLogger("imageclf.ensemble")
 
+# What this stage writes, as a version: raised by a change that alters its outputs, and by nothing else
+# (stage_versions.py). Raising it reruns this stage and everything downstream, on every project.
+RESULTS_VERSION = 1
+
 
 def average(members: list[pd.DataFrame], classes: list[str], names: list[str]) -> pd.DataFrame:
     """Mean probabilities of `members` (prediction tables of the same images); names: for errors."""

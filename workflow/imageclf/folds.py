@@ -22,6 +22,10 @@ from .logs import add_log_argument, setup_logging
 
 log = logging.getLogger("imageclf.folds")
 
+# What this stage writes, as a version: raised by a change that alters its outputs, and by nothing else
+# (stage_versions.py). Raising it reruns this stage and everything downstream, on every project.
+RESULTS_VERSION = 1
+
 
 def draw_key(seed: int, sha256: str) -> str:
     """An image's place in the deal: a hash of the seed and its content."""

@@ -25,6 +25,10 @@ from .logs import add_log_argument, setup_logging
 
 log = logging.getLogger("imageclf.full_fit")
 
+# What this stage writes, as a version: raised by a change that alters its outputs, and by nothing else
+# (stage_versions.py). Raising it reruns this stage and everything downstream, on every project.
+RESULTS_VERSION = 1
+
 
 def median_epoch(epochs: list[int]) -> int:
     """The median of the folds' selected epochs, halves rounded up (at least 1)."""

@@ -37,6 +37,10 @@ SNAKEMAKE_TIMESTAMP = ".snakemake_timestamp"
 
 log = logging.getLogger("imageclf.index")
 
+# What this stage writes, as a version: raised by a change that alters its outputs, and by nothing else
+# (stage_versions.py). Raising it reruns this stage and everything downstream, on every project.
+RESULTS_VERSION = 1
+
 __all__ = ["DataError", "build_index", "build_test", "run", "run_test", "sort_class_names"]
 
 

@@ -21,6 +21,10 @@ from .logs import add_log_argument, setup_logging  # noqa: E402
 
 log = logging.getLogger("imageclf.plots")
 
+# What this stage writes, as a version: raised by a change that alters its outputs, and by nothing else
+# (stage_versions.py). Raising it reruns this stage and everything downstream, on every project.
+RESULTS_VERSION = 1
+
 
 def save(fig, path) -> None:
     with atomic_path(path) as tmp:

@@ -24,6 +24,10 @@ from .provenance import check_model_config
 
 log = logging.getLogger("imageclf.predict")
 
+# What this stage writes, as a version: raised by a change that alters its outputs, and by nothing else
+# (stage_versions.py). Raising it reruns this stage and everything downstream, on every project.
+RESULTS_VERSION = 1
+
 
 def predict(run_config_path, model_path, index_csv, classes_csv, out_csv, test_labels=None,
             batch_size: int = 128, threads: int = 1, num_workers: int = 0, cache_paths=None, tta=()) -> float:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .config import config_hash, load_run_config
+from .config import run_config_hash
 from .errors import WeightsError
 
 
@@ -50,7 +50,7 @@ def check_model_config(model_path, run_config_path) -> str:
 def check_meta_config(model_path, stored: str | None, run_config_path) -> str:
     """check_model_config for a checkpoint whose meta the caller has loaded: stored is its
     config_hash (None when it has none)."""
-    current = config_hash(load_run_config(run_config_path))
+    current = run_config_hash(run_config_path)
     if stored != current:
         raise WeightsError(
             f"{model_path}: trained under config hash {stored or 'none (no config_hash in its meta)'}, but "

@@ -17,6 +17,10 @@ from .provenance import check_meta_config
 
 log = logging.getLogger("imageclf.select")
 
+# What this stage writes, as a version: raised by a change that alters its outputs, and by nothing else
+# (stage_versions.py). Raising it reruns this stage and everything downstream, on every project.
+RESULTS_VERSION = 1
+
 # Training keeps the best checkpoint by each of these (train.KEPT); balanced accuracy and macro-F1
 # weigh every class alike, for imbalanced data (history.csv columns from engine.evaluate).
 GOAL = {"val_acc": "max", "val_loss": "min", "val_balanced_acc": "max", "val_macro_f1": "max"}

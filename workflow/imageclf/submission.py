@@ -16,6 +16,10 @@ from .provenance import check_models
 
 log = logging.getLogger("imageclf.submission")
 
+# What this stage writes, as a version: raised by a change that alters its outputs, and by nothing else
+# (stage_versions.py). Raising it reruns this stage and everything downstream, on every project.
+RESULTS_VERSION = 1
+
 __all__ = ["SubmissionError", "build_submission", "write_submission"]
 
 

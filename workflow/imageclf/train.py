@@ -29,12 +29,17 @@ from torch import nn
 from . import batch_augment, checkpoints, data, engine, models, presets, step_graph, tables
 from .allocator import keep_freed_memory
 from .cache import batch_input_size, open_cache
-from .config import check_batches, config_hash, load_run_config
+from .config import check_batches, load_run_config, run_config_hash
 from .errors import ConfigError, TrainingDiverged
 from .io_utils import file_sha256, torch_save
 from .logs import add_log_argument, setup_logging
 
 log = logging.getLogger("imageclf.train")
+
+# What this stage writes, as a version: raised by a change that alters its outputs, and by nothing else
+# (stage_versions.py). Raising it reruns this stage and everything downstream, on every project.
+# It covers the modules training runs: checkpoints, engine, data, presets, models, batch_augment, step_graph.
+RESULTS_VERSION = 1
 
 HISTORY_COLUMNS = list(tables.HISTORY) + list(engine.CLASS_METRICS)
 # with train.ema.enabled: the EMA weights' evaluation
@@ -310,7 +315,7 @@ def train(run_config_path, index: dict, out_dir, state_dir=None, threads: int = 
 
     # Resume after the last finished epoch of the same run, if one was interrupted, or extend
     # the same run finished with fewer epochs (checkpoints.extension says when that is exact).
-    fingerprint = {"config_hash": config_hash(cfg),
+    fingerprint = {"config_hash": run_config_hash(run_config_path),
                    "index_hash": index_hash(*filter(None, (index["train"], index.get("val"), index["classes"]))),
                    "world_size": dist.world_size}
     state_path = state_dir / checkpoints.STATE_FILE
@@ -415,7 +420,7 @@ def what_diverged_kept(run_config_path, state_dir: Path) -> str:
     except Exception:  # a torn file: nothing usable was kept
         state = {}
     where = f"run {cfg['variant']} seed {cfg['seed']}, lr {cfg['train']['optimizer']['lr']:g}"
-    if state.get("config_hash") != config_hash(cfg) or not state.get("epoch"):
+    if state.get("config_hash") != run_config_hash(run_config_path) or not state.get("epoch"):
         return f"{where}: diverged in epoch 1, so no checkpoint or resume state was kept"
     best = ", ".join(f"{metric} {value:.4f}" for metric, value in state["best"].items() if value is not None)
     return (f"{where}: diverged in epoch {state['epoch'] + 1}; kept in {state_dir}: the resume state after "

@@ -29,6 +29,10 @@ from .logs import add_log_argument, setup_logging
 
 log = logging.getLogger("imageclf.weights")
 
+# What this stage writes, as a version: raised by a change that alters its outputs, and by nothing else
+# (stage_versions.py). Raising it reruns this stage and everything downstream, on every project.
+RESULTS_VERSION = 1
+
 # The layouts other tools save a state dict in: {"state_dict": ...} (Lightning, timm's train.py),
 # {"model": ...} (torchvision's references, this workflow's checkpoints), {"model_state_dict": ...}.
 STATE_KEYS = ("state_dict", "model", "model_state_dict")

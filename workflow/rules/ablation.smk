@@ -64,6 +64,7 @@ rule ablation:
         mem_mb=stage_resources("report")["mem_mb"],
         runtime=stage_resources("report")["runtime"],
     params:
+        **version_params("ablation"),
         reference=CFG["ablation"]["reference"],
         samples=CFG["ablation"]["bootstrap_samples"],
         out_dir=lambda wildcards, output: os.path.dirname(output.table),
@@ -115,6 +116,7 @@ rule plots:
         mem_mb=stage_resources("report")["mem_mb"],
         runtime=stage_resources("report")["runtime"],
     params:
+        **version_params("plots"),
         out_dir=lambda wildcards, output: os.path.dirname(output.curves),
     shell:
         "imageclf plots --manifest {input.manifest:q} --out-dir {params.out_dir:q} "

@@ -14,12 +14,14 @@ from imageclf.config import (
     execution_settings,
     is_demo,
     run_config,
+    run_config_param,
     variant_sections,
     write_run_config,
 )
 from imageclf.cache import cache_mode
 from imageclf.datafiles import update_stamp
 from imageclf.folds import check_fold_count
+from imageclf.stage_versions import version_params
 from imageclf.weights import is_local_file, stamp_name, update_stamp as weights_stamp
 
 # The workflow's own defaults under the user's settings: as a Snakemake module given a partial

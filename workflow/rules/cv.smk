@@ -16,6 +16,7 @@ rule folds:
     conda:
         CONDA_ENV
     params:
+        **version_params("folds"),
         folds=CV_FOLDS,
         seed=CFG["cv"]["seed"],
     shell:
@@ -37,6 +38,8 @@ rule fold_index:
         k=r"\d+",
     conda:
         CONDA_ENV
+    params:
+        **version_params("fold_index"),
     shell:
         "imageclf fold_index --folds-table {input:q} --fold {wildcards.k} "
         "--train-out {output.train:q} --val-out {output.val:q} --log-file {log:q}"
@@ -56,6 +59,8 @@ rule oof:
         views=r"(tta-[a-z+]+/)?",
     conda:
         CONDA_ENV
+    params:
+        **version_params("oof"),
     shell:
         "imageclf oof --folds-table {input.folds:q} --fold-predictions {input.predictions:q} "
         "--out {output:q} --log-file {log:q}"
@@ -74,6 +79,8 @@ rule fold_average:
         views=r"(tta-[a-z+]+/)?",
     conda:
         CONDA_ENV
+    params:
+        **version_params("fold_average"),
     shell:
         "imageclf fold_average --fold-predictions {input.members:q} --classes {input.classes:q} "
         "--out {output:q} --log-file {log:q}"
@@ -92,6 +99,8 @@ if FULL_FIT:
             "logs/fold_index/full.log",
         conda:
             CONDA_ENV
+        params:
+            **version_params("fold_index"),
         shell:
             "imageclf fold_index --folds-table {input:q} --train-out {output:q} "
             "--log-file {log:q}"
@@ -122,6 +131,8 @@ if FULL_FIT:
         localrule: True
         conda:
             CONDA_ENV
+        params:
+            **version_params("full_fit_config"),
         shell:
             "imageclf full_fit_config --run-config {input.config:q} "
             "--histories {input.histories:q} --selections {input.selections:q} "

@@ -9,6 +9,7 @@ rule demo_data:
     conda:
         CONDA_ENV
     params:
+        **version_params("demo"),
         root=lambda wildcards, output: os.path.dirname(output.labels),
         size=CFG["demo"]["data"]["image_size"],
         val_per_class=CFG["demo"]["data"]["val_per_class"],

@@ -26,6 +26,7 @@ rule check_data:
         on_small=CFG["data"]["on_small_image"],
         max_pixels=CFG["data"]["max_image_pixels"],
     params:
+        **version_params("index"),
         root=os.path.normpath(CFG["data"]["root"]),
         val_split=carved_val_flags(),
     shell:
@@ -57,6 +58,7 @@ rule check_test_data:
         on_small=CFG["data"]["on_small_image"],
         max_pixels=CFG["data"]["max_image_pixels"],
     params:
+        **version_params("index_test"),
         root=os.path.normpath(CFG["data"]["root"]),
         test_labels=path_flag("test-labels", "test_labels"),
     shell:
@@ -90,6 +92,7 @@ rule index:
         on_leak=CFG["data"]["on_leak"],
         max_pixels=CFG["data"]["max_image_pixels"],
     params:
+        **version_params("index"),
         root=os.path.normpath(CFG["data"]["root"]),  # ./data and data are the same folder
         val_split=carved_val_flags(),
     shell:
@@ -135,6 +138,7 @@ rule index_test:
         on_leak=CFG["data"]["on_leak"],  # checks, not rerun triggers (see rule index)
         max_pixels=CFG["data"]["max_image_pixels"],
     params:
+        **version_params("index_test"),
         root=os.path.normpath(CFG["data"]["root"]),
         test_labels=path_flag("test-labels", "test_labels"),
     shell:

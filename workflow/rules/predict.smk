@@ -26,6 +26,7 @@ rule predict:
         # a resource, not a param: the worker count changes the speed, never the predictions
         loader_workers=CFG["predict"]["num_workers"],
     params:
+        **version_params("predict"),
         batch_size=CFG["predict"]["batch_size"],
         cache=cache_flag("cache", lambda wildcards: wildcards.split),
         test_labels=path_flag("test-labels", "test_labels"),
@@ -48,6 +49,7 @@ use rule predict as predict_views with:
     wildcard_constraints:
         views=r"none|[a-z]+(\+[a-z]+)*",
     params:
+        **version_params("predict"),
         batch_size=CFG["predict"]["batch_size"],
         cache=cache_flag("cache", lambda wildcards: wildcards.split),
         test_labels=path_flag("test-labels", "test_labels"),
@@ -71,6 +73,8 @@ rule ensemble:
         name="[A-Za-z0-9_.-]+",
     conda:
         CONDA_ENV
+    params:
+        **version_params("ensemble"),
     shell:
         "imageclf ensemble --manifest {input.manifest:q} --name {wildcards.name} "
         "--split {wildcards.split} --out {output:q} --log-file {log:q}"

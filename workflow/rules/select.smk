@@ -16,6 +16,7 @@ rule select:
     conda:
         CONDA_ENV
     params:
+        **version_params("select"),
         metric=CFG["select"]["metric"],
     shell:
         "imageclf select --history {input.history:q} --checkpoint {input.checkpoint:q} "

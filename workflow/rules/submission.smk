@@ -17,6 +17,8 @@ rule submission:
         "logs/submission.log",
     conda:
         CONDA_ENV
+    params:
+        **version_params("submission"),
     shell:
         "imageclf submission --predictions {input.predictions:q} --test-index {input.test:q} "
         "--classes {input.classes:q} --selections {input.selections:q} "

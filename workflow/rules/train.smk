@@ -2,7 +2,8 @@ rule run_config:
     """The complete configuration of one run (recipe + variant overlay + seed).
 
     Only this run's own settings are its params, so editing one variant re-runs that variant
-    alone (Snakemake's params rerun trigger)."""
+    alone (Snakemake's params rerun trigger). A config.json that means the same is kept as it
+    is (config.run_config_param): a key added at its neutral value reruns nothing."""
     output:
         in_report(
             f"{RUN}/config.json",
@@ -16,7 +17,10 @@ rule run_config:
         fold=TRAINED_FOLD,
     localrule: True
     params:
-        run=lambda wildcards: run_config(CFG, wildcards.variant, int(wildcards.seed)),
+        run=lambda wildcards: run_config_param(
+            run_config(CFG, wildcards.variant, int(wildcards.seed)),
+            f"{RUN}/config.json".format(**wildcards),
+        ),
     run:
         write_run_config(output[0], params.run)
 
@@ -44,6 +48,8 @@ rule cache:
     resources:
         mem_mb=stage_resources("index")["mem_mb"],
         runtime=stage_resources("index")["runtime"],
+    params:
+        **version_params("cache"),
     shell:
         "imageclf cache --index {input.index:q} --pixels-out {output.pixels:q} "
         "--meta-out {output.meta:q} --mode {wildcards.mode} --image-size {wildcards.size} "

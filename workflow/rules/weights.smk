@@ -14,6 +14,7 @@ rule weights:
     conda:
         CONDA_ENV
     params:
+        **version_params("weights"),
         url=weights_url,
     shell:
         "imageclf weights --url {params.url:q} --out {output:q} --log-file {log:q}"
