@@ -269,8 +269,7 @@ def run_config(config: dict, variant: str, seed: int) -> dict:
     if normalize:
         merged["augment"] = {**merged["augment"], "normalize": normalize}
     merged = canonical(merged, schema())
-    train_gpus = config.get("resources", {}).get("train", {}).get("gpu", 0)
-    merged["train"]["augment_on"] = resolved_augment_on(merged["train"], train_gpus)
+    merged["train"]["augment_on"] = resolved_augment_on(merged["train"])
     for section, keys in {**EXECUTION_ONLY, **CHECK_ONLY}.items():
         merged[section] = {key: value for key, value in merged[section].items() if key not in keys}
     # the results versions of the code that makes the model, past its first (stage_versions.py)
@@ -374,15 +373,16 @@ def gpu_visible() -> bool:
     return any(Path("/dev").glob("nvidia[0-9]*"))
 
 
-def resolved_augment_on(train: dict, train_gpus: int = 0) -> str:
+def resolved_augment_on(train: dict) -> str:
     """train.augment_on with `auto` decided where the run config is written: `device` for a run
-    that trains on a GPU (train.device cuda; or auto, with a GPU on this machine or GPUs asked for
-    its job by resources.train.gpu), `loader` otherwise. So a run's identity says which path made
-    its data, and a CPU run stays the run it was before `auto` existed."""
+    that trains on a GPU (train.device cuda, or auto with a GPU on this machine), `loader`
+    otherwise. So a run's identity says which path made its data, and a CPU run stays the run it
+    was before `auto` existed. Resources never decide it (they change no result): a cluster whose
+    submitting machine has no GPU needs train.device: cuda (or augment_on: device) for it."""
     if train["augment_on"] != "auto":
         return train["augment_on"]
     device = train["device"]
-    on_gpu = device == "cuda" or (device == "auto" and (train_gpus > 0 or gpu_visible()))
+    on_gpu = device == "cuda" or (device == "auto" and gpu_visible())
     return "device" if on_gpu else "loader"
 
 
