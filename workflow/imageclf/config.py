@@ -274,7 +274,7 @@ def run_config(config: dict, variant: str, seed: int) -> dict:
         merged[section] = {key: value for key, value in merged[section].items() if key not in keys}
     # the results versions of the code that makes the model, past its first (stage_versions.py)
     versions = run_results_versions(cache=merged["train"]["cache"])
-    return {"variant": variant, "seed": int(seed), **merged, **({RESULTS_VERSIONS: versions} if versions else {})}
+    return in_run_order({"variant": variant, "seed": int(seed), **merged, **({RESULTS_VERSIONS: versions} if versions else {})})
 
 
 def run_results_versions(cache: bool) -> dict:
@@ -335,8 +335,8 @@ def with_neutral_values(run: dict) -> dict:
 
 
 def in_run_order(run: dict) -> dict:
-    """A run config in the order run_config builds it (variant, seed, then the sections, keys
-    sorted at every level): Snakemake compares a param by its repr, which follows the order."""
+    """A run config in one order (variant, seed, then the rest, keys sorted at every level), the
+    order every release wrote its run_config param in: Snakemake compares a param by its repr."""
     def ordered(value):
         if isinstance(value, dict):
             return {key: ordered(value[key]) for key in sorted(value)}
