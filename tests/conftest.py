@@ -160,12 +160,15 @@ def write_overlay(path: Path, overlay: dict) -> Path:
     return path
 
 
-def snakemake(workdir: Path, configfile: Path, *args, cores: int = 2, timeout: int = 600):
-    """Run the repository's workflow in `workdir` with a config overlay."""
+def snakemake(workdir: Path, configfile: Path, *args, cores: int = 2, timeout: int = 600, repo: Path = REPO):
+    """Run the repository's workflow in `workdir` with a config overlay. repo: another copy of the
+    workflow (its Snakefile, profiles and package: tests/test_upgrade.py's next release)."""
     env = dict(os.environ)
     env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
+    if repo != REPO:  # its own imageclf package, before the installed one, for Snakemake and the jobs
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(repo / "workflow"), env.get("PYTHONPATH")]))
     command = [
-        sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(workdir),
+        sys.executable, "-m", "snakemake", "-s", str(repo / "Snakefile"), "--directory", str(workdir),
         "--configfile", str(configfile), "--cores", str(cores), *map(str, args),
     ]
     return subprocess.run(command, capture_output=True, text=True, env=env, timeout=timeout)
