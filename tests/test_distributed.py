@@ -35,8 +35,11 @@ def test_two_process_training_matches_one_process(tmp_path):
     single_config.write_text(json.dumps(config))
     single = train.train(single_config, index_files(work / "results/index"), tmp_path / "single", threads=1)
     assert distributed["epoch"].tolist() == single["epoch"].tolist() == [1, 2, 3, 4, 5]
-    # Same global batch; BatchNorm statistics and mixup pairs are per process, so close, not equal.
-    assert abs(distributed["val_acc"].iloc[-1] - single["val_acc"].iloc[-1]) <= 0.15
+    # Same global batch; BatchNorm statistics and mixup pairs are per process, so close, not equal:
+    # both learn (10 classes, 48 val images), to a best epoch within a few images of each other.
+    # The last epoch alone moved by 0.25 between CPUs with and without native bf16.
+    assert min(distributed["val_acc"].max(), single["val_acc"].max()) >= 0.5
+    assert abs(distributed["val_acc"].max() - single["val_acc"].max()) <= 0.25
     assert abs(distributed["train_loss"].iloc[0] - single["train_loss"].iloc[0]) <= 0.3
 
 
