@@ -316,6 +316,7 @@ def test_augment_on_auto_is_the_device_on_a_gpu_and_the_loader_on_a_cpu():
     assert cache.cache_mode(AUGMENT, "train", 1.15, "auto") == cache.cache_mode(AUGMENT, "train", 1.15, "loader") == "m1.15"
 
 
+@pytest.mark.slow  # three short trainings
 def test_training_with_device_augmentation_from_either_cache_or_the_files(tmp_path):
     """One epoch on the tiny data set: from the square cache and from the JPEGs the same run; from
     the aspect-kept cache (augment_on: auto on a GPU) a run of its own that trains as well."""
