@@ -8,6 +8,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -160,9 +161,10 @@ def write_overlay(path: Path, overlay: dict) -> Path:
     return path
 
 
-def snakemake(workdir: Path, configfile: Path, *args, cores: int = 2, timeout: int = 600, repo: Path = REPO):
-    """Run the repository's workflow in `workdir` with a config overlay. repo: another copy of the
-    workflow (its Snakefile, profiles and package: tests/test_upgrade.py's next release)."""
+def snakemake_command(workdir: Path, configfile: Path, *args, cores: int = 2, repo: Path = REPO):
+    """(command, environment) that run the repository's workflow in `workdir` with a config
+    overlay. repo: another copy of the workflow (its Snakefile, profiles and package:
+    tests/test_upgrade.py's next release)."""
     env = dict(os.environ)
     env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
     if repo != REPO:  # its own imageclf package, before the installed one, for Snakemake and the jobs
@@ -171,7 +173,33 @@ def snakemake(workdir: Path, configfile: Path, *args, cores: int = 2, timeout: i
         sys.executable, "-m", "snakemake", "-s", str(repo / "Snakefile"), "--directory", str(workdir),
         "--configfile", str(configfile), "--cores", str(cores), *map(str, args),
     ]
+    return command, env
+
+
+def snakemake(workdir: Path, configfile: Path, *args, cores: int = 2, timeout: int = 600, repo: Path = REPO):
+    """Run the workflow to the end (snakemake_command); its output captured."""
+    command, env = snakemake_command(workdir, configfile, *args, cores=cores, repo=repo)
     return subprocess.run(command, capture_output=True, text=True, env=env, timeout=timeout)
+
+
+def start_snakemake(workdir: Path, configfile: Path, *args, cores: int = 2) -> subprocess.Popen:
+    """Start the workflow in the background, in a process group of its own (so a test can kill
+    the whole group, jobs included), its output discarded."""
+    command, env = snakemake_command(workdir, configfile, *args, cores=cores)
+    return subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+
+
+def wait_for(path: Path, text: str, process: subprocess.Popen, timeout: float = 300) -> None:
+    """Until `text` appears in the file at `path`; an AssertionError if `process` ends first."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if path.exists() and text in path.read_text():
+            return
+        if process.poll() is not None:
+            raise AssertionError(f"finished before '{text}' appeared")
+        time.sleep(0.1)
+    raise AssertionError(f"'{text}' never appeared in {path}")
 
 
 def planned_jobs(output: str) -> dict[str, int]:

@@ -9,14 +9,24 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
 import yaml
-from conftest import REPO, index_dataset, index_files, make_dataset, planned_jobs, snakemake, tiny_overlay, write_overlay
+from conftest import (
+    REPO,
+    index_dataset,
+    index_files,
+    make_dataset,
+    planned_jobs,
+    snakemake,
+    start_snakemake,
+    tiny_overlay,
+    wait_for,
+    write_overlay,
+)
 from imageclf import config as C
 from imageclf import datafiles, ensemble, index, predict, provenance, submission, train
 from imageclf.checks import checked_config
@@ -233,17 +243,6 @@ def index_state(workdir):
             for path in sorted((workdir / "results/index").glob("*.csv"))}
 
 
-def wait_for(path, text, process, timeout=300):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if path.exists() and text in path.read_text():
-            return
-        if process.poll() is not None:
-            raise AssertionError(f"finished before '{text}' appeared")
-        time.sleep(0.1)
-    raise AssertionError(f"'{text}' never appeared in {path}")
-
-
 @pytest.mark.slow
 def test_a_killed_retraining_under_a_changed_config_retrains_and_submits_the_new_model(finished, tmp_path):
     workdir, configfile, _ = copy_of(finished, tmp_path)
@@ -252,11 +251,7 @@ def test_a_killed_retraining_under_a_changed_config_retrains_and_submits_the_new
     overlay = yaml.safe_load(configfile.read_text())
     overlay["train"].update(epochs=6, label_smoothing=0.05)
     changed = write_overlay(configfile.parent / "changed.yaml", overlay)
-    env = dict(os.environ, PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"])
-    process = subprocess.Popen(
-        [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(workdir),
-         "--configfile", str(changed), "--cores", "2", "results/submission.csv"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    process = start_snakemake(workdir, changed, "results/submission.csv")
     try:
         wait_for(workdir / "logs/train/full/seed0.log", "epoch 1/6", process)
     finally:

@@ -2,14 +2,11 @@
 
 import os
 import signal
-import subprocess
-import sys
-import time
 
 import pandas as pd
 import pytest
 import torch
-from conftest import REPO, index_dataset, index_files, make_dataset, snakemake, tiny_overlay, write_overlay
+from conftest import REPO, index_dataset, index_files, make_dataset, snakemake, start_snakemake, tiny_overlay, wait_for, write_overlay
 from imageclf import config as C
 from imageclf import train
 from imageclf.checks import checked_config
@@ -117,17 +114,6 @@ def test_an_interrupted_run_with_ema_resumes_bit_identically(prepared, monkeypat
         assert torch.equal(value, state["ema"][key]), key
 
 
-def wait_for(path, text, process, timeout=300):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if path.exists() and text in path.read_text():
-            return
-        if process.poll() is not None:
-            raise AssertionError(f"finished before '{text}' appeared")
-        time.sleep(0.2)
-    raise AssertionError(f"'{text}' never appeared in {path}")
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("workers", [0, 2])  # 2: the recipe's DataLoader workers, which persist across epochs
 def test_sigkilled_training_resumes_bit_identically(tmp_path, workers):
@@ -136,11 +122,7 @@ def test_sigkilled_training_resumes_bit_identically(tmp_path, workers):
     configfile = write_overlay(tmp_path / "tiny.yaml", overlay)
     work = tmp_path / "work"
     target = "results/train/full/seed0/history.csv"
-    env = dict(os.environ, PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"])
-    command = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(work),
-               "--configfile", str(configfile), "--cores", "1", target]
-    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                               start_new_session=True)
+    process = start_snakemake(work, configfile, target, cores=1)
     log = work / "logs/train/full/seed0.log"
     try:
         wait_for(log, "epoch 2/4", process)

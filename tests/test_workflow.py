@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-from conftest import REPO, add_test_image, make_dataset, planned_jobs, snakemake, tiny_overlay, write_overlay
+from conftest import REPO, add_test_image, make_dataset, planned_jobs, snakemake, start_snakemake, tiny_overlay, write_overlay
 from imageclf import tables
 
 pytestmark = pytest.mark.slow
@@ -372,11 +372,7 @@ def test_second_invocation_is_refused_while_one_runs(finished, tmp_path):
     overlay = yaml.safe_load(configfile.read_text())
     overlay["train"]["epochs"] = epochs = 30  # long enough to still be running
     slow = write_overlay(base / "slow.yaml", overlay)
-    env = dict(os.environ, PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"])
-    first = subprocess.Popen(
-        [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(workdir),
-         "--configfile", str(slow), "--cores", "1", "results/train/full/seed0/history.csv"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    first = start_snakemake(workdir, slow, "results/train/full/seed0/history.csv", cores=1)
     try:
         deadline = time.time() + 120
         # Wait for the lock and for the slow run to be training: before that it rewrites the run's
