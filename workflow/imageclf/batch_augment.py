@@ -353,6 +353,7 @@ class RandAugment(Op):
     def reference(self):
         return v2.RandAugment(num_ops=self.config["num_ops"], magnitude=self.config["magnitude"])
 
+    @functools.lru_cache(maxsize=None)  # a few (op, size) pairs per run, read every batch
     def magnitude(self, name: str, height: int, width: int) -> float:
         magnitudes = RAND_AUGMENT_SPACE[name][0](NUM_MAGNITUDE_BINS, height, width)
         return 0.0 if magnitudes is None else float(magnitudes[self.config["magnitude"]])

@@ -20,6 +20,8 @@ import os
 
 import torch
 
+from . import engine
+
 log = logging.getLogger("imageclf.step_graph")
 
 EAGER_STEPS_BEFORE_CAPTURE = 3
@@ -72,8 +74,6 @@ class StepGraphs:
         return static["loss"]
 
     def capture(self, images, targets, kind):
-        from . import engine
-
         device = images.device
         static = {"images": images.clone(), "targets": targets.clone(),
                   "perm": torch.arange(images.shape[0], device=device), "lam": torch.ones((), device=device),

@@ -297,6 +297,7 @@ def train(run_config_path, index: dict, out_dir, state_dir=None, threads: int = 
     device, seed, epochs = dist.device, int(cfg["seed"]), tcfg["epochs"]
     classes = tables.read_classes(index["classes"])
     loaders = make_loaders(cfg, index, classes, dist, num_workers, train_cache, val_cache)
+    augment_on = "device" if loaders.augment is not None else "loader"  # what make_loaders resolved
 
     # The recipe's parts, built in the same order from the same seed in every run.
     seed_everything(seed)
@@ -343,8 +344,7 @@ def train(run_config_path, index: dict, out_dir, state_dir=None, threads: int = 
         "%d epochs, batch %d on %s x%d, %s%s, augment_on %s, %d DataLoader workers",
         cfg["variant"], seed, cfg["model"]["arch"], cfg["model"]["head"], n_params, len(classes),
         loaders.train_images, loaders.val_images, epochs, tcfg["batch_size"], device, dist.world_size,
-        precision, ", channels_last" if channels_last else "", engine.resolve_augment_on(tcfg["augment_on"], device),
-        num_workers,
+        precision, ", channels_last" if channels_last else "", augment_on, num_workers,
     )
     for epoch in range(start_epoch, epochs + 1):
         # every random stream of the epoch derives from (seed, epoch): a resumed run repeats it
@@ -401,7 +401,7 @@ def train(run_config_path, index: dict, out_dir, state_dir=None, threads: int = 
             "variant": cfg["variant"], "seed": seed, "config": cfg, **fingerprint,
             "parameters": n_params, "classes": classes, "device": str(device),
             "precision": precision, "channels_last": channels_last,
-            "augment_on": engine.resolve_augment_on(tcfg["augment_on"], device),
+            "augment_on": augment_on,
             "train_minutes": round(frame["seconds"].sum() / 60, 3), "versions": package_versions(),
         })
         tables.write_history(out_dir / "history.csv", frame)
