@@ -31,12 +31,15 @@ import numpy as np
 import pandas as pd
 import torch
 import yaml
-from imageclf import cache, data, engine, models, tables
-from imageclf.allocator import keep_freed_memory
 from imageclf.checks import checked_config
-from imageclf.config import execution_settings, run_config
-from imageclf.logs import setup_logging
-from imageclf.train import make_optimizer, training_dataset
+from imageclf.core import tables
+from imageclf.core.config import execution_settings, run_config
+from imageclf.core.logs import setup_logging
+from imageclf.data import cache, loaders
+from imageclf.models import factory
+from imageclf.training import engine
+from imageclf.training.allocator import keep_freed_memory
+from imageclf.training.train import make_optimizer, training_dataset
 from PIL import Image
 from torch import nn
 
@@ -94,7 +97,7 @@ def make_step(model, device, precision, channels_last, train_cfg: dict, augment=
 def model_and_step(cfg: dict, device, precision: str, channels_last: bool):
     """The configured model (100 classes, no pretrained weights, seeded) and its training step."""
     torch.manual_seed(0)
-    model = models.model_from_config(cfg["model"], 100, pretrained=False).to(
+    model = factory.model_from_config(cfg["model"], 100, pretrained=False).to(
         device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     return model, make_step(model, device, precision, channels_last, cfg["train"])
 
@@ -167,10 +170,10 @@ def bench_size(cfg, paths, workdir: Path, batch_size, steps, warmup, workers, th
     frame = pd.DataFrame({"path": paths[: batch_size * n_batches], "label": "0"})
     loader_cfg = {**cfg, "train": {**tcfg, "augment_on": "loader"}}
     device_cfg = {**cfg, "train": {**tcfg, "augment_on": "device"}}
-    sampler = data.SeededSampler(len(frame), seed=0)
+    sampler = loaders.SeededSampler(len(frame), seed=0)
 
     def loader_for(dataset, augmenter=None):
-        return data.make_loader(dataset, batch_size, workers, sampler, pin_memory=device.type == "cuda",
+        return loaders.make_loader(dataset, batch_size, workers, sampler, pin_memory=device.type == "cuda",
                                 collate_fn=augmenter.collate if augmenter else None)
 
     reference, _ = training_dataset(loader_cfg, frame, ["0"])

@@ -19,10 +19,11 @@ from pathlib import Path
 import pandas as pd
 import torch
 import yaml
-from imageclf import allocator, engine, tables
 from imageclf.checks import checked_config
-from imageclf.config import run_config
-from imageclf.logs import setup_logging
+from imageclf.core import tables
+from imageclf.core.config import run_config
+from imageclf.core.logs import setup_logging
+from imageclf.training import allocator, engine
 
 REPO = Path(__file__).resolve().parents[1]
 

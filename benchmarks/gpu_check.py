@@ -3,7 +3,7 @@
 All in one run, so that every ratio compares figures taken minutes apart on the same machine:
 1. the model alone: ResNet50 + the MLP head, AdamW, label smoothing, random tensors already on the
    device, at batch 64 and 256; eagerly, and with the whole step captured as a CUDA graph;
-2. the batched augmentation chain alone (batch_augment.BatchAugment) at batch 64 and 256, and the
+2. the batched augmentation chain alone (augment.BatchAugment) at batch 64 and 256, and the
    host synchronisations it makes (expected: none);
 3. the reference data path (the course's way: PIL decode, per-image transforms, a DataLoader);
 4. the `train` job through the real workflow (index -> cache -> train, Snakemake) on a synthetic
@@ -31,11 +31,14 @@ from pathlib import Path
 import pandas as pd
 import torch
 import yaml
-from imageclf import batch_augment, data, engine, models, tables
 from imageclf.checks import checked_config
-from imageclf.config import run_config
-from imageclf.logs import setup_logging
-from imageclf.train import training_dataset
+from imageclf.core import tables
+from imageclf.core.config import run_config
+from imageclf.core.logs import setup_logging
+from imageclf.data import loaders
+from imageclf.models import factory
+from imageclf.training import augment, engine
+from imageclf.training.train import training_dataset
 from torch import nn
 
 from . import bench
@@ -69,7 +72,7 @@ def model_alone(cfg: dict, batch: int, steps: int, graphed: bool, benchmark: boo
     if benchmark is not None:
         torch.backends.cudnn.benchmark = benchmark
     torch.manual_seed(0)
-    model = models.model_from_config(cfg["model"], 100, pretrained=False).to(
+    model = factory.model_from_config(cfg["model"], 100, pretrained=False).to(
         device, memory_format=engine.memory_format(channels_last))
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg["train"]["optimizer"]["lr"], fused=device.type == "cuda",
@@ -118,13 +121,13 @@ def model_alone(cfg: dict, batch: int, steps: int, graphed: bool, benchmark: boo
 def augment_alone(cfg: dict, batch: int, steps: int, replayed: bool = False) -> tuple[float, int]:
     """Images/s of the batched chain alone (uint8 squares already on the device), and the host
     synchronisations one batch makes (counted on CUDA only; -1 elsewhere). replayed: as training
-    runs it on a GPU, a CUDA graph per batch shape (batch_augment.ReplayedAugment)."""
+    runs it on a GPU, a CUDA graph per batch shape (augment.ReplayedAugment)."""
     device = engine.resolve_device(cfg["train"]["device"])
     size = cfg["train"]["image_size"]
     side = bench.cache.batch_input_size(cfg["augment"], size, cfg["train"]["cache_margin"])
-    augmenter = batch_augment.BatchAugment(cfg["augment"], size)
+    augmenter = augment.BatchAugment(cfg["augment"], size)
     if replayed:
-        augmenter = batch_augment.ReplayedAugment(augmenter)
+        augmenter = augment.ReplayedAugment(augmenter)
     images = torch.randint(0, 256, (batch, 3, side, side), dtype=torch.uint8, device=device)
     seeds = [torch.arange(k * batch, (k + 1) * batch) for k in range(steps + 2)]
     augmenter(images, seeds[0])
@@ -151,12 +154,12 @@ def determinism(cfg: dict, batch: int) -> str:
     device = engine.resolve_device(cfg["train"]["device"])
     size = cfg["train"]["image_size"]
     side = bench.cache.batch_input_size(cfg["augment"], size, cfg["train"]["cache_margin"])
-    augmenter = batch_augment.BatchAugment(cfg["augment"], size)
+    augmenter = augment.BatchAugment(cfg["augment"], size)
     images = torch.randint(0, 256, (batch, 3, side, side), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     seeds = torch.arange(1000, 1000 + batch)
     same = torch.equal(augmenter(images.to(device), seeds), augmenter(images.to(device), seeds))
-    draws = torch.equal(batch_augment.uniforms(seeds.to(device), augmenter.draws).cpu(),
-                        batch_augment.uniforms(seeds, augmenter.draws))
+    draws = torch.equal(augment.uniforms(seeds.to(device), augmenter.draws).cpu(),
+                        augment.uniforms(seeds, augmenter.draws))
     return f"same seeds, same batch: {same}; parameter draws on {device.type} equal the CPU's: {draws}"
 
 
@@ -166,7 +169,7 @@ def reference_path(cfg: dict, paths: list[str], batch: int, steps: int, workers:
     _, step = bench.model_and_step(cfg, device, precision, channels_last)
     frame = pd.DataFrame({"path": paths[: batch * (steps + 2)], "label": "0"})
     reference, _ = training_dataset({**cfg, "train": {**cfg["train"], "augment_on": "loader"}}, frame, ["0"])
-    loader = data.make_loader(reference, batch, workers, data.SeededSampler(len(frame), seed=0),
+    loader = loaders.make_loader(reference, batch, workers, loaders.SeededSampler(len(frame), seed=0),
                               pin_memory=device.type == "cuda")
     return bench.timed_steps(loader, step, warmup=2, device=device)
 

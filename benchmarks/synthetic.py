@@ -15,7 +15,7 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
-from imageclf.logs import setup_logging
+from imageclf.core.logs import setup_logging
 from PIL import Image
 
 log = logging.getLogger("imageclf.synthetic")

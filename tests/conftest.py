@@ -117,8 +117,7 @@ def add_test_image(data_root: Path, name: str = "zz_new") -> Path:
 def index_dataset(root: Path, out_dir: Path, test_labels=None, on_leak: str = "warn") -> dict:
     """Both index stages, as the index and index_test rules run them, into out_dir/*.csv.
     Returns the train, val and test frames and the class names ("classes")."""
-    from imageclf import index
-
+    from imageclf.data import index
     out = Path(out_dir)
     frames = index.run(root, out / "train.csv", out / "val.csv", out / "classes.csv", on_leak=on_leak)
     frames["test"] = index.run_test(root, out / "train.csv", out / "val.csv", out / "classes.csv",

@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 import pytest
-from imageclf import allocator
+from imageclf.training import allocator
 
 # Allocate, touch and free a 64 MB tensor (above glibc's 32 MB mmap ceiling) again and again, and
 # count each round's minor page faults: every round faults its pages in afresh when
@@ -15,7 +15,7 @@ from imageclf import allocator
 # heap, as small allocations in between split freed blocks: a training step settles the same way).
 PROBE = """
 import json, resource, torch
-from imageclf import allocator
+from imageclf.training import allocator
 kept = allocator.keep_freed_memory()
 faults = []
 for _ in range(24):

@@ -9,10 +9,11 @@ import torch
 import torchvision
 import yaml
 from conftest import REPO, course_layout
-from imageclf import checks, models
-from imageclf import config as C
+from imageclf import checks
 from imageclf.checks import checked_config
-from imageclf.train import make_optimizer
+from imageclf.core import config as C
+from imageclf.models import factory
+from imageclf.training.train import make_optimizer
 from torch import nn
 
 RECIPE = yaml.safe_load((REPO / "config.yaml").read_text())
@@ -30,18 +31,18 @@ def user_config(**model):
 @pytest.mark.parametrize("weights", ["none", "local"])
 def test_each_family_gets_the_head_loads_weights_and_trains_a_step(arch, weights, tmp_path):
     original = torchvision.models.get_model(arch, weights=None)
-    old_name, old = models.final_classifier(original)
+    old_name, old = factory.final_classifier(original)
     if weights == "local":
         torch.manual_seed(7)
         reference = torchvision.models.get_model(arch, weights=None)
         torch.save(reference.state_dict(), tmp_path / "weights.pth")
         weights = str(tmp_path / "weights.pth")
-    model = models.build_model(arch, 12, head="mlp", weights=weights, mlp_hidden=64)
-    name, head = models.final_classifier_of_head(model)
+    model = factory.build_model(arch, 12, head="mlp", weights=weights, mlp_hidden=64)
+    name, head = factory.final_classifier_of_head(model)
     assert isinstance(head, nn.Sequential) and head[0].in_features == old.in_features and head[-1].out_features == 12
-    expected = (models.count_parameters(original) - sum(p.numel() for p in old.parameters())
+    expected = (factory.count_parameters(original) - sum(p.numel() for p in old.parameters())
                 + sum(p.numel() for p in head.parameters()))
-    assert models.count_parameters(model) == expected
+    assert factory.count_parameters(model) == expected
     if weights != "none":  # every backbone tensor is the file's
         state = reference.state_dict()
         for key, value in model.state_dict().items():
@@ -57,7 +58,7 @@ def test_each_family_gets_the_head_loads_weights_and_trains_a_step(arch, weights
 
 
 def test_the_reference_model_keeps_its_parameter_count():
-    assert models.count_parameters(models.build_model("resnet50", 100, head="mlp")) == 24_609_444
+    assert factory.count_parameters(factory.build_model("resnet50", 100, head="mlp")) == 24_609_444
 
 
 def test_any_registry_name_is_accepted_and_others_are_named():
@@ -118,13 +119,13 @@ def test_facts_are_cached_between_runs(tmp_path):
 
 
 def test_warmup_and_backbone_scale_set_the_learning_rates():
-    from imageclf.train import warm_up
+    from imageclf.training.train import warm_up
 
-    model = models.build_model("resnet18", 10, head="mlp", mlp_hidden=32)
+    model = factory.build_model("resnet18", 10, head="mlp", mlp_hidden=32)
     cfg = {"name": "adamw", "lr": 0.01, "weight_decay": 0.0, "fused": False, "backbone_lr_scale": 0.1}
     optimizer = make_optimizer(model, cfg)
     backbone, head = optimizer.param_groups
-    assert {id(p) for p in head["params"]} == {id(p) for p in models.head_parameters(model)}
+    assert {id(p) for p in head["params"]} == {id(p) for p in factory.head_parameters(model)}
     assert len(backbone["params"]) + len(head["params"]) == len(list(model.parameters()))
     seen = []
     for epoch in (1, 2, 3, 4):
@@ -140,8 +141,8 @@ def test_warmup_and_backbone_scale_set_the_learning_rates():
 
 
 def test_the_head_is_found_after_sync_batchnorm_conversion():
-    model = models.build_model("resnet18", 10, head="mlp", mlp_hidden=32)
-    before = {id(p) for p in models.head_parameters(model)}
+    model = factory.build_model("resnet18", 10, head="mlp", mlp_hidden=32)
+    before = {id(p) for p in factory.head_parameters(model)}
     converted = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    after = {id(p) for p in models.head_parameters(converted)}
+    after = {id(p) for p in factory.head_parameters(converted)}
     assert len(after) == len(before) == 6  # both Linear layers and the BatchNorm: weight and bias each

@@ -11,11 +11,12 @@ import pytest
 import torch
 import yaml
 from conftest import REPO, index_dataset, index_files, make_dataset, tiny_overlay
-from imageclf import batch_augment as B
-from imageclf import cache, engine, presets, train
-from imageclf import config as C
 from imageclf.checks import checked_config
-from imageclf.io_utils import write_json
+from imageclf.core import config as C
+from imageclf.core.io_utils import write_json
+from imageclf.data import cache
+from imageclf.training import augment as B
+from imageclf.training import engine, presets, train
 from scipy import stats
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F

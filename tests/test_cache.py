@@ -7,10 +7,12 @@ import pytest
 import torch
 import yaml
 from conftest import REPO, index_dataset
-from imageclf import cache, data, presets, tables
-from imageclf.config import augment_op_keys
-from imageclf.errors import DataError
-from imageclf.images import open_image
+from imageclf.core import tables
+from imageclf.core.config import augment_op_keys
+from imageclf.core.errors import DataError
+from imageclf.data import cache, loaders
+from imageclf.data.images import open_image
+from imageclf.training import presets
 from PIL import Image
 from torchvision.transforms import v2
 
@@ -75,9 +77,9 @@ def test_cached_and_uncached_tensors_are_identical(indexed, tmp_path, split, aug
     cache.build_cache(csv, tmp_path / "c.npy", tmp_path / "c.csv", mode, 32)
     frame = tables.read_index(indexed / f"{split}.csv")
     classes = tables.read_classes(indexed / "classes.csv")
-    plain = data.ImageDataset(frame, classes, transform)
-    cached = data.ImageDataset(frame, classes, transform, cache.CachedImages(tmp_path / "c.npy", tmp_path / "c.csv", csv))
-    sampler = data.SeededSampler(len(plain), seed=3)
+    plain = loaders.ImageDataset(frame, classes, transform)
+    cached = loaders.ImageDataset(frame, classes, transform, cache.CachedImages(tmp_path / "c.npy", tmp_path / "c.csv", csv))
+    sampler = loaders.SeededSampler(len(plain), seed=3)
     for item in list(sampler)[:20]:
         a, b = plain[item], cached[item]
         assert a[1] == b[1] and torch.equal(a[0], b[0])
@@ -96,9 +98,9 @@ def test_cached_dataset_works_in_worker_processes(indexed, tmp_path):
     csv = indexed / "val.csv"
     cache.build_cache(csv, tmp_path / "c.npy", tmp_path / "c.csv", "exact", 32)
     frame = tables.read_index(indexed / "val.csv")
-    dataset = data.ImageDataset(frame, tables.read_classes(indexed / "classes.csv"), presets.eval_transform(AUGMENT, 32),
+    dataset = loaders.ImageDataset(frame, tables.read_classes(indexed / "classes.csv"), presets.eval_transform(AUGMENT, 32),
                                 cache.CachedImages(tmp_path / "c.npy", tmp_path / "c.csv", csv))
-    loader = data.make_loader(dataset, batch_size=8, num_workers=2)
+    loader = loaders.make_loader(dataset, batch_size=8, num_workers=2)
     batches = [images for images, _ in loader]
     assert sum(len(b) for b in batches) == len(frame)
     assert torch.equal(torch.cat(batches), torch.stack([dataset[i][0] for i in range(len(frame))]))
@@ -119,10 +121,10 @@ def test_cached_squares_skip_pil_and_match_it(indexed, tmp_path, monkeypatch):
     squares = cache.CachedImages(tmp_path / "c.npy", tmp_path / "c.csv", csv)
     frame, classes = tables.read_index(indexed / "train.csv"), tables.read_classes(indexed / "classes.csv")
     transform = presets.batch_input_transform(37)
-    via_pil = data.ImageDataset(frame, classes, transform, squares, pass_seed=True)
-    direct = data.ImageDataset(frame, classes, transform, squares, pass_seed=True, square_size=37)
-    uncached = data.ImageDataset(frame, classes, transform, pass_seed=True, square_size=37)
-    for item in list(data.SeededSampler(len(frame), seed=1))[:12]:
+    via_pil = loaders.ImageDataset(frame, classes, transform, squares, pass_seed=True)
+    direct = loaders.ImageDataset(frame, classes, transform, squares, pass_seed=True, square_size=37)
+    uncached = loaders.ImageDataset(frame, classes, transform, pass_seed=True, square_size=37)
+    for item in list(loaders.SeededSampler(len(frame), seed=1))[:12]:
         a, b, c = via_pil[item], direct[item], uncached[item]
         assert a[1:] == b[1:] == c[1:] and b[0].shape == (3, 37, 37) and torch.equal(a[0], b[0])
         assert c[0].shape == (3, 37, 37)  # decoded and squashed by the transform instead

@@ -1,8 +1,8 @@
 """The checkpoint keeper and the resume state, on their own (test_resume.py runs them in training)."""
 
 import torch
-from imageclf import checkpoints
-from imageclf.io_utils import torch_save
+from imageclf.core.io_utils import torch_save
+from imageclf.training import checkpoints
 from torch import nn
 
 
@@ -28,7 +28,7 @@ def offer(keeper, epoch, val_acc, val_loss, model, ema=None, ema_row=None):
 
 def test_keeper_keeps_the_first_best_epoch_of_each_metric(tmp_path):
     keeper = checkpoints.Keeper(tmp_path / "state")
-    assert offer(keeper, 1, 0.5, 1.0, constant_model(1)) == list(checkpoints.KEPT)
+    assert offer(keeper, 1, 0.5, 1.0, constant_model(1)) == list(checkpoints.SELECTABLE)
     assert offer(keeper, 2, 0.7, 1.2, constant_model(2)) == ["val_acc", "val_balanced_acc", "val_macro_f1"]
     assert offer(keeper, 3, 0.7, 0.8, constant_model(3)) == ["val_loss"]  # a tie keeps epoch 2
     assert {k: keeper.best[k] for k in ("val_acc", "val_loss")} == {"val_acc": 0.7, "val_loss": 0.8}
@@ -56,7 +56,7 @@ def test_publish_copies_the_kept_checkpoints(tmp_path):
     keeper = checkpoints.Keeper(tmp_path / "state")
     offer(keeper, 1, 0.5, 1.0, constant_model(1))
     keeper.publish(tmp_path / "run" / "checkpoints")
-    for metric in checkpoints.KEPT:
+    for metric in checkpoints.SELECTABLE:
         copied = tmp_path / "run" / "checkpoints" / f"best_{metric}.pt"
         assert copied.read_bytes() == keeper.path(metric).read_bytes()
 
@@ -162,7 +162,7 @@ def test_restamp_updates_the_meta_of_the_kept_checkpoints(tmp_path):
     keeper.offer({"val_acc": 0.5, "val_loss": 1.0, "val_balanced_acc": 0.5, "val_macro_f1": 0.5},
                  {"epoch": 1, "config_hash": "old"}, (("model", "", constant_model(1)),))
     keeper.restamp({"config_hash": "new"})
-    for metric in checkpoints.KEPT:
+    for metric in checkpoints.SELECTABLE:
         kept = weights_of(keeper.path(metric))
         assert kept["meta"] == {"epoch": 1, "config_hash": "new", "weights": "model"}
         assert torch.all(kept["model"]["weight"] == 1)

@@ -5,8 +5,8 @@ import copy
 import pytest
 import yaml
 from conftest import REPO, course_layout
-from imageclf import config as C
 from imageclf.checks import checked_config
+from imageclf.core import config as C
 
 RECIPE = yaml.safe_load((REPO / "config.yaml").read_text())
 

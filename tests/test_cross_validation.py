@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import yaml
 from conftest import add_test_image, make_dataset, planned_jobs, snakemake, tiny_overlay, write_overlay
-from imageclf import full_fit, tables
+from imageclf.core import tables
+from imageclf.training import full_fit
 
 pytestmark = pytest.mark.slow
 

@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 from conftest import class_image, save_image
-from imageclf import datafiles
+from imageclf.data import datafiles
 
 
 @pytest.fixture

@@ -6,8 +6,8 @@ import pandas as pd
 import pytest
 import torch
 from conftest import index_files, make_dataset, snakemake, tiny_overlay, write_overlay
-from imageclf import train
-from imageclf.select import GOAL
+from imageclf.core.metrics import SELECTABLE
+from imageclf.training import train
 
 pytestmark = pytest.mark.slow  # torchrun with two processes, through Snakemake
 
@@ -24,7 +24,7 @@ def test_two_process_training_matches_one_process(tmp_path):
     assert "batch 16 on cpu x2" in log  # two processes, one global batch of 16
     assert log.count("epoch 5/5") == 1  # only rank 0 reports
     assert sorted(p.name for p in (run / "resume").iterdir()) == sorted(
-        [f"best_{metric}.pt" for metric in GOAL] + ["state.pt"])
+        [f"best_{metric}.pt" for metric in SELECTABLE] + ["state.pt"])
     checkpoint = torch.load(run / "model.pt", weights_only=True)
     assert not any(key.startswith("module.") for key in checkpoint["model"])  # loads without DDP
     distributed = pd.read_csv(run / "history.csv")

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 import torch
-from imageclf import engine
-from imageclf.errors import TrainingDiverged
+from imageclf.core.errors import TrainingDiverged
+from imageclf.training import engine
 from sklearn.metrics import balanced_accuracy_score, f1_score
 from torch import nn
 
@@ -157,7 +157,7 @@ def test_auto_precision_choices():
 @pytest.mark.parametrize("name", ["adamw", "sgd"])
 def test_fused_optimizer_is_the_same_update(name):
     """optimizer.fused only changes how the update runs: same parameters after a few steps."""
-    from imageclf.train import make_optimizer
+    from imageclf.training.train import make_optimizer
 
     results = []
     for fused in (False, True):

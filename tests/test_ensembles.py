@@ -3,7 +3,9 @@
 import numpy as np
 import pandas as pd
 import pytest
-from imageclf import ablation, ensemble, stats, tables
+from imageclf.core import tables
+from imageclf.evaluation import ensemble
+from imageclf.report import ablation, stats
 
 CLASSES = ["a", "b", "c"]
 
@@ -100,7 +102,7 @@ def test_single_runs_say_seed_noise_is_unmeasured(runs, tmp_path):
 
 
 def test_selection_may_pick_the_ema_weights():
-    from imageclf.select import best_epoch
+    from imageclf.evaluation.select import best_epoch
 
     history = pd.DataFrame({"epoch": [1, 2, 3], "val_acc": [0.5, 0.7, 0.6], "val_loss": [1.0, 0.8, 0.9],
                             "val_acc_ema": [0.4, 0.7, 0.75], "val_loss_ema": [1.1, 0.7, 0.75]})
@@ -201,7 +203,7 @@ def test_the_manifest_is_rewritten_only_when_it_changes(runs, tmp_path):
 
 
 def test_selection_by_balanced_accuracy_or_macro_f1():
-    from imageclf.select import best_epoch
+    from imageclf.evaluation.select import best_epoch
 
     history = pd.DataFrame({"epoch": [1, 2, 3], "val_acc": [0.5, 0.9, 0.8], "val_loss": [1.0, 0.6, 0.7],
                             "val_balanced_acc": [0.5, 0.6, 0.8], "val_macro_f1": [0.7, 0.6, 0.65]})
@@ -211,8 +213,7 @@ def test_selection_by_balanced_accuracy_or_macro_f1():
 
 
 def test_selection_by_a_metric_an_old_history_lacks_says_so(tmp_path):
-    from imageclf import select
-
+    from imageclf.evaluation import select
     tables.write_history(tmp_path / "history.csv", pd.DataFrame(
         {"epoch": [1], "train_loss": [1.0], "val_loss": [0.5], "val_acc": [0.9], "lr": [0.1], "seconds": [1.0],
          "images_per_s": [10.0]}))

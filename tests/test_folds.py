@@ -7,8 +7,10 @@ import numpy as np
 import pandas as pd
 import pytest
 from conftest import make_dataset
-from imageclf import folds, index, tables
-from imageclf.errors import ConfigError, DataError
+from imageclf.core import tables
+from imageclf.core.errors import ConfigError, DataError
+from imageclf.data import folds, index
+from imageclf.evaluation import cross_validation
 
 
 def labelled(classes=8, per_class=23, duplicates=0, seed=0) -> pd.DataFrame:
@@ -122,9 +124,9 @@ def test_out_of_fold_predictions_cover_every_image_once_from_its_own_fold(tmp_pa
         probs = rng.dirichlet(np.ones(3), size=len(held))
         tables.write_predictions(tmp_path / f"f{k}.csv", tables.predictions_table(held["image_name"], held["label"], probs, classes))
         paths.append(tmp_path / f"f{k}.csv")
-    oof = folds.out_of_fold(tmp_path / "folds.csv", paths, tmp_path / "oof.csv")
+    oof = cross_validation.out_of_fold(tmp_path / "folds.csv", paths, tmp_path / "oof.csv")
     assert sorted(oof["image_name"]) == sorted(frame["image_name"]) and oof["image_name"].is_unique
     by_fold = {name: k for k in range(3) for name in tables.read_predictions(paths[k])["image_name"]}
     assert all(table.set_index("image_name").loc[name, "fold"] == k for name, k in by_fold.items())
     with pytest.raises(DataError, match="does not predict exactly the images of fold 1"):
-        folds.out_of_fold(tmp_path / "folds.csv", [paths[0], paths[2], paths[1]], tmp_path / "bad.csv")
+        cross_validation.out_of_fold(tmp_path / "folds.csv", [paths[0], paths[2], paths[1]], tmp_path / "bad.csv")

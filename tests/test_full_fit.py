@@ -6,11 +6,12 @@ import pytest
 import torch
 import yaml
 from conftest import REPO, index_dataset, index_files, make_dataset, tiny_overlay
-from imageclf import config as C
-from imageclf import full_fit, tables, train
 from imageclf.checks import checked_config
-from imageclf.errors import ConfigError, DataError
-from imageclf.io_utils import write_json
+from imageclf.core import config as C
+from imageclf.core import tables
+from imageclf.core.errors import ConfigError, DataError
+from imageclf.core.io_utils import write_json
+from imageclf.training import full_fit, train
 
 BASE = {"variant": "full", "seed": 0, "train": {"epochs": 6, "optimizer": {"lr": 0.01}}}
 

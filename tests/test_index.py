@@ -5,9 +5,9 @@ import shutil
 import pandas as pd
 import pytest
 from conftest import N_CLASSES, index_dataset, make_dataset
-from imageclf.data import ImageDataset
-from imageclf.errors import DataError
-from imageclf.images import open_image
+from imageclf.core.errors import DataError
+from imageclf.data.images import open_image
+from imageclf.data.loaders import ImageDataset
 from PIL import Image
 
 

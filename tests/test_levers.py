@@ -5,9 +5,9 @@ import contextlib
 import numpy as np
 import pytest
 import torch
-from imageclf import config as C
-from imageclf import engine
-from imageclf.errors import ConfigError
+from imageclf.core import config as C
+from imageclf.core.errors import ConfigError
+from imageclf.training import engine
 from torch import nn
 
 

@@ -27,11 +27,14 @@ from conftest import (
     wait_for,
     write_overlay,
 )
-from imageclf import config as C
-from imageclf import datafiles, ensemble, index, predict, provenance, submission, train
 from imageclf.checks import checked_config
-from imageclf.errors import DataError, WeightsError
-from imageclf.io_utils import torch_save, write_json
+from imageclf.core import config as C
+from imageclf.core import provenance
+from imageclf.core.errors import DataError, WeightsError
+from imageclf.core.io_utils import torch_save, write_json
+from imageclf.data import datafiles, index
+from imageclf.evaluation import ensemble, predict, submission
+from imageclf.training import train
 from PIL import Image
 
 
@@ -209,7 +212,6 @@ def test_images_too_small_are_a_warning_or_an_error_under_the_key(dataset, tmp_p
 
 def test_a_check_writes_its_marker_and_no_index(dataset, tmp_path):
     from imageclf import cli
-
     marker = tmp_path / "checked" / "labelled.json"
     cli.main(["index", "--root", str(dataset), "--check-out", str(marker)])
     assert marker.is_file() and not list(tmp_path.glob("*.csv"))

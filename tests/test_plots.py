@@ -2,7 +2,7 @@
 
 import numpy as np
 import pandas as pd
-from imageclf import plots
+from imageclf.report import plots
 
 
 def test_worst_classes_carry_intervals_and_flag_only_the_surely_worse():

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 import torch
-from imageclf import engine
-from imageclf.errors import UserError
+from imageclf.core.errors import UserError
+from imageclf.training import engine
 
 
 def fake_gpu(monkeypatch, capability, count=1):
@@ -86,9 +86,9 @@ def test_a_fp16_run_trains_and_resumes_with_a_grad_scaler(tmp_path, monkeypatch)
     gets one GradScaler, and every optimizer step goes through it."""
     import yaml
     from conftest import REPO, index_dataset, index_files, make_dataset, tiny_overlay
-    from imageclf import config as C
-    from imageclf import train
-    from imageclf.io_utils import write_json
+    from imageclf.core import config as C
+    from imageclf.core.io_utils import write_json
+    from imageclf.training import train
 
     make_dataset(tmp_path / "data", train_per_class=2, val_per_class=1, test_per_class=1)
     index_dataset(tmp_path / "data", tmp_path / "index")

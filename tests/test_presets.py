@@ -4,7 +4,7 @@ import pytest
 import torch
 import yaml
 from conftest import REPO
-from imageclf import presets
+from imageclf.training import presets
 from PIL import Image
 from torchvision.transforms import v2
 
@@ -56,8 +56,8 @@ def test_train_chain_output_shape_on_a_real_image():
 
 
 def test_the_chain_is_built_from_the_table_of_ops_in_the_schemas_order():
-    from imageclf.batch_augment import OPS
-    from imageclf.config import augment_op_keys
+    from imageclf.core.config import augment_op_keys
+    from imageclf.training.augment import OPS
 
     # one table of ops, and the schema's entries in the same order: before the resize, then after
     assert [op.key for op in OPS] == [*augment_op_keys(), *augment_op_keys(after_resize=True)]

@@ -11,12 +11,14 @@ import pandas as pd
 import pytest
 import yaml
 from conftest import REPO, class_image, index_dataset, index_files, save_image, tiny_overlay
-from imageclf import cache, data, index, tables, train
-from imageclf import config as C
 from imageclf.checks import checked_config
-from imageclf.errors import DataError
-from imageclf.images import image_extensions, open_image
-from imageclf.io_utils import write_json, write_text
+from imageclf.core import config as C
+from imageclf.core import tables
+from imageclf.core.errors import DataError
+from imageclf.core.io_utils import write_json, write_text
+from imageclf.data import cache, index, loaders
+from imageclf.data.images import image_extensions, open_image
+from imageclf.training import train
 from PIL import Image
 
 
@@ -40,7 +42,7 @@ def test_folder_names_that_pandas_reads_as_missing_stay_names(tmp_path):
     assert sorted(classes) == sorted(names)
     train = tables.read_index(tmp_path / "idx" / "train.csv")
     assert set(train["label"]) == set(names)
-    targets = data.ImageDataset(train, classes, transform=lambda image: image).targets
+    targets = loaders.ImageDataset(train, classes, transform=lambda image: image).targets
     assert min(targets) >= 0 and [classes[t] for t in targets] == train["label"].tolist()
     # predictions keep them too, and an unknown label stays empty, not NaN
     frame = pd.DataFrame({"image_name": ["NA", "null"], "label": ["None", ""], "pred_label": ["NA", "null"],

@@ -7,10 +7,10 @@ import pandas as pd
 import pytest
 import torch
 from conftest import REPO, index_dataset, index_files, make_dataset, snakemake, start_snakemake, tiny_overlay, wait_for, write_overlay
-from imageclf import config as C
-from imageclf import train
 from imageclf.checks import checked_config
-from imageclf.io_utils import write_json
+from imageclf.core import config as C
+from imageclf.core.io_utils import write_json
+from imageclf.training import train
 
 COMPARED = ["epoch", "train_loss", "val_loss", "val_acc", "lr"]  # all but wall-clock columns
 
@@ -175,8 +175,7 @@ def with_train(tmp, run_config, name, **train_keys):
 def test_raising_the_epochs_of_a_finished_run_extends_it_bit_identically(prepared, caplog):
     """plateau: the 2-epoch run is the first 2 epochs of the 3-epoch run, so the extension continues
     from its resume state and ends as a run trained for 3 epochs from the start."""
-    from imageclf import select
-
+    from imageclf.evaluation import select
     tmp, run_config = prepared
     short = with_train(tmp, run_config, "short.json", epochs=2, ema={"enabled": True, "decay": 0.9})
     long = with_train(tmp, run_config, "long.json", epochs=3, ema={"enabled": True, "decay": 0.9})

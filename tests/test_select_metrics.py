@@ -6,9 +6,11 @@ import json
 import pytest
 import yaml
 from conftest import REPO, index_dataset, index_files, make_dataset, tiny_overlay
-from imageclf import config as C
-from imageclf import select, tables, train
-from imageclf.io_utils import write_json
+from imageclf.core import config as C
+from imageclf.core import tables
+from imageclf.core.io_utils import write_json
+from imageclf.evaluation import select
+from imageclf.training import train
 
 
 @pytest.mark.parametrize("metric", ["val_balanced_acc", "val_macro_f1"])

@@ -3,7 +3,7 @@ measured by simulation (the figures in docs/ablation.md)."""
 
 import numpy as np
 import pytest
-from imageclf import stats
+from imageclf.report import stats
 from scipy.optimize import brentq
 from scipy.special import expit
 from scipy.stats import binomtest

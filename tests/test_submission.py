@@ -4,8 +4,9 @@ import zipfile
 
 import pandas as pd
 import pytest
-from imageclf import submission, tables
-from imageclf.submission import SubmissionError
+from imageclf.core import tables
+from imageclf.evaluation import submission
+from imageclf.evaluation.submission import SubmissionError
 
 CLASSES = [str(i) for i in range(12)]
 

@@ -6,7 +6,7 @@ import json
 import pandas as pd
 import pytest
 from conftest import make_dataset, snakemake, tiny_overlay, write_overlay
-from imageclf.select import garbage_flags
+from imageclf.evaluation.select import garbage_flags
 
 
 def one_run(tmp_path, optimizer, **train):
@@ -76,9 +76,9 @@ def test_a_loss_that_ends_far_above_its_start_is_flagged():
 def test_a_later_divergence_says_which_epoch_and_what_was_kept(tmp_path):
     """The resume state of this run config's finished epochs is named; another config's is not."""
     import torch
-    from imageclf.config import config_hash
-    from imageclf.io_utils import write_json
-    from imageclf.train import what_diverged_kept
+    from imageclf.core.config import config_hash
+    from imageclf.core.io_utils import write_json
+    from imageclf.training.train import what_diverged_kept
 
     run = {"variant": "full", "seed": 0, "train": {"optimizer": {"lr": 1000.0}}}
     write_json(tmp_path / "config.json", run)

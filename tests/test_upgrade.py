@@ -2,7 +2,7 @@
 
 A run's identity is its meaning (keys added at their neutral value leave a finished run's
 config.json and config hash as they were); a stage's code reaches its jobs as its results version
-(stage_versions.py); a rule's command text, log paths and resources rerun nothing (the default
+(core/stages.py); a rule's command text, log paths and resources rerun nothing (the default
 profile's rerun-triggers). The last test finishes a tiny project, then dry-runs a simulated next
 release against it."""
 
@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import REPO, make_dataset, planned_jobs, snakemake, tiny_overlay, write_overlay
-from imageclf import config as C
-from imageclf import stage_versions
 from imageclf.cli import STAGES
+from imageclf.core import config as C
+from imageclf.core import stages as stage_versions
 
 # Every key of the run sections at the release before neutral values existed (0bcd30c). A key
 # added since needs an x-neutral value in the schema, or it would retrain every finished run.
@@ -112,12 +112,12 @@ def test_every_stage_has_a_results_version_read_without_importing_it():
         imported = importlib.import_module(f"imageclf.{module}").RESULTS_VERSION
         assert stage_versions.results_version(stage) == imported >= 1, stage
         assert stage_versions.version_params(stage) == ({} if imported == 1 else
-                                                        {"results_version": f"{module} {imported}"})
+                                                        {"results_version": f"{module.rpartition('.')[2]} {imported}"})
 
 
 def test_a_results_version_past_the_first_is_a_param_and_trains_anew(monkeypatch):
     versions = {"train": 1, "cache": 1, "select": 1}
-    monkeypatch.setattr(stage_versions, "module_version", lambda module: versions.get(module, 1))
+    monkeypatch.setattr(stage_versions, "module_version", lambda module: versions.get(module.rpartition(".")[2], 1))
     first = demo_run()
     assert C.RESULTS_VERSIONS not in first and stage_versions.version_params("select") == {}
     versions["select"] = 2
@@ -155,8 +155,9 @@ def edit(path: Path, old: str, new: str) -> None:
     path.write_text(text.replace(old, new))
 
 
-def bump(release: Path, module: str) -> None:
-    path = release / "workflow" / "imageclf" / f"{module}.py"
+def bump(release: Path, stage: str) -> None:
+    module = stage_versions.stage_module(stage)
+    path = release / "workflow" / "imageclf" / (module.replace(".", "/") + ".py")
     version = stage_versions.module_version(module)
     edit(path, f"\nRESULTS_VERSION = {version}\n", f"\nRESULTS_VERSION = {version + 1}\n")
 
@@ -211,5 +212,5 @@ def test_an_upgrade_reruns_only_what_it_changes(tmp_path):
     after = json.loads((workdir / "results/train/full/seed0/run.json").read_text())
     assert after["config_hash"] != before["config_hash"]
     assert json.loads((workdir / "results/train/full/seed0/config.json").read_text())[C.RESULTS_VERSIONS] == {
-        "train": stage_versions.module_version("train") + 1}
+        "train": stage_versions.results_version("train") + 1}
     assert plan(retrained) == {}

@@ -7,9 +7,9 @@ import pytest
 import torch
 import yaml
 from conftest import REPO, index_dataset, make_dataset, tiny_overlay
-from imageclf import config as C
-from imageclf import tables
-from imageclf.io_utils import write_json
+from imageclf.core import config as C
+from imageclf.core import tables
+from imageclf.core.io_utils import write_json
 
 
 def run(*args):

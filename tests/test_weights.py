@@ -8,8 +8,8 @@ import urllib.error
 import pytest
 import torch
 import torchvision
-from imageclf import models, weights
-from imageclf.errors import WeightsError
+from imageclf.core.errors import WeightsError
+from imageclf.models import factory, weights
 
 RESNET18_URL = torchvision.models.ResNet18_Weights.IMAGENET1K_V1.url  # .../resnet18-f37072fd.pth
 
@@ -87,11 +87,11 @@ def test_training_loads_named_weights_from_the_fetched_file_and_never_downloads(
     state = resnet18_state()
     torch.save(state, path)
     monkeypatch.setattr(torch.hub, "download_url_to_file", lambda *a, **k: pytest.fail("downloaded"))
-    model = models.build_model("resnet18", 7, head="linear", weights="IMAGENET1K_V1", weights_file=path)
+    model = factory.build_model("resnet18", 7, head="linear", weights="IMAGENET1K_V1", weights_file=path)
     assert torch.equal(model.conv1.weight, state["conv1.weight"]) and model.fc.out_features == 7
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty"))
     with pytest.raises(WeightsError, match="resnet18-f37072fd.pth does not exist"):
-        models.build_model("resnet18", 7, weights="IMAGENET1K_V1")  # no file given, none in the hub cache
+        factory.build_model("resnet18", 7, weights="IMAGENET1K_V1")  # no file given, none in the hub cache
 
 
 def test_a_local_file_is_stamped_by_content(tmp_path):

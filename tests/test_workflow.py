@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 import yaml
 from conftest import REPO, add_test_image, make_dataset, planned_jobs, snakemake, start_snakemake, tiny_overlay, write_overlay
-from imageclf import tables
+from imageclf.core import tables
 
 pytestmark = pytest.mark.slow
 

@@ -13,12 +13,12 @@ import json
 import logging
 from pathlib import Path
 
-from . import datafiles, demo, index
-from .architectures import facts
-from .config import RESOLVED, effective_config, is_demo, variant_sections
-from .errors import ConfigError, DataError, WeightsError, unknown_architecture
-from .io_utils import write_text
-from .weights import fit_problems, is_local_file, state_dict_of
+from .core.config import RESOLVED, effective_config, is_demo, variant_sections
+from .core.errors import ConfigError, DataError, WeightsError, unknown_architecture
+from .core.io_utils import write_text
+from .data import datafiles, demo, index
+from .models.architectures import facts
+from .models.weights import fit_problems, is_local_file, state_dict_of
 
 log = logging.getLogger("imageclf.checks")
 
@@ -159,14 +159,14 @@ def local_file_problems(arch: str, path: Path, cache: Path | None) -> list[str]:
 def measure_fit(arch: str, path: Path) -> list[str]:
     import torch
 
-    from . import models  # imports torch: only when the facts are not cached (no import cycle)
+    from .models import factory  # imports torch: only when the facts are not cached (no import cycle)
 
     try:
-        state = state_dict_of(models.load_checkpoint_file(path), str(path))
+        state = state_dict_of(factory.load_checkpoint_file(path), str(path))
     except WeightsError as error:
         return [str(error).removeprefix(f"{path}: ")]
     with torch.device("meta"):
-        model = models.backbone(arch)
-    classifier, _ = models.final_classifier(model)
+        model = factory.backbone(arch)
+    classifier, _ = factory.final_classifier(model)
     expected = {name: tuple(tensor.shape) for name, tensor in model.state_dict().items()}
-    return fit_problems(state, expected, (classifier + ".", *models.AUX_PREFIXES))
+    return fit_problems(state, expected, (classifier + ".", *factory.AUX_PREFIXES))

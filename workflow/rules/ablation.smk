@@ -1,6 +1,6 @@
 import json
 
-from imageclf.tables import write_manifest
+from imageclf.core.tables import write_manifest
 
 
 rule manifest:

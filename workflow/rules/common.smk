@@ -7,7 +7,7 @@ import yaml
 
 # The workflow's logic is the installed `imageclf` package (pyproject.toml; `pip install -e .`).
 from imageclf.checks import checked_config
-from imageclf.config import (
+from imageclf.core.config import (
     RESOLVED,
     ConfigError,
     deep_merge,
@@ -18,11 +18,11 @@ from imageclf.config import (
     variant_sections,
     write_run_config,
 )
-from imageclf.cache import cache_mode
-from imageclf.datafiles import update_stamp
-from imageclf.folds import check_fold_count
-from imageclf.stage_versions import version_params
-from imageclf.weights import is_local_file, stamp_name, update_stamp as weights_stamp
+from imageclf.data.cache import cache_mode
+from imageclf.data.datafiles import update_stamp
+from imageclf.data.folds import check_fold_count
+from imageclf.core.stages import version_params
+from imageclf.models.weights import is_local_file, stamp_name, update_stamp as weights_stamp
 
 # The workflow's own defaults under the user's settings: as a Snakemake module given a partial
 # `config:`, the module's configfile directive is not read, so they are merged here.

@@ -56,7 +56,7 @@ rule cache:
         "--threads {threads} --log-file {log:q}"
 
 
-# Training keeps the best checkpoint by each select.py GOAL; its outputs name the two that
+# Training keeps the best checkpoint by each selectable metric (core/metrics.py); its outputs name the two that
 # always were, and select.metric's.
 rule train:
     input:

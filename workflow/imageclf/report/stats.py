@@ -21,7 +21,9 @@ import numpy as np
 from scipy.stats import binom, norm
 from threadpoolctl import threadpool_limits  # a dependency of scikit-learn
 
-METRICS = ("acc", "balanced_acc", "macro_f1")
+from ..core.metrics import NAMES as METRICS
+from ..core.metrics import resampled, score
+
 CHUNK = 256  # resamples per block: bounds memory at CHUNK x images
 
 
@@ -78,31 +80,6 @@ def mean_interval(differences, samples: int, seed: int = 0, level: float = 0.95)
     return (float(low[0]), float(high[0])) if d.ndim == 1 else (low, high)
 
 
-def _metrics(weights, labels, predictions, n_classes: int) -> dict:
-    """Accuracy, balanced accuracy and macro-F1 of each resample (rows of `weights`), averaged over
-    the runs (rows of `predictions`, class indices). Classes absent from a resample's labels and
-    predictions are left out of its means."""
-    truth = np.eye(n_classes)[labels]  # images x classes
-    support = weights @ truth
-    out = {name: 0.0 for name in METRICS}
-    with np.errstate(divide="ignore", invalid="ignore"):
-        for pred in predictions:
-            right = (pred == labels).astype(float)
-            hits = weights @ (truth * right[:, None])
-            predicted = weights @ np.eye(n_classes)[pred]
-            out["acc"] = out["acc"] + hits.sum(1) / weights.sum(1)
-            out["balanced_acc"] = out["balanced_acc"] + np.nanmean(np.where(support > 0, hits / support, np.nan), 1)
-            out["macro_f1"] = out["macro_f1"] + np.nanmean(2 * hits / (support + predicted), 1)
-    return {name: value / len(predictions) for name, value in out.items()}
-
-
-def score(labels, predictions, n_classes: int) -> dict:
-    """Accuracy, balanced accuracy and macro-F1 of each run (rows of `predictions`), averaged."""
-    weights = np.ones((1, len(labels)))
-    return {name: float(value[0]) for name, value in
-            _metrics(weights, np.asarray(labels), np.atleast_2d(predictions), n_classes).items()}
-
-
 def paired_bootstrap(labels, pred_ref, pred_other, n_classes: int, samples: int, seed: int = 0,
                      level: float = 0.95) -> dict:
     """Differences (arm - reference) of accuracy, balanced accuracy and macro-F1, each with a
@@ -117,7 +94,7 @@ def paired_bootstrap(labels, pred_ref, pred_other, n_classes: int, samples: int,
     with threadpool_limits(1):
         for start in range(0, samples, CHUNK):
             weights = _bootstrap_counts(rng, len(labels), min(CHUNK, samples - start))
-            ref, other = (_metrics(weights, labels, p, n_classes) for p in (pred_ref, pred_other))
+            ref, other = (resampled(weights, labels, p, n_classes) for p in (pred_ref, pred_other))
             for name in METRICS:
                 diffs[name].append(other[name] - ref[name])
     ref, other = score(labels, pred_ref, n_classes), score(labels, pred_other, n_classes)

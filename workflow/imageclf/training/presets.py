@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torchvision.transforms import v2
 
-from .batch_augment import enabled_ops
+from .augment import enabled_ops
 
 
 def to_float_and_normalize(augment: dict) -> tuple[list, v2.Normalize]:

@@ -14,13 +14,13 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from . import tables
-from .logs import add_log_argument, setup_logging
+from ..core import tables
+from ..core.logs import add_log_argument, setup_logging
 
 log = logging.getLogger("imageclf.demo")
 
 # What this stage writes, as a version: raised by a change that alters its outputs, and by nothing else
-# (stage_versions.py). Raising it reruns this stage and everything downstream, on every project.
+# (core/stages.py). Raising it reruns this stage and everything downstream, on every project.
 RESULTS_VERSION = 1
 
 NUM_CLASSES = 10  # the digits 0-9

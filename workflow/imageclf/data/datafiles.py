@@ -26,8 +26,8 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from ..core.io_utils import file_sha256, write_text
 from .images import is_junk
-from .io_utils import file_sha256, write_text
 
 log = logging.getLogger("imageclf.datafiles")
 

@@ -18,15 +18,15 @@ import logging
 import math
 import statistics
 
-from . import tables
-from .config import load_run_config, write_run_config
-from .errors import DataError
-from .logs import add_log_argument, setup_logging
+from ..core import tables
+from ..core.config import load_run_config, write_run_config
+from ..core.errors import DataError
+from ..core.logs import add_log_argument, setup_logging
 
 log = logging.getLogger("imageclf.full_fit")
 
 # What this stage writes, as a version: raised by a change that alters its outputs, and by nothing else
-# (stage_versions.py). Raising it reruns this stage and everything downstream, on every project.
+# (core/stages.py). Raising it reruns this stage and everything downstream, on every project.
 RESULTS_VERSION = 1
 
 

@@ -22,15 +22,15 @@ import re
 import shutil
 from pathlib import Path
 
-from . import datafiles
-from .errors import WeightsError
-from .io_utils import atomic_path, file_sha256, write_text
-from .logs import add_log_argument, setup_logging
+from ..core.errors import WeightsError
+from ..core.io_utils import atomic_path, file_sha256, write_text
+from ..core.logs import add_log_argument, setup_logging
+from ..data import datafiles
 
 log = logging.getLogger("imageclf.weights")
 
 # What this stage writes, as a version: raised by a change that alters its outputs, and by nothing else
-# (stage_versions.py). Raising it reruns this stage and everything downstream, on every project.
+# (core/stages.py). Raising it reruns this stage and everything downstream, on every project.
 RESULTS_VERSION = 1
 
 # The layouts other tools save a state dict in: {"state_dict": ...} (Lightning, timm's train.py),

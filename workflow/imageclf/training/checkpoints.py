@@ -1,6 +1,6 @@
 """Checkpoint keeping and the resume state of one training run.
 
-Keeper: the best epoch by each selection metric (select.py's goals), kept in the state folder
+Keeper: the best epoch by each selection metric (core/metrics.py's SELECTABLE), kept in the state folder
 while the run trains (so a killed run keeps them) and copied to the run's checkpoints/ at the end.
 
 Resume state: everything a killed run needs to continue after its last finished epoch and end
@@ -17,13 +17,11 @@ from pathlib import Path
 
 import torch
 
-from .io_utils import copy_file, torch_save
-from .select import GOAL
+from ..core.io_utils import copy_file, torch_save
+from ..core.metrics import SELECTABLE
 
 log = logging.getLogger("imageclf.checkpoints")
 
-# Checkpoints kept while training: the best epoch by each selection metric (select.py's goals).
-KEPT = GOAL
 STATE_FILE = "state.pt"
 
 
@@ -31,7 +29,7 @@ def improved(metric: str, value: float, best: float | None) -> bool:
     """Strict improvement: ties keep the earlier epoch (select.py breaks ties the same way)."""
     if best is None:
         return True
-    return value > best if KEPT[metric] == "max" else value < best
+    return value > best if SELECTABLE[metric] == "max" else value < best
 
 
 class Keeper:
@@ -42,7 +40,7 @@ class Keeper:
 
     def __init__(self, folder, best: dict | None = None):
         self.folder = Path(folder)
-        self.best: dict[str, float | None] = {**{metric: None for metric in KEPT}, **(best or {})}
+        self.best: dict[str, float | None] = {**{metric: None for metric in SELECTABLE}, **(best or {})}
 
     def path(self, metric: str) -> Path:
         return self.folder / f"best_{metric}.pt"
@@ -54,7 +52,7 @@ class Keeper:
         a tie should keep them, e.g. (("model", "", model), ("ema", "_ema", ema_module)): the
         trained weights first, so a tie keeps them over their EMA. A module of None is skipped."""
         improved_metrics = []
-        for metric in KEPT:
+        for metric in SELECTABLE:
             for weights, suffix, module in candidates:
                 key = metric + suffix
                 if module is not None and key in row and improved(metric, row[key], self.best[metric]):
@@ -66,7 +64,7 @@ class Keeper:
 
     def restamp(self, meta: dict) -> None:
         """Update the meta of the kept checkpoints (an extended run's config_hash is the new one)."""
-        for metric in KEPT:
+        for metric in SELECTABLE:
             if self.path(metric).is_file():
                 kept = torch.load(self.path(metric), map_location="cpu", weights_only=True)
                 torch_save({**kept, "meta": {**kept["meta"], **meta}}, self.path(metric))
@@ -75,7 +73,7 @@ class Keeper:
         """Copy the kept checkpoints to `folder` (the run's checkpoints/, a Snakemake output)."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        for metric in KEPT:
+        for metric in SELECTABLE:
             copy_file(self.path(metric), folder / f"best_{metric}.pt")
 
 
@@ -165,5 +163,5 @@ def restore(state: dict, model, optimizer, scheduler, scaler, ema) -> tuple[list
         scaler.load_state_dict(state["scaler"])
     if ema is not None:
         ema.load_state_dict(state["ema"])
-    best = {**{metric: None for metric in KEPT}, **state["best"]}  # older states lack newer metrics
+    best = {**{metric: None for metric in SELECTABLE}, **state["best"]}  # older states lack newer metrics
     return list(state["history"]), best, int(state["epoch"]) + 1

@@ -8,31 +8,29 @@ import math
 
 import pandas as pd
 
-from . import tables
-from .errors import ConfigError, DataError, WeightsError
-from .io_utils import copy_file
-from .logs import add_log_argument, setup_logging
-from .models import load_checkpoint_file
-from .provenance import check_meta_config
+from ..core import tables
+from ..core.errors import ConfigError, DataError, WeightsError
+from ..core.io_utils import copy_file
+from ..core.logs import add_log_argument, setup_logging
+from ..core.metrics import SELECTABLE
+from ..core.provenance import check_meta_config
+from ..models.factory import load_checkpoint_file
 
 log = logging.getLogger("imageclf.select")
 
 # What this stage writes, as a version: raised by a change that alters its outputs, and by nothing else
-# (stage_versions.py). Raising it reruns this stage and everything downstream, on every project.
+# (core/stages.py). Raising it reruns this stage and everything downstream, on every project.
 RESULTS_VERSION = 1
 
-# Training keeps the best checkpoint by each of these (train.KEPT); balanced accuracy and macro-F1
-# weigh every class alike, for imbalanced data (history.csv columns from engine.evaluate).
-GOAL = {"val_acc": "max", "val_loss": "min", "val_balanced_acc": "max", "val_macro_f1": "max"}
 
 
 def best_epoch(history: pd.DataFrame, metric: str, where="history.csv") -> tuple[int, str]:
     """(epoch, weights) of the best value: the first epoch reaching it (training keeps that one:
     ties keep the earlier), and "model" or, with train.ema, "ema" when the EMA weights did better
     (a tie keeps the trained weights)."""
-    if metric not in GOAL:
-        raise ConfigError(f"select.metric: must be one of {sorted(GOAL)}, not '{metric}'")
-    pick = max if GOAL[metric] == "max" else min
+    if metric not in SELECTABLE:
+        raise ConfigError(f"select.metric: must be one of {sorted(SELECTABLE)}, not '{metric}'")
+    pick = max if SELECTABLE[metric] == "max" else min
     candidates = [(history[column], weights) for column, weights in ((metric, "model"), (f"{metric}_ema", "ema"))
                   if column in history]
     best = pick(values.max() if pick is max else values.min() for values, _ in candidates)
@@ -96,7 +94,7 @@ def select(history_path, checkpoint, metric: str, model_out, selection_out, val_
         "metric": metric, "epoch": epoch, "weights": weights, "epochs_trained": int(history["epoch"].max()),
         "val_acc": float(row["val_acc" + suffix]), "val_loss": float(row["val_loss" + suffix]),
         **({metric: float(row[metric + suffix])} if metric not in ("val_acc", "val_loss") else {}),
-        "reason": f"epoch {epoch}{' (EMA weights)' if suffix else ''} has the {GOAL[metric]}imum {metric} "
+        "reason": f"epoch {epoch}{' (EMA weights)' if suffix else ''} has the {SELECTABLE[metric]}imum {metric} "
                   f"({row[metric + suffix]:.4f}) of {len(history)} epochs; its {other} is {row[other + suffix]:.4f}",
         "source": str(source),
     }
@@ -114,7 +112,7 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="imageclf select", description=__doc__.splitlines()[0])
     parser.add_argument("--history", required=True)
     parser.add_argument("--checkpoint", required=True, help="the checkpoint training kept for --metric")
-    parser.add_argument("--metric", required=True, choices=sorted(GOAL))
+    parser.add_argument("--metric", required=True, choices=sorted(SELECTABLE))
     parser.add_argument("--model-out", required=True)
     parser.add_argument("--selection-out", required=True)
     parser.add_argument("--val-index", default=None, help="val.csv of the index: the chance level")

@@ -8,16 +8,16 @@ import zipfile
 
 import pandas as pd
 
-from . import tables
-from .errors import SubmissionError
-from .io_utils import atomic_path
-from .logs import add_log_argument, setup_logging
-from .provenance import check_models
+from ..core import tables
+from ..core.errors import SubmissionError
+from ..core.io_utils import atomic_path
+from ..core.logs import add_log_argument, setup_logging
+from ..core.provenance import check_models
 
 log = logging.getLogger("imageclf.submission")
 
 # What this stage writes, as a version: raised by a change that alters its outputs, and by nothing else
-# (stage_versions.py). Raising it reruns this stage and everything downstream, on every project.
+# (core/stages.py). Raising it reruns this stage and everything downstream, on every project.
 RESULTS_VERSION = 1
 
 __all__ = ["SubmissionError", "build_submission", "write_submission"]

@@ -14,8 +14,9 @@ import yaml
 
 from .errors import ConfigError
 from .io_utils import write_json
+from .metrics import SELECTABLE
 
-SCHEMA_PATH = Path(__file__).resolve().parent / "schemas" / "config.schema.yaml"
+SCHEMA_PATH = Path(__file__).resolve().parents[1] / "schemas" / "config.schema.yaml"
 
 # The parts of the configuration that decide what a training run does (and nothing else),
 # so a change elsewhere (say, the submission choice) does not retrain anything.
@@ -63,7 +64,10 @@ def deep_merge(base: dict, overlay: dict) -> dict:
 @functools.lru_cache(maxsize=1)
 def schema() -> dict:
     with open(SCHEMA_PATH) as handle:
-        return yaml.safe_load(handle)
+        loaded = yaml.safe_load(handle)
+    # select.metric's choices are the metrics declared in core/metrics.py, not a list of its own
+    loaded["properties"]["select"]["properties"]["metric"]["enum"] = sorted(SELECTABLE)
+    return loaded
 
 
 def without_required(node):
@@ -272,7 +276,7 @@ def run_config(config: dict, variant: str, seed: int) -> dict:
     merged["train"]["augment_on"] = resolved_augment_on(merged["train"])
     for section, keys in {**EXECUTION_ONLY, **CHECK_ONLY}.items():
         merged[section] = {key: value for key, value in merged[section].items() if key not in keys}
-    # the results versions of the code that makes the model, past its first (stage_versions.py)
+    # the results versions of the code that makes the model, past its first (core/stages.py)
     versions = run_results_versions(cache=merged["train"]["cache"])
     return in_run_order({"variant": variant, "seed": int(seed), **merged, **({RESULTS_VERSIONS: versions} if versions else {})})
 
@@ -281,7 +285,7 @@ def run_results_versions(cache: bool) -> dict:
     """The results versions past the first of the stages that make a run's model: train, and
     cache when the run reads the decoded-image cache. Part of the run's identity, so bumping one
     retrains (and discards resume states: their config hash differs)."""
-    from .stage_versions import results_version
+    from .stages import results_version
 
     stages = ("cache", "train") if cache else ("train",)
     return {stage: results_version(stage) for stage in stages if results_version(stage) > 1}

@@ -9,7 +9,7 @@ import torch
 import torchvision
 from torch import nn
 
-from .errors import WeightsError, unknown_architecture
+from ..core.errors import WeightsError, unknown_architecture
 from .weights import fit_problems, hub_checkpoints, is_local_file, state_dict_of
 
 log = logging.getLogger("imageclf.models")

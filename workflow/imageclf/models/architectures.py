@@ -14,7 +14,7 @@ import json
 import logging
 from pathlib import Path
 
-from .io_utils import write_text
+from ..core.io_utils import write_text
 
 log = logging.getLogger("imageclf.architectures")
 
@@ -31,10 +31,10 @@ def measure(arch: str, head: str, hidden: int, num_classes: int, image_size: int
     import torch
     import torchvision
 
-    from . import models  # imports torch: only when the facts are not cached (no import cycle)
+    from . import factory  # imports torch: only when the facts are not cached (no import cycle)
 
-    if arch not in models.architectures():
-        return {"known": False, "architectures": models.architectures()}
+    if arch not in factory.architectures():
+        return {"known": False, "architectures": factory.architectures()}
     try:
         found = build_and_try(arch, head, hidden, num_classes, image_size, torch.device("meta"))
     except NotImplementedError:  # a builder that reads tensor values (RegNet's widths): build it for real
@@ -61,16 +61,16 @@ def build_and_try(arch: str, head: str, hidden: int, num_classes: int, image_siz
     """Parameter count with our head, and whether a batch of this image size goes through."""
     import torch
 
-    from . import models  # imports torch: only when the facts are not cached (no import cycle)
+    from . import factory  # imports torch: only when the facts are not cached (no import cycle)
 
     with device:
-        model = models.backbone(arch)
+        model = factory.backbone(arch)
         try:
-            models.attach_head(model, num_classes, head, hidden, 0.0)
+            factory.attach_head(model, num_classes, head, hidden, 0.0)
             head_error = None
         except Exception as error:  # noqa: BLE001 - reported as a config error
             head_error = str(error)
-        parameters = models.count_parameters(model)
+        parameters = factory.count_parameters(model)
         model.eval()
         try:
             with torch.no_grad():

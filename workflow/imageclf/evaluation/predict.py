@@ -12,20 +12,22 @@ import time
 
 import torch
 
-from . import data, engine, presets, tables
-from .allocator import keep_freed_memory
-from .cache import open_cache
-from .config import load_run_config
-from .errors import WeightsError
-from .index import read_test_labels
-from .logs import add_log_argument, setup_logging
-from .models import load_trained_model
-from .provenance import check_model_config
+from ..core import tables
+from ..core.config import load_run_config
+from ..core.errors import WeightsError
+from ..core.logs import add_log_argument, setup_logging
+from ..core.provenance import check_model_config
+from ..data import loaders
+from ..data.cache import open_cache
+from ..data.index import read_test_labels
+from ..models.factory import load_trained_model
+from ..training import engine, presets
+from ..training.allocator import keep_freed_memory
 
 log = logging.getLogger("imageclf.predict")
 
 # What this stage writes, as a version: raised by a change that alters its outputs, and by nothing else
-# (stage_versions.py). Raising it reruns this stage and everything downstream, on every project.
+# (core/stages.py). Raising it reruns this stage and everything downstream, on every project.
 RESULTS_VERSION = 1
 
 
@@ -49,8 +51,8 @@ def predict(run_config_path, model_path, index_csv, classes_csv, out_csv, test_l
     if test_labels:
         truth = read_test_labels(test_labels, frame, classes).set_index("image_name")["label"]
         frame = frame.assign(label=frame["image_name"].map(truth).fillna(""))
-    dataset = data.ImageDataset(frame, classes, transform, open_cache(cache_paths, index_csv))
-    loader = data.make_loader(dataset, batch_size, num_workers)
+    dataset = loaders.ImageDataset(frame, classes, transform, open_cache(cache_paths, index_csv))
+    loader = loaders.make_loader(dataset, batch_size, num_workers)
     start = time.perf_counter()
     probs, _ = engine.predict_probabilities(model, loader, device, precision, channels_last, views=tuple(tta))
     seconds = time.perf_counter() - start

@@ -12,15 +12,15 @@ import logging
 import numpy as np
 import pandas as pd
 
-from . import tables
-from .errors import DataError
-from .logs import add_log_argument, setup_logging
-from .provenance import check_model_config
+from ..core import tables
+from ..core.errors import DataError
+from ..core.logs import add_log_argument, setup_logging
+from ..core.provenance import check_model_config
 
 log = logging.getLogger("imageclf.ensemble")
 
 # What this stage writes, as a version: raised by a change that alters its outputs, and by nothing else
-# (stage_versions.py). Raising it reruns this stage and everything downstream, on every project.
+# (core/stages.py). Raising it reruns this stage and everything downstream, on every project.
 RESULTS_VERSION = 1
 
 

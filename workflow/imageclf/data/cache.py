@@ -28,17 +28,17 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from . import tables
-from .config import augment_op_keys, op_enabled
-from .errors import DataError
+from ..core import tables
+from ..core.config import augment_op_keys, op_enabled
+from ..core.errors import DataError
+from ..core.io_utils import atomic_path, file_sha256
+from ..core.logs import add_log_argument, setup_logging
 from .images import open_image
-from .io_utils import atomic_path, file_sha256
-from .logs import add_log_argument, setup_logging
 
 log = logging.getLogger("imageclf.cache")
 
 # What this stage writes, as a version: raised by a change that alters its outputs, and by nothing else
-# (stage_versions.py). Raising it reruns this stage and everything downstream, on every project.
+# (core/stages.py). Raising it reruns this stage and everything downstream, on every project.
 RESULTS_VERSION = 1
 
 EXACT = "exact"

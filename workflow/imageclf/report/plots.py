@@ -14,15 +14,16 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from sklearn.metrics import confusion_matrix  # noqa: E402
 
-from . import stats, tables  # noqa: E402
-from .images import open_image  # noqa: E402
-from .io_utils import atomic_path  # noqa: E402
-from .logs import add_log_argument, setup_logging  # noqa: E402
+from ..core import tables
+from ..core.io_utils import atomic_path  # noqa: E402
+from ..core.logs import add_log_argument, setup_logging  # noqa: E402
+from ..data.images import open_image  # noqa: E402
+from . import stats  # noqa: E402
 
 log = logging.getLogger("imageclf.plots")
 
 # What this stage writes, as a version: raised by a change that alters its outputs, and by nothing else
-# (stage_versions.py). Raising it reruns this stage and everything downstream, on every project.
+# (core/stages.py). Raising it reruns this stage and everything downstream, on every project.
 RESULTS_VERSION = 1
 
 

@@ -22,11 +22,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import folds, tables
-from .errors import DataError
+from ..core import tables
+from ..core.errors import DataError
+from ..core.io_utils import file_sha256, write_json
+from ..core.logs import add_log_argument, setup_logging
+from . import folds
 from .images import DEFAULT_MAX_PIXELS, image_extensions, is_image_name, is_junk, open_image
-from .io_utils import file_sha256, write_json
-from .logs import add_log_argument, setup_logging
 
 LABELLED = ("train", "val")
 MAX_LISTED_PROBLEMS = 25
@@ -38,7 +39,7 @@ SNAKEMAKE_TIMESTAMP = ".snakemake_timestamp"
 log = logging.getLogger("imageclf.index")
 
 # What this stage writes, as a version: raised by a change that alters its outputs, and by nothing else
-# (stage_versions.py). Raising it reruns this stage and everything downstream, on every project.
+# (core/stages.py). Raising it reruns this stage and everything downstream, on every project.
 RESULTS_VERSION = 1
 
 __all__ = ["DataError", "build_index", "build_test", "run", "run_test", "sort_class_names"]

@@ -11,19 +11,20 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import classification_report
 
-from . import stats, tables
-from .errors import DataError
-from .io_utils import write_text
-from .logs import add_log_argument, setup_logging
+from ..core import tables
+from ..core.errors import DataError
+from ..core.io_utils import write_text
+from ..core.logs import add_log_argument, setup_logging
+from ..core.metrics import LABELS, SECONDARY
+from . import stats
 
 log = logging.getLogger("imageclf.ablation")
 
 # What this stage writes, as a version: raised by a change that alters its outputs, and by nothing else
-# (stage_versions.py). Raising it reruns this stage and everything downstream, on every project.
+# (core/stages.py). Raising it reruns this stage and everything downstream, on every project.
 RESULTS_VERSION = 1
 
 SPLITS = ("val", "test")
-LABELS = {"acc": "acc", "balanced_acc": "bal. acc", "macro_f1": "macro-F1"}
 # Probabilities are stored to 6 decimals: a stored 0 stands for anything below 5e-7.
 PROB_FLOOR = 5e-7
 
@@ -207,14 +208,14 @@ def markdown(table: pd.DataFrame, reference: str, spread: str = "", folds: int =
                   "that ended far above where it started); their numbers are in the rows above all the same. "
                   "Why: each run's selection.json (`warnings`)."]
     lines += ["", "Balanced accuracy and macro-F1 (same predictions, same paired intervals):", ""]
-    head = ["variant"] + [f"{name[s]} {LABELS[m]} %" for s in splits for m in ("balanced_acc", "macro_f1")]
-    head += [f"{name[s]} Δ {LABELS[m]} (95% CI)" for s in splits for m in ("balanced_acc", "macro_f1")]
+    head = ["variant"] + [f"{name[s]} {LABELS[m]} %" for s in splits for m in SECONDARY]
+    head += [f"{name[s]} Δ {LABELS[m]} (95% CI)" for s in splits for m in SECONDARY]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for _, r in table.iterrows():
         cells = [r.variant] + [pct(r[f"{s}_{m}_mean"], r[f"{s}_{m}_sd"]) for s in splits
-                               for m in ("balanced_acc", "macro_f1")]
+                               for m in SECONDARY]
         cells += ["reference" if r.variant == reference else interval(r, s, m) for s in splits
-                  for m in ("balanced_acc", "macro_f1")]
+                  for m in SECONDARY]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", footnote(table, reference, splits, folds) + spread]
     return "\n".join(lines) + "\n"

@@ -11,8 +11,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import stats
-from .errors import ConfigError, TrainingDiverged
+from ..core import metrics
+from ..core.errors import ConfigError, TrainingDiverged
 
 log = logging.getLogger("imageclf.engine")
 
@@ -386,16 +386,16 @@ def predict_probabilities(model, loader, device, precision: str = "fp32", channe
     return torch.cat(probs).numpy(), torch.cat(targets).numpy()
 
 
-# Per-epoch metrics beyond val_loss and val_acc: history.csv columns that select.metric may pick.
-CLASS_METRICS = {"val_balanced_acc": "balanced_acc", "val_macro_f1": "macro_f1"}
+# Per-epoch metrics beyond val_loss and val_acc (history.csv columns): the table's other metrics.
+CLASS_METRICS = {f"val_{name}": name for name in metrics.SECONDARY}
 
 
 def evaluate(model, loader, device, precision: str = "fp32", channels_last: bool = False) -> dict:
     """Plain cross-entropy (no smoothing), accuracy, balanced accuracy and macro-F1 on a labelled
-    split (the last two as the ablation table computes them: stats.score)."""
+    split (the last two as the ablation table computes them: metrics.score)."""
     probs, targets = predict_probabilities(model, loader, device, precision, channels_last)
     log_probs = torch.log(torch.from_numpy(probs).clamp_min(1e-12))
     loss = F.nll_loss(log_probs, torch.from_numpy(targets).long()).item()
     acc = float((probs.argmax(1) == targets).mean())
-    scores = stats.score(targets, probs.argmax(1), probs.shape[1])
+    scores = metrics.score(targets, probs.argmax(1), probs.shape[1])
     return {"val_loss": loss, "val_acc": acc, **{name: scores[key] for name, key in CLASS_METRICS.items()}}

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
-from .errors import DataError
+from ..core.errors import DataError
 
 # Pillow's own decompression-bomb check warns, or fails with a message that names no file: it is
 # switched off here, and open_image checks `max_pixels` (data.max_image_pixels) itself.

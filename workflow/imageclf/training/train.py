@@ -26,18 +26,21 @@ import pandas as pd
 import torch
 from torch import nn
 
-from . import batch_augment, checkpoints, data, engine, models, presets, step_graph, tables
+from ..core import tables
+from ..core.config import check_batches, load_run_config, run_config_hash
+from ..core.errors import ConfigError, TrainingDiverged
+from ..core.io_utils import file_sha256, torch_save
+from ..core.logs import add_log_argument, setup_logging
+from ..data.cache import batch_input_size, open_cache
+from ..data.loaders import ImageDataset, SeededSampler, epoch_seed, make_loader
+from ..models import factory
+from . import augment, checkpoints, engine, presets, step_graph
 from .allocator import keep_freed_memory
-from .cache import batch_input_size, open_cache
-from .config import check_batches, load_run_config, run_config_hash
-from .errors import ConfigError, TrainingDiverged
-from .io_utils import file_sha256, torch_save
-from .logs import add_log_argument, setup_logging
 
 log = logging.getLogger("imageclf.train")
 
 # What this stage writes, as a version: raised by a change that alters its outputs, and by nothing else
-# (stage_versions.py). Raising it reruns this stage and everything downstream, on every project.
+# (core/stages.py). Raising it reruns this stage and everything downstream, on every project.
 # It covers the modules training runs: checkpoints, engine, data, presets, models, batch_augment, step_graph.
 RESULTS_VERSION = 1
 
@@ -69,11 +72,11 @@ def training_dataset(cfg: dict, frame: pd.DataFrame, classes: list[str], cached_
     from train.augment_on), the BatchAugment that finishes its batches there; else None."""
     tcfg, size = cfg["train"], cfg["train"]["image_size"]
     if (augment_on or tcfg["augment_on"]) != "device":
-        return data.ImageDataset(frame, classes, presets.train_transform(cfg["augment"], size), cached_images), None
+        return ImageDataset(frame, classes, presets.train_transform(cfg["augment"], size), cached_images), None
     input_size = batch_input_size(cfg["augment"], size, tcfg["cache_margin"])
-    dataset = data.ImageDataset(frame, classes, presets.batch_input_transform(input_size), cached_images,
+    dataset = ImageDataset(frame, classes, presets.batch_input_transform(input_size), cached_images,
                                 pass_seed=True, square_size=input_size)
-    return dataset, batch_augment.BatchAugment(cfg["augment"], size)
+    return dataset, augment.BatchAugment(cfg["augment"], size)
 
 
 def index_hash(*index_files) -> str:
@@ -96,7 +99,7 @@ def make_optimizer(model: nn.Module, cfg: dict):
     if scale == 1.0:
         groups = [{"params": list(model.parameters())}]
     else:
-        head = {id(p) for p in models.head_parameters(model)}
+        head = {id(p) for p in factory.head_parameters(model)}
         groups = [{"params": [p for p in model.parameters() if id(p) not in head], "lr": cfg["lr"] * scale},
                   {"params": [p for p in model.parameters() if id(p) in head]}]
     for group in groups:  # what warmup climbs to
@@ -199,8 +202,8 @@ class Distributed:
 class Loaders(NamedTuple):
     train: object
     val: object
-    sampler: data.SeededSampler
-    augment: object  # a batch_augment.BatchAugment with train.augment_on: device, else None
+    sampler: SeededSampler
+    augment: object  # a augment.BatchAugment with train.augment_on: device, else None
     train_images: int
     val_images: int
 
@@ -215,19 +218,19 @@ def make_loaders(cfg: dict, index: dict, classes: list[str], dist: Distributed, 
                                           engine.resolve_augment_on(tcfg["augment_on"], dist.device))
     check_batches(tcfg, str(cfg["variant"]), dist.world_size)
     per_rank_batch = tcfg["batch_size"] // dist.world_size
-    sampler = data.SeededSampler(len(train_set), seed, shuffle=True, rank=dist.rank, world_size=dist.world_size)
+    sampler = SeededSampler(len(train_set), seed, shuffle=True, rank=dist.rank, world_size=dist.world_size)
     pin = dist.device.type == "cuda"
     # A last batch of one image breaks BatchNorm (in training mode it needs two values per
     # channel); drop that batch only then, so every other image of the epoch is still seen.
     drop_last = len(sampler) % per_rank_batch == 1
-    train_loader = data.make_loader(train_set, per_rank_batch, num_workers, sampler, drop_last, pin,
+    train_loader = make_loader(train_set, per_rank_batch, num_workers, sampler, drop_last, pin,
                                     augment.collate if augment else None)
     val_loader, val_images = None, 0  # a full fit holds nothing out
     if index.get("val"):
-        val_set = data.ImageDataset(tables.read_index(index["val"]), classes,
+        val_set = ImageDataset(tables.read_index(index["val"]), classes,
                                     presets.eval_transform(cfg["augment"], size), open_cache(val_cache, index["val"]))
-        val_loader, val_images = data.make_loader(val_set, tcfg["batch_size"], num_workers, pin_memory=pin), len(val_set)
-    augment = augment and batch_augment.on_device(augment, dist.device)
+        val_loader, val_images = make_loader(val_set, tcfg["batch_size"], num_workers, pin_memory=pin), len(val_set)
+    augment = augment and augment.on_device(augment, dist.device)
     return Loaders(train_loader, val_loader, sampler, augment, len(train_set), val_images)
 
 
@@ -301,8 +304,8 @@ def train(run_config_path, index: dict, out_dir, state_dir=None, threads: int = 
 
     # The recipe's parts, built in the same order from the same seed in every run.
     seed_everything(seed)
-    model = models.model_from_config(cfg["model"], len(classes), weights_file=weights_file)
-    n_params = models.count_parameters(model)
+    model = factory.model_from_config(cfg["model"], len(classes), weights_file=weights_file)
+    n_params = factory.count_parameters(model)
     if tcfg["sync_batchnorm"] and dist.world_size > 1:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     precision, channels_last = dist.precision, dist.channels_last
@@ -348,10 +351,10 @@ def train(run_config_path, index: dict, out_dir, state_dir=None, threads: int = 
     )
     for epoch in range(start_epoch, epochs + 1):
         # every random stream of the epoch derives from (seed, epoch): a resumed run repeats it
-        seed_everything(data.epoch_seed(seed, epoch, stream=2))
+        seed_everything(epoch_seed(seed, epoch, stream=2))
         loaders.sampler.set_epoch(epoch)
-        rng = np.random.default_rng(data.epoch_seed(seed, epoch, stream=3))
-        generator = torch.Generator().manual_seed(data.epoch_seed(seed, epoch, stream=4))
+        rng = np.random.default_rng(epoch_seed(seed, epoch, stream=3))
+        generator = torch.Generator().manual_seed(epoch_seed(seed, epoch, stream=4))
         epoch_start = time.perf_counter()
         if plan is not None:
             set_learning_rate(optimizer, plan["lr_factors"][epoch - 1])
@@ -414,7 +417,7 @@ def what_diverged_kept(run_config_path, state_dir: Path) -> str:
     """After a non-finite loss: which epoch diverged and what the run kept (the resume state and
     best checkpoints of this run config's finished epochs), in words for one error line."""
     cfg = load_run_config(run_config_path)
-    state_path = state_dir / "state.pt"
+    state_path = state_dir / checkpoints.STATE_FILE
     try:
         state = torch.load(state_path, map_location="cpu", weights_only=True) if state_path.is_file() else {}
     except Exception:  # a torn file: nothing usable was kept
