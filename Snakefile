@@ -16,6 +16,8 @@ report: "workflow/report/workflow.rst"
 
 
 include: "workflow/rules/common.smk"
+include: "workflow/rules/stamps.smk"
+include: "workflow/rules/manifest.smk"
 include: "workflow/rules/demo.smk"
 include: "workflow/rules/index.smk"
 include: "workflow/rules/weights.smk"

@@ -9,7 +9,7 @@ and 10,000 test... scaled by --files), indexes it once through the workflow, the
              again once to see that its bytes are unchanged; nothing is scheduled
   after      the dry run after that, up to date again
 and, as the baseline of the same run, the time of a dry run on a data set of 1 % of the files.
-The time that depends on the data set is the scan of its files (datafiles.py); the rest of the
+The time that depends on the data set is the scan of its files (data/datafiles.py); the rest of the
 DAG (training, prediction, tables) does not depend on the file count.
 
 Not a test: the figures depend on the machine, its file system and its page cache.

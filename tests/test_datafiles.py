@@ -20,7 +20,7 @@ def root(tmp_path):
 
 def stamp_of(root, tmp_path, extra=()):
     stamp, record = tmp_path / "stamp", tmp_path / "record.tsv"
-    digest = datafiles.update_stamp(root, ("train", "val"), stamp, record, extra_files=extra)
+    digest = datafiles.update_data_stamp(root, ("train", "val"), stamp, record, extra_files=extra)
     return digest, stamp.stat().st_mtime_ns
 
 

@@ -4,6 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from imageclf.core import tables
+from imageclf.core.metrics import NAMES
 from imageclf.evaluation import ensemble
 from imageclf.report import ablation, stats
 
@@ -165,7 +166,7 @@ def test_the_verdict_uses_holms_adjusted_p(runs, tmp_path, monkeypatch):
 
     def sure(labels, ref, other, n_classes, samples, seed=0):
         interval = {"diff": 0.1, "ci_low": 0.05, "ci_high": 0.15}
-        return {**{metric: interval for metric in stats.METRICS}, "p": next(raw)}
+        return {**{metric: interval for metric in NAMES}, "p": next(raw)}
 
     monkeypatch.setattr(stats, "compare", sure)
     table = ablation.run(manifest(base, members, ensembles), "full", tmp_path / "out", 200).set_index("variant")

@@ -177,7 +177,7 @@ def test_an_empty_folder_changes_the_data_digest_and_removing_it_restores_it(tmp
     stamp, record = tmp_path / "stamp", tmp_path / "record.tsv"
 
     def digest():
-        return datafiles.update_stamp(tmp_path / "data", ("train", "val"), stamp, record)
+        return datafiles.update_data_stamp(tmp_path / "data", ("train", "val"), stamp, record)
 
     first = digest()
     empty = tmp_path / "data" / "train" / "new_class"

@@ -6,7 +6,7 @@ import json
 import pandas as pd
 import pytest
 from conftest import make_dataset, snakemake, tiny_overlay, write_overlay
-from imageclf.evaluation.select import garbage_flags
+from imageclf.evaluation.select import untrusted_reasons
 
 
 def one_run(tmp_path, optimizer, **train):
@@ -51,25 +51,25 @@ def history(train_loss):
 
 def test_a_healthy_run_is_not_flagged():
     labels = pd.Series([str(i % 10) for i in range(100)])
-    assert garbage_flags(history([2.3, 1.1, 0.6]), 0.9, labels, 10) == []
+    assert untrusted_reasons(history([2.3, 1.1, 0.6]), 0.9, labels, 10) == []
     # 16 % on 100 images of 10 balanced classes: above chance (p < 0.05)
-    assert garbage_flags(history([2.3, 2.2]), 0.17, labels, 10) == []
+    assert untrusted_reasons(history([2.3, 2.2]), 0.17, labels, 10) == []
 
 
 def test_chance_is_the_most_common_val_class():
     """Always answering the majority class of an imbalanced val set scores 80 %: no better than chance."""
     labels = pd.Series(["a"] * 80 + ["b"] * 20)
-    (flag,) = garbage_flags(history([0.7, 0.6]), 0.8, labels, 2)
+    (flag,) = untrusted_reasons(history([0.7, 0.6]), 0.8, labels, 2)
     assert "no better than chance" in flag and "80.0 %" in flag
-    assert garbage_flags(history([0.7, 0.6]), 0.95, labels, 2) == []
+    assert untrusted_reasons(history([0.7, 0.6]), 0.95, labels, 2) == []
 
 
 def test_a_loss_that_ends_far_above_its_start_is_flagged():
     labels = pd.Series([str(i % 10) for i in range(100)])
-    (flag,) = garbage_flags(history([2.0, 4.5]), 0.9, labels, 10)
+    (flag,) = untrusted_reasons(history([2.0, 4.5]), 0.9, labels, 10)
     assert "more than twice where it started (2)" in flag
     # a first epoch that diverged already: the start is a uniform guess's loss, ln 10
-    (flag,) = garbage_flags(history([6e7, 5e7]), 0.9, labels, 10)
+    (flag,) = untrusted_reasons(history([6e7, 5e7]), 0.9, labels, 10)
     assert "(2.303)" in flag
 
 

@@ -9,6 +9,7 @@ import pytest
 import torch
 import torchvision
 from imageclf.core.errors import WeightsError
+from imageclf.data import datafiles
 from imageclf.models import factory, weights
 
 RESNET18_URL = torchvision.models.ResNet18_Weights.IMAGENET1K_V1.url  # .../resnet18-f37072fd.pth
@@ -98,11 +99,11 @@ def test_a_local_file_is_stamped_by_content(tmp_path):
     path = tmp_path / "my weights.pth"
     path.write_bytes(b"first")
     stamp, record = tmp_path / "stamp", tmp_path / "record"
-    first = weights.update_stamp(path, stamp, record)
+    first = datafiles.update_file_stamp(path, stamp, record)
     written = stamp.stat().st_mtime_ns
     time.sleep(0.01)
     os.utime(path)  # touch: same content
-    assert weights.update_stamp(path, stamp, record) == first and stamp.stat().st_mtime_ns == written
+    assert datafiles.update_file_stamp(path, stamp, record) == first and stamp.stat().st_mtime_ns == written
     path.write_bytes(b"second")  # replaced: new content
-    assert weights.update_stamp(path, stamp, record) != first and stamp.stat().st_mtime_ns != written
+    assert datafiles.update_file_stamp(path, stamp, record) != first and stamp.stat().st_mtime_ns != written
     assert weights.stamp_name(path) != weights.stamp_name(tmp_path / "other" / "my weights.pth")

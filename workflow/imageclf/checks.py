@@ -1,10 +1,10 @@
-"""What is checked before any job runs, beyond the configuration's own rules (config.py): the
+"""What is checked before any job runs, beyond the configuration's own rules (core/config.py): the
 files the configuration names, the data folder's classes, and each variant's model and weights.
 
-A model is built on PyTorch's meta device to check it (architectures.py); what was found is kept
+A model is built on PyTorch's meta device to check it (models/architectures.py); what was found is kept
 in a small cache, so an up-to-date dry run imports neither torch nor torchvision. Nothing here
 opens a network connection: weights that must be downloaded are fetched by the `weights` rule on
-the submitting machine (weights.py).
+the submitting machine (models/weights.py).
 """
 
 from __future__ import annotations

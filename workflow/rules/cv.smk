@@ -107,7 +107,7 @@ if FULL_FIT:
 
     rule full_fit_config:
         """A run's full fit's run config: its fold models' config, trained for the median of
-        their selected epochs at the learning rates they had (imageclf/full_fit.py).
+        their selected epochs at the learning rates they had (imageclf/training/full_fit.py).
         """
         input:
             config=f"{RUN_DIR}/fold0/config.json",

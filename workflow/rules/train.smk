@@ -26,12 +26,12 @@ rule run_config:
 
 
 rule cache:
-    """Decode and resize one split once; see workflow/imageclf/cache.py."""
+    """Decode and resize one split once; see workflow/imageclf/data/cache.py."""
     input:
         index=f"{INDEX}{{fold}}/{{split}}.csv",
     output:
-        pixels="results/cache{fold}/{split}_{size}px_{mode}.npy",
-        meta="results/cache{fold}/{split}_{size}px_{mode}.csv",
+        pixels=f"{paths.CACHE}.npy",
+        meta=f"{paths.CACHE}.csv",
     log:
         "logs/cache{fold}/{split}_{size}px_{mode}.log",
     benchmark:
@@ -39,7 +39,7 @@ rule cache:
     wildcard_constraints:
         split="train|val|test",
         # a fold's own train and held-out images, or a full fit's, under cross-validation
-        fold=r"(/fold\d+|/full)?",
+        fold=paths.CACHE_FOLD,
         size=r"\d+",
         mode=r"exact|[ms][0-9.]+",
     conda:

@@ -39,7 +39,7 @@ RESULTS_VERSIONS = "results_versions"
 def augment_op_keys(after_resize: bool = False) -> tuple[str, ...]:
     """The augmentation ops' keys (those with an `enabled` switch) in the schema's order, which is
     the chain's: those before Resize, or with after_resize those after it (schema `x-after-resize`).
-    batch_augment.OPS implements each; tests/test_batch_augment.py checks that the two agree."""
+    augment.OPS implements each; tests/test_augment.py checks that the two agree."""
     ops = schema()["definitions"]["augment"]["properties"]
     return tuple(key for key, entry in ops.items()
                  if "enabled" in entry.get("properties", {}) and bool(entry.get("x-after-resize")) == after_resize)

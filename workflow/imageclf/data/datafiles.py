@@ -137,7 +137,7 @@ def write_record(path: Path, stat_hex: str, content_hex: str, stats: dict, hashe
     write_text(path, "\n".join(lines) + "\n")
 
 
-def update_stamp(root, splits, stamp, record, threads: int = 4, extra_files=()) -> str:
+def update_data_stamp(root, splits, stamp, record, threads: int = 4, extra_files=()) -> str:
     """Bring `stamp` up to date with the contents of root/<splits>; returns the content digest.
 
     The stamp is written only when its digest changes, so its modification time says when the
@@ -165,10 +165,33 @@ def update_stamp(root, splits, stamp, record, threads: int = 4, extra_files=()) 
             hashes.update(zip(changed, pool.map(lambda name: hash_file(path_of(root, name)), changed)))
         content_hex = content_digest(hashes)
         write_record(record, stat_hex, content_hex, stats, hashes)
-    try:
-        current = stamp.read_text().strip()
-    except FileNotFoundError:
-        current = None
-    if current != content_hex:
-        write_text(stamp, content_hex + "\n")
+    keep_stamp(stamp, content_hex, content_hex + "\n")
     return content_hex
+
+
+def update_file_stamp(path, stamp, record) -> str:
+    """Bring `stamp` up to date with one file's content (a local weights file); returns its
+    SHA-256. The stamp holds the digest and the path; the record (a data record of one entry)
+    keeps the digest with the file's signature, so an unchanged file is not read again."""
+    path = Path(path).expanduser()
+    name = f"//{path}"
+    stats = {name: signature(path.stat())}
+    _, _, entries = read_record(Path(record))
+    if name in entries and entries[name][0] == stats[name]:
+        digest = entries[name][1]
+    else:
+        digest = file_sha256(path)
+        write_record(Path(record), "", digest, stats, {name: digest})
+    keep_stamp(stamp, digest, f"{digest}  {path}\n")
+    return digest
+
+
+def keep_stamp(stamp, digest: str, text: str) -> None:
+    """Write `text` (which starts with `digest`) to `stamp` only when the stamp holds another digest:
+    its modification time then says when the content last changed, which is what Snakemake reads."""
+    try:
+        current = Path(stamp).read_text().split()[0]
+    except (OSError, IndexError):
+        current = None
+    if current != digest:
+        write_text(stamp, text)

@@ -22,7 +22,7 @@ class ImageDataset(Dataset):
     """Images of one index split; items are (tensor, class index or -1).
 
     With pass_seed, items are (tensor, class index, sample seed) and the transform runs unseeded:
-    the random ops then run later, on the batch (batch_augment.py).
+    the random ops then run later, on the batch (training/augment.py).
     """
 
     def __init__(self, frame: pd.DataFrame, classes: list[str], transform, cache=None, pass_seed=False,

@@ -50,7 +50,7 @@ def run(member_paths: list[str], classes_csv, out_csv) -> pd.DataFrame:
 
 def check_member_models(manifest: dict, entry: dict) -> None:
     """Refuse an ensemble whose member runs hold a model of another configuration than their
-    config.json (provenance.py): every trained model of every member run."""
+    config.json (core/provenance.py): every trained model of every member run."""
     runs = {(run["variant"], int(run["seed"])): run for run in manifest["runs"]}
     for member in entry["members"]:
         run = runs.get((member["variant"], int(member["seed"])))

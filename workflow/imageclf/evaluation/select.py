@@ -41,7 +41,7 @@ def best_epoch(history: pd.DataFrame, metric: str, where="history.csv") -> tuple
     raise DataError(f"{where}: every epoch's {metric} is NaN; retrain this run (delete its resume/ folder)")
 
 
-def garbage_flags(history: pd.DataFrame, val_acc: float, val_labels: pd.Series, n_classes: int) -> list[str]:
+def untrusted_reasons(history: pd.DataFrame, val_acc: float, val_labels: pd.Series, n_classes: int) -> list[str]:
     """Why a run's result is not to be trusted, one sentence each (none: []): a selected checkpoint
     no better than always answering val's most common class (one-sided exact binomial test,
     p >= 0.05), or a train loss that ends more than twice where it started (its first epoch, or
@@ -69,7 +69,7 @@ def select(history_path, checkpoint, metric: str, model_out, selection_out, val_
     """checkpoint: the one training kept for `metric` (checkpoints/best_<metric>.pt). val_index:
     val.csv of the index, for the chance level that the choice is checked against
     (selection.json: warnings). run_config: the run's config.json; a checkpoint trained under
-    another configuration is refused (provenance.py)."""
+    another configuration is refused (core/provenance.py)."""
     history = tables.read_history(history_path)
     if metric not in history:
         raise DataError(f"{history_path}: has no {metric} column (trained by an older version); retrain this run "
@@ -99,7 +99,7 @@ def select(history_path, checkpoint, metric: str, model_out, selection_out, val_
         "source": str(source),
     }
     labels = tables.read_index(val_index)["label"] if val_index else pd.Series(dtype=str)
-    selection["warnings"] = garbage_flags(history, selection["val_acc"], labels,
+    selection["warnings"] = untrusted_reasons(history, selection["val_acc"], labels,
                                           len(meta.get("classes") or []) or labels.nunique())
     tables.write_selection(selection_out, selection)
     log.info("selected %s", selection["reason"])

@@ -63,7 +63,7 @@ def write_submission(predictions_path, test_index, classes_csv, out_csv, out_zip
                      run_configs=()) -> pd.DataFrame:
     """selections: selection.json of each submitted run, to warn about any that select flagged.
     models, run_configs: each submitted model.pt with its run's config.json; a model trained under
-    another configuration is refused (provenance.py)."""
+    another configuration is refused (core/provenance.py)."""
     check_models(list(models), list(run_configs))
     warn_if_untrusted(selections)
     table = build_submission(tables.read_predictions(predictions_path), tables.read_index(test_index),

@@ -23,9 +23,8 @@ import shutil
 from pathlib import Path
 
 from ..core.errors import WeightsError
-from ..core.io_utils import atomic_path, file_sha256, write_text
+from ..core.io_utils import atomic_path
 from ..core.logs import add_log_argument, setup_logging
-from ..data import datafiles
 
 log = logging.getLogger("imageclf.weights")
 
@@ -33,7 +32,7 @@ log = logging.getLogger("imageclf.weights")
 # (core/stages.py). Raising it reruns this stage and everything downstream, on every project.
 RESULTS_VERSION = 1
 
-# The layouts other tools save a state dict in: {"state_dict": ...} (Lightning, timm's train.py),
+# The layouts other tools save a state dict in: {"state_dict": ...} (Lightning, timm's training/train.py),
 # {"model": ...} (torchvision's references, this workflow's checkpoints), {"model_state_dict": ...}.
 STATE_KEYS = ("state_dict", "model", "model_state_dict")
 # Prefixes a wrapper adds to every key: DistributedDataParallel/DataParallel ("module."),
@@ -102,34 +101,6 @@ def stamp_name(path: str | Path) -> str:
     files of the same name in different folders get different stamps."""
     absolute = str(Path(path).expanduser().resolve())
     return f"{Path(path).name}.{hashlib.sha256(absolute.encode()).hexdigest()[:8]}.sha256"
-
-
-def update_stamp(path: str | Path, stamp: str | Path, record: str | Path) -> str:
-    """Write the content digest of a local weights file to `stamp` when it changed (so Snakemake
-    reruns what reads it exactly when its content changes), and return the digest.
-
-    record: where the file's size and modification times are kept with its digest, so that an
-    unchanged file is not hashed again at every invocation."""
-    path = Path(path).expanduser()
-    info = path.stat()
-    signature = " ".join(map(str, datafiles.signature(info)))
-    record = Path(record)
-    try:
-        known_signature, known_digest = record.read_text().split("\n")[:2]
-    except (OSError, ValueError):
-        known_signature, known_digest = "", ""
-    digest = known_digest if known_signature == signature else file_sha256(path)
-    if known_signature != signature:
-        write_text(record, f"{signature}\n{digest}\n")
-    stamp = Path(stamp)
-    text = f"{digest}  {path}\n"
-    try:
-        unchanged = stamp.read_text().split()[0] == digest
-    except (OSError, IndexError):
-        unchanged = False
-    if not unchanged:
-        write_text(stamp, text)
-    return digest
 
 
 def state_dict_of(loaded, where: str) -> dict:

@@ -1,5 +1,5 @@
 """The ablation table: every variant and ensemble, mean and sd over seeds, and how sure each
-difference from the reference is (stats.py; the procedure is described in docs/ablation.md)."""
+difference from the reference is (report/stats.py; the procedure is described in docs/ablation.md)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from ..core import tables
 from ..core.errors import DataError
 from ..core.io_utils import write_text
 from ..core.logs import add_log_argument, setup_logging
-from ..core.metrics import LABELS, SECONDARY
+from ..core.metrics import LABELS, NAMES, SECONDARY
 from . import stats
 
 log = logging.getLogger("imageclf.ablation")
@@ -56,7 +56,7 @@ def row_scores(preds: dict, classes: list[str], paths: dict) -> dict:
     for split in SPLITS:
         frame = preds[split]
         if not labelled(frame):
-            out.update({f"{split}_{metric}": np.nan for metric in stats.METRICS})
+            out.update({f"{split}_{metric}": np.nan for metric in NAMES})
             continue
         truth = class_indices(frame, "label", classes, paths[split])
         pred = class_indices(frame, "pred_label", classes, paths[split])
@@ -129,7 +129,7 @@ def summarize(rows: pd.DataFrame, predictions, reference: str, classes: list[str
                # the runs select did not trust (selection.json warnings); ensembles: none of their own
                "flagged": ", ".join(f"seed{s}" for s, w in zip(group["seed"], group["warnings"].fillna(""))
                                     if isinstance(w, str) and w)}
-        for metric in [f"{s}_{m}" for s in SPLITS for m in stats.METRICS] + ["val_loss", "selected_epoch",
+        for metric in [f"{s}_{m}" for s in SPLITS for m in NAMES] + ["val_loss", "selected_epoch",
                                                                              "train_minutes", "full_fit_test_acc"]:
             values = group[metric].astype(float)
             row[f"{metric}_mean"] = values.mean()
@@ -141,7 +141,7 @@ def summarize(rows: pd.DataFrame, predictions, reference: str, classes: list[str
             keys = ref_keys + [(name, int(s)) for s in group["seed"]]
             labels, pred = aligned(predictions, keys, split, classes)
             result = stats.compare(labels, pred[:len(ref_keys)], pred[len(ref_keys):], len(classes), samples)
-            for metric in stats.METRICS:
+            for metric in NAMES:
                 row.update({f"{split}_{metric}_{key}": value for key, value in result[metric].items()})
             row[f"{split}_p"] = result["p"]
         out.append(row)

@@ -21,8 +21,7 @@ import numpy as np
 from scipy.stats import binom, norm
 from threadpoolctl import threadpool_limits  # a dependency of scikit-learn
 
-from ..core.metrics import NAMES as METRICS
-from ..core.metrics import resampled, score
+from ..core.metrics import NAMES, resampled, score
 
 CHUNK = 256  # resamples per block: bounds memory at CHUNK x images
 
@@ -64,22 +63,6 @@ def _bootstrap_counts(rng, n_images: int, size: int) -> np.ndarray:
     return np.bincount(draws.ravel(), minlength=size * n_images).reshape(size, n_images).astype(float)
 
 
-def mean_interval(differences, samples: int, seed: int = 0, level: float = 0.95):
-    """Percentile bootstrap interval (low, high) of mean(d), images resampled: the accuracy
-    interval of paired_bootstrap (same seed, same resamples). (rows, images): arrays per row."""
-    d = np.asarray(differences, dtype=float)
-    rows = np.atleast_2d(d)
-    rng = np.random.default_rng(seed)
-    means = []
-    with threadpool_limits(1):
-        for start in range(0, samples, CHUNK):
-            weights = _bootstrap_counts(rng, rows.shape[1], min(CHUNK, samples - start))
-            means.append(rows @ weights.T / rows.shape[1])
-    alpha = (1 - level) / 2
-    low, high = np.quantile(np.concatenate(means, axis=1), [alpha, 1 - alpha], axis=1)
-    return (float(low[0]), float(high[0])) if d.ndim == 1 else (low, high)
-
-
 def paired_bootstrap(labels, pred_ref, pred_other, n_classes: int, samples: int, seed: int = 0,
                      level: float = 0.95) -> dict:
     """Differences (arm - reference) of accuracy, balanced accuracy and macro-F1, each with a
@@ -90,17 +73,17 @@ def paired_bootstrap(labels, pred_ref, pred_other, n_classes: int, samples: int,
     if not pred_ref.shape[1] == pred_other.shape[1] == len(labels):
         raise ValueError("paired predictions must cover the same images")
     rng = np.random.default_rng(seed)
-    diffs = {name: [] for name in METRICS}
+    diffs = {name: [] for name in NAMES}
     with threadpool_limits(1):
         for start in range(0, samples, CHUNK):
             weights = _bootstrap_counts(rng, len(labels), min(CHUNK, samples - start))
             ref, other = (resampled(weights, labels, p, n_classes) for p in (pred_ref, pred_other))
-            for name in METRICS:
+            for name in NAMES:
                 diffs[name].append(other[name] - ref[name])
     ref, other = score(labels, pred_ref, n_classes), score(labels, pred_other, n_classes)
     alpha = (1 - level) / 2
     out = {}
-    for name in METRICS:
+    for name in NAMES:
         low, high = np.quantile(np.concatenate(diffs[name]), [alpha, 1 - alpha])
         out[name] = {"diff": other[name] - ref[name], "ci_low": float(low), "ci_high": float(high)}
     return out

@@ -6,7 +6,7 @@ which `train.augment_on: device` (the default on a GPU) runs on whole batches on
 Adding an op is one entry here plus its entry in the config schema.
 
 The batched chain keeps the reference chain's ops, in the same order, with the same parameter
-distributions (tests/test_batch_augment.py checks each against torchvision's own draws); it is not
+distributions (tests/test_augment.py checks each against torchvision's own draws); it is not
 bit-identical to the per-image chain. How it is made cheap:
 - Every random number is a function of (sample seed, draw number): an integer hash computed on the
   device for the whole batch at once (`uniforms`). So a sample's parameters depend on its seed
@@ -33,7 +33,7 @@ import torch.nn.functional as nnf
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
-log = logging.getLogger("imageclf.batch_augment")
+log = logging.getLogger("imageclf.augment")
 
 # --- random numbers: splitmix64 of (seed + (draw + 1) * golden ratio), top 24 bits as a float in [0, 1)
 

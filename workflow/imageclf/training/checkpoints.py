@@ -5,7 +5,7 @@ while the run trains (so a killed run keeps them) and copied to the run's checkp
 
 Resume state: everything a killed run needs to continue after its last finished epoch and end
 bit-identical to an uninterrupted run (the random streams are derived from (seed, epoch), so
-they need no saving). train.py writes it after every epoch; `load_resume_state` reads it back
+they need no saving). training/train.py writes it after every epoch; `load_resume_state` reads it back
 only when it comes from the same run (its fingerprint: config, index, process count), or from
 the same run with fewer epochs under a schedule that does not depend on them (an extension).
 """
@@ -26,7 +26,7 @@ STATE_FILE = "state.pt"
 
 
 def improved(metric: str, value: float, best: float | None) -> bool:
-    """Strict improvement: ties keep the earlier epoch (select.py breaks ties the same way)."""
+    """Strict improvement: ties keep the earlier epoch (evaluation/select.py breaks ties the same way)."""
     if best is None:
         return True
     return value > best if SELECTABLE[metric] == "max" else value < best

@@ -121,7 +121,7 @@ def resolve_augment_on(augment_on: str, device: torch.device) -> str:
 
 class DeviceBatches:
     """The loader's batches on the device, ready for the step: copied (from pinned memory) and,
-    with a batch_augment.BatchAugment, augmented there. On a GPU this runs one batch ahead on a
+    with a augment.BatchAugment, augmented there. On a GPU this runs one batch ahead on a
     stream of its own, so the copy and the augmentation of batch i + 1 overlap the step of batch
     i; the step's stream waits for it only when it takes the batch."""
 
@@ -247,7 +247,7 @@ CHECK_EVERY_ON_GPU = 50  # steps between reads of the loss on a GPU (each one wa
 
 
 def check_finite(total_loss: torch.Tensor, precision: str = "fp32") -> None:
-    """Stop before a non-finite loss reaches the weights (train.py adds what the run kept)."""
+    """Stop before a non-finite loss reaches the weights (training/train.py adds what the run kept)."""
     if not torch.isfinite(total_loss):
         fix = "lower train.optimizer.lr"
         if precision != "fp32":  # fp16's range (or bf16's rounding) may be the cause only then
@@ -312,7 +312,7 @@ def train_one_epoch(model, loader, optimizer, criterion, device, *, mixup_alpha:
                     graphs=None) -> dict:
     """Returns the mean training loss (against the mixed targets when mixup or CutMix is on) and speed.
 
-    augment: a batch_augment.BatchAugment when the loader yields uint8 batches plus their samples'
+    augment: a augment.BatchAugment when the loader yields uint8 batches plus their samples'
     seeds (train.augment_on: device); the chain then runs on `device`, a batch ahead (DeviceBatches).
     progress_every_s: a progress line (running loss, images/s, the epoch's ETA) at most this often;
     on a GPU each one waits for the GPU once, so keep it at tens of seconds.
@@ -340,7 +340,7 @@ def train_one_epoch(model, loader, optimizer, criterion, device, *, mixup_alpha:
         size = images.shape[0]
         mix = draw_mix(size, *images.shape[-2:], mixing, rng, generator)
         replayed = graphs.step(images, targets, mix) if graphs is not None else None
-        if replayed is not None:  # the whole step, replayed as a CUDA graph (step_graph.py)
+        if replayed is not None:  # the whole step, replayed as a CUDA graph (training/step_graph.py)
             total_loss += replayed.double() * size
         else:
             eager_step(model, optimizer, criterion, images, targets, mix, total_loss, device=device, precision=precision,

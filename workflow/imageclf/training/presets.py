@@ -2,7 +2,7 @@
 
 The training chain follows the reference order exactly (docs/recipe.md): geometric and colour ops on
 the full-size image, then Resize((size, size)), float conversion, RandomErasing, Normalize. The ops
-themselves, and their order, are batch_augment.OPS.
+themselves, and their order, are augment.OPS.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ def to_float_and_normalize(augment: dict) -> tuple[list, v2.Normalize]:
 
 
 def train_transform(augment: dict, image_size: int) -> v2.Compose:
-    """The reference training chain, per image (the loader path): the ops of batch_augment.OPS
+    """The reference training chain, per image (the loader path): the ops of augment.OPS
     switched on in the config, each as torchvision's transform, around the resize."""
     ops = enabled_ops(augment)
     to_float, normalize = to_float_and_normalize(augment)

@@ -41,7 +41,7 @@ log = logging.getLogger("imageclf.train")
 
 # What this stage writes, as a version: raised by a change that alters its outputs, and by nothing else
 # (core/stages.py). Raising it reruns this stage and everything downstream, on every project.
-# It covers the modules training runs: checkpoints, engine, data, presets, models, batch_augment, step_graph.
+# It covers the modules training runs: training/* (augment, checkpoints, engine, presets, step_graph), data/loaders, models/*.
 RESULTS_VERSION = 1
 
 HISTORY_COLUMNS = list(tables.HISTORY) + list(engine.CLASS_METRICS)
@@ -276,7 +276,7 @@ def train(run_config_path, index: dict, out_dir, state_dir=None, threads: int = 
           weights_file=None, model_out=None) -> pd.DataFrame:
     """Train one run; write history.csv, checkpoints/best_{val_acc,val_loss}.pt and run.json.
 
-    A full fit (a run config with `full_fit`, from full_fit.py) has no val index: it follows its
+    A full fit (a run config with `full_fit`, from training/full_fit.py) has no val index: it follows its
     plan's learning rates, evaluates nothing and writes its last epoch's weights to `model_out`
     (the run's model.pt) instead of best checkpoints.
 
