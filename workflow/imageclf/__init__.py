@@ -1,5 +1,6 @@
 """Folder-per-class image classification: the logic behind the Snakemake workflow.
 
-Each module does one thing (index, presets, models, train, select, predict, ...) and the
-workflow's rule scripts only turn a rule's inputs, outputs and params into calls of them.
+One folder per layer, lowest first: core, data, models, training, evaluation, report (each
+folder's __init__ says what it holds). `imageclf STAGE` (cli.py) runs one stage; every rule's
+command is one such call, with the rule's inputs, outputs and params as its arguments.
 """

@@ -67,6 +67,9 @@ def schema() -> dict:
         loaded = yaml.safe_load(handle)
     # select.metric's choices are the metrics declared in core/metrics.py, not a list of its own
     loaded["properties"]["select"]["properties"]["metric"]["enum"] = sorted(SELECTABLE)
+    # every augmentation op the schema declares is required: an op is one entry, not two
+    augment = loaded["definitions"]["augment"]
+    augment["required"] = list(augment["properties"])
     return loaded
 
 

@@ -207,7 +207,8 @@ def markdown(table: pd.DataFrame, reference: str, spread: str = "", folds: int =
         lines += ["", "Untrusted runs: select flagged them (val accuracy no better than chance, or a train loss "
                   "that ended far above where it started); their numbers are in the rows above all the same. "
                   "Why: each run's selection.json (`warnings`)."]
-    lines += ["", "Balanced accuracy and macro-F1 (same predictions, same paired intervals):", ""]
+    others = " and ".join(LABELS[m] for m in SECONDARY)
+    lines += ["", f"{others[0].upper()}{others[1:]} (same predictions, same paired intervals):", ""]
     head = ["variant"] + [f"{name[s]} {LABELS[m]} %" for s in splits for m in SECONDARY]
     head += [f"{name[s]} Δ {LABELS[m]} (95% CI)" for s in splits for m in SECONDARY]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -249,7 +250,7 @@ def footnote(table: pd.DataFrame, reference: str, splits: list[str], folds: int 
     seeds = int(variants["runs"].max())
     compared = int((table["variant"] != reference).sum())
     text = (
-        f"Each column, one definition. **acc, bal. acc, macro-F1**: of the row's prediction files (with "
+        f"Each column, one definition. **{', '.join(LABELS[m] for m in NAMES)}**: of the row's prediction files (with "
         f"`predict.tta`'s views; an ensemble's are its averaged probabilities), mean ± sd over its runs. "
         f"**val loss**: the plain cross-entropy (no label smoothing) of the same val predictions' "
         f"probabilities, runs and ensembles alike (stored to 6 decimals; a stored 0 counts as {PROB_FLOOR:g}). "
