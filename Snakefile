@@ -16,6 +16,7 @@ report: "workflow/report/workflow.rst"
 
 
 include: "workflow/rules/common.smk"
+include: "workflow/rules/gpus.smk"
 include: "workflow/rules/stamps.smk"
 include: "workflow/rules/manifest.smk"
 include: "workflow/rules/demo.smk"

@@ -14,6 +14,8 @@ from .core.stages import STAGES
 def usage() -> str:
     lines = ["usage: imageclf STAGE [--help] [args]", "", "stages:"]
     lines += [f"  {name:<12} {what}" for name, (_, _, what) in STAGES.items()]
+    lines += ["", "imageclf gpus K [--] COMMAND...   run COMMAND on K GPUs of its own (CUDA_VISIBLE_DEVICES),",
+              "                                   waiting while other jobs hold them (core/gpu_slots.py)"]
     return "\n".join(lines)
 
 
@@ -22,6 +24,11 @@ def main(argv=None) -> None:
     if not argv or argv[0] in ("-h", "--help"):
         print(usage())
         raise SystemExit(0 if argv else 2)
+    if argv[0] == "gpus":  # a wrapper around a stage's command (the rules' train and predict), not a stage
+        from .core import gpu_slots
+
+        gpu_slots.main(argv[1:])
+        return
     if argv[0] not in STAGES:
         print(f"imageclf: unknown stage '{argv[0]}'\n\n{usage()}", file=sys.stderr)
         raise SystemExit(2)

@@ -22,7 +22,7 @@ rule predict:
     resources:
         mem_mb=stage_resources("predict")["mem_mb"],
         runtime=stage_resources("predict")["runtime"],
-        gpu=stage_resources("predict").get("gpu", 0),
+        gpu=gpu_resource("predict"),
         # a resource, not a param: the worker count changes the speed, never the predictions
         loader_workers=CFG["predict"]["num_workers"],
     params:
@@ -32,6 +32,8 @@ rule predict:
         test_labels=path_flag("test-labels", "test_labels"),
         tta=" ".join(CFG["predict"]["tta"]),
     shell:
+        # on a workstation: a GPU of its own (gpus.smk); elsewhere the command as it is
+        "imageclf gpus {resources.gpu} -- "
         "imageclf predict --run-config {input.config:q} --model {input.model:q} "
         "--index {input.index:q} --classes {input.classes:q} --out {output:q} "
         "{params.test_labels} --batch-size {params.batch_size} --threads {threads} "

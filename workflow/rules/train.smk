@@ -88,7 +88,7 @@ rule train:
     resources:
         mem_mb=stage_resources("train")["mem_mb"],
         runtime=stage_resources("train")["runtime"],
-        gpu=stage_resources("train").get("gpu", 0),
+        gpu=gpu_resource("train"),
         # A resource, not a param: params are rerun triggers, and the worker count changes the
         # speed of a run, never its results (config.EXECUTION_ONLY).
         loader_workers=lambda wildcards: execution_settings(CFG, wildcards.variant)[
@@ -109,6 +109,8 @@ rule train:
         tensorboard=lambda wildcards: f"logs/tensorboard/{wildcards.variant}/seed{wildcards.seed}{wildcards.fold}",
         weights=path_flag("weights-file", "weights"),
     shell:
+        # on a workstation: GPUs of its own (gpus.smk); elsewhere the command as it is
+        "imageclf gpus {resources.gpu} -- "
         "{params.launcher} train --run-config {input.config:q} --train-index {input.train:q} "
         "{params.val_index} --classes {input.classes:q} --out-dir {params.out_dir:q} "
         "{params.model_out} --state-dir {params.state_dir:q} --threads {threads} "

@@ -8,6 +8,7 @@ without validation images, a discarded resume state, the error that stopped the 
 from __future__ import annotations
 
 import argparse
+import datetime
 import logging
 import os
 import sys
@@ -34,4 +35,19 @@ def setup_logging(log_file: str | None = None, level: int = logging.INFO) -> log
         handlers.append(to_file)
     logging.basicConfig(level=level, handlers=handlers, force=True)
     logging.captureWarnings(True)
-    return logging.getLogger("imageclf")
+    logger = logging.getLogger("imageclf")
+    log_gpu_slots(logger)
+    return logger
+
+
+def log_gpu_slots(logger: logging.Logger) -> None:
+    """Name the GPUs that `imageclf gpus` gave this job (core/gpu_slots.py), once per job."""
+    from .gpu_slots import HELD_ENV, TAKEN_AT_ENV, WAITED_ENV
+
+    held = os.environ.get(HELD_ENV)
+    if not held or os.environ.get("RANK", "0") != "0":
+        return
+    taken = datetime.datetime.fromtimestamp(float(os.environ.get(TAKEN_AT_ENV) or 0))
+    logger.info("GPU %s of this machine (CUDA_VISIBLE_DEVICES=%s), held since %s after waiting %s s for it",
+                held, os.environ.get("CUDA_VISIBLE_DEVICES", ""), taken.isoformat(sep=" ", timespec="milliseconds"),
+                os.environ.get(WAITED_ENV, "0"))

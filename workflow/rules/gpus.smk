@@ -1,0 +1,51 @@
+# GPU slots on a workstation (README: Clusters and GPUs). Run locally on a machine with GPUs, each
+# job that trains or predicts on a GPU asks Snakemake for its GPUs (resource `gpu`: train.devices
+# for a training, 1 for a prediction), Snakemake runs no more GPUs' worth of jobs at once than the
+# machine has (the global `gpu` limit, unless --resources gpu=N says otherwise), and the job's
+# command, `imageclf gpus {resources.gpu} -- ...`, takes that many GPUs of its own with a lock the
+# operating system releases when the job ends (imageclf/core/gpu_slots.py). On a cluster (another
+# executor, or inside a SLURM job) the scheduler's assignment and the config's `gpu` stay as
+# they were.
+
+import os
+
+from imageclf.core.config import variant_sections
+from imageclf.core.gpu_slots import IDS_ENV, machine_gpus, under_scheduler
+
+
+def local_gpu_ids():
+    """The GPU ids this Snakemake hands out to its jobs: resources.gpu_ids, else those this
+    machine shows; None where a scheduler assigns GPUs (a cluster executor, a SLURM job, a
+    cluster job's own Snakemake)."""
+    if not (workflow.is_main_process and workflow.local_exec) or under_scheduler():
+        return None
+    configured = CFG["resources"].get("gpu_ids")
+    if configured is not None:
+        return [str(gpu) for gpu in configured]
+    return machine_gpus()
+
+
+LOCAL_GPUS = local_gpu_ids()
+if LOCAL_GPUS is not None:
+    # the jobs' `imageclf gpus` takes its GPUs from these (empty: none, the jobs run as they are)
+    os.environ[IDS_ENV] = ",".join(LOCAL_GPUS)
+    if LOCAL_GPUS and "gpu" not in workflow.global_resources:
+        workflow.global_resources["gpu"] = len(LOCAL_GPUS)
+
+
+def gpu_resource(stage):
+    """A rule's `gpu` resource: resources.<stage>.gpu from config; on a workstation with GPUs, at
+    least what the job uses there (train.devices for train, one GPU for predict) unless the run
+    trains on the CPU (train.device: cpu). A resource, never a param: it changes no result.
+    """
+    configured = CFG["resources"][stage].get("gpu", 0)
+    if not LOCAL_GPUS:
+        return configured
+
+    def gpus(wildcards):
+        train = variant_sections(CFG, wildcards.variant)["train"]
+        if train["device"] == "cpu":
+            return configured
+        return max(configured, train["devices"] if stage == "train" else 1)
+
+    return gpus
