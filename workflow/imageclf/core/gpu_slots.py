@@ -110,7 +110,14 @@ def lock_path(folder: Path, gpu: str) -> Path:
 def try_lock(path: Path) -> int | None:
     """A descriptor holding an exclusive flock on `path`, or None when another process holds it.
     Opened read-only (flock needs no write access), so another user's lock file serves too."""
-    fd = os.open(path, os.O_RDONLY | os.O_CREAT, 0o644)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CREAT, 0o644)
+    except PermissionError:  # another user's lock file that a strict umask made unreadable: taken
+        return None
+    try:
+        os.fchmod(fd, 0o644)  # readable by every user's jobs, whatever the umask (when it is ours)
+    except OSError:
+        pass
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
