@@ -21,6 +21,8 @@ include: "workflow/rules/stamps.smk"
 include: "workflow/rules/manifest.smk"
 include: "workflow/rules/demo.smk"
 include: "workflow/rules/index.smk"
+include: "workflow/rules/trust.smk"
+include: "workflow/rules/audit.smk"
 include: "workflow/rules/weights.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/select.smk"
@@ -39,4 +41,5 @@ rule all:
     input:
         "results/submission.csv",
         rules.ablation_table.input,
+        TRUST_TARGETS,
         FULL_FIT_PREDICTIONS,

@@ -13,10 +13,10 @@ import json
 import logging
 from pathlib import Path
 
-from .core.config import RESOLVED, effective_config, is_demo, variant_sections
+from .core.config import RESOLVED, effective_config, is_demo, run_exclusion, variant_sections
 from .core.errors import ConfigError, DataError, WeightsError, unknown_architecture
 from .core.io_utils import write_text
-from .data import datafiles, demo, index
+from .data import datafiles, demo, exclude, index
 from .models.architectures import facts
 from .models.weights import fit_problems, is_local_file, state_dict_of
 
@@ -47,6 +47,7 @@ def checked_config(user: dict, cache_dir: str | Path | None = None) -> dict:
     labels = config["data"]["test_labels"]
     if labels and not is_demo(config) and not Path(labels).is_file():  # the demo's is made by a rule
         raise ConfigError(f"data.test_labels: file {described(labels)} does not exist")
+    check_exclusion_files(config)
     num_classes = count_classes(config)
     cache = Path(cache_dir) if cache_dir else None
     resolved = {}
@@ -54,6 +55,18 @@ def checked_config(user: dict, cache_dir: str | Path | None = None) -> dict:
         merged = variant_sections(config, variant)
         resolved[variant] = check_model(merged, variant, num_classes, cache)
     return {**config, RESOLVED: resolved}
+
+
+def check_exclusion_files(config: dict) -> None:
+    """Each data.exclude file exists, or is the label audit's, which the workflow makes."""
+    for variant in config["variants"]:
+        spec = run_exclusion(config, variant)
+        if spec is None or Path(spec["file"]) == Path(exclude.AUDIT_ISSUES) or Path(spec["file"]).is_file():
+            continue
+        key = "exclude" in ((config["variants"][variant] or {}).get("data") or {})
+        where = f"variants.{variant}.data.exclude.file" if key else "data.exclude.file"
+        raise ConfigError(f"{where}: file {described(spec['file'])} does not exist (a CSV with an `image` column, "
+                          f"or {exclude.AUDIT_ISSUES}, which the audit stage writes)")
 
 
 def count_classes(config: dict) -> int:

@@ -6,6 +6,7 @@
 rule folds:
     """Every labelled image (train/ and val/ pooled) with its fold, decided by content."""
     input:
+        unpack(folds_near_input),  # trust.smk: near-duplicates stay in one fold
         train=INDEX_FILES["train"],
         val=INDEX_FILES["val"],
         classes=INDEX_FILES["classes"],
@@ -17,12 +18,13 @@ rule folds:
         CONDA_ENV
     params:
         **version_params("folds"),
+        **folds_near_params(),
         folds=CV_FOLDS,
         seed=CFG["cv"]["seed"],
     shell:
         "imageclf folds --train-index {input.train:q} --val-index {input.val:q} "
         "--classes {input.classes:q} --out {output:q} --folds {params.folds} "
-        "--seed {params.seed} --log-file {log:q}"
+        f"--seed {{params.seed}} {FOLDS_NEAR_FLAGS}--log-file {{log:q}}"
 
 
 rule fold_index:
@@ -142,6 +144,7 @@ if FULL_FIT:
         input:
             unpack(lambda wildcards: cache_inputs(wildcards, ["train"])),
             unpack(weights_input),
+            unpack(exclude_input),
             config=f"{RUN}/config.json",
             train=index_file(lambda wildcards: "train"),
             classes=INDEX_FILES["classes"],

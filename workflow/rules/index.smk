@@ -103,8 +103,9 @@ rule index:
 
 
 rule index_test:
-    """test/: what prediction reads, the per-class summary and every cross-split leak. A change
-    to the test images reruns this and the test side after it, never training."""
+    """test/: what prediction reads and the per-class summary (identical images across splits
+    stop it under data.on_leak: error; rule leaks lists them). A change to the test images
+    reruns this and the test side after it, never training."""
     input:
         data=data_stamp("test"),
         train=INDEX_FILES["train"],
@@ -118,12 +119,6 @@ rule index_test:
             "summary",
             "data",
             labels={"table": "images per class"},
-        ),
-        leaks=in_report(
-            INDEX_FILES["leaks"],
-            "leaks",
-            "data",
-            labels={"table": "cross-split duplicates"},
         ),
     log:
         "logs/index_test.log",
@@ -145,5 +140,5 @@ rule index_test:
         "imageclf index_test --root {params.root:q} --train-index {input.train:q} "
         "--val-index {input.val:q} --classes {input.classes:q} {params.test_labels} "
         "--test-out {output.test:q} --summary-out {output.summary:q} "
-        "--leaks-out {output.leaks:q} --on-leak {resources.on_leak} "
+        "--on-leak {resources.on_leak} "
         "--max-image-pixels {resources.max_pixels} --threads {threads} --log-file {log:q}"

@@ -62,6 +62,7 @@ rule train:
     input:
         unpack(lambda wildcards: cache_inputs(wildcards, ["train", "val"])),
         unpack(weights_input),
+        unpack(exclude_input),  # trust.smk: data.exclude's list, for a run that has one
         config=f"{RUN}/config.json",
         train=index_file(lambda wildcards: "train"),
         val=index_file(lambda wildcards: "val"),

@@ -184,7 +184,43 @@ def effective_config(config: dict) -> dict:
                           "(an ensemble submits its members' fold averages); set one of them back")
     for variant in config["variants"]:
         check_batches(variant_sections(config, variant)["train"], variant)
+    check_exclusions(config)
     return config
+
+
+def run_exclusion(config: dict, variant: str) -> dict | None:
+    """data.exclude of one variant: the recipe's, with the variant's `data: {exclude: ...}` over it
+    (null there: none); in canonical form. None: training leaves nothing out."""
+    overlay = (config["variants"][variant] or {}).get("data") or {}
+    exclude = overlay["exclude"] if "exclude" in overlay else config["data"].get("exclude")
+    if exclude is None:
+        return None
+    if "exclude" in overlay and config["data"].get("exclude") and overlay["exclude"] is not None:
+        exclude = deep_merge(config["data"]["exclude"], overlay["exclude"])
+    return canonical(exclude, schema()["definitions"]["exclude"])
+
+
+def audit_variant(config: dict) -> str:
+    """The variant whose held-out predictions the label audit reads (audit.variant, or the reference)."""
+    return (config.get("audit") or {}).get("variant") or config["ablation"]["reference"]
+
+
+def check_exclusions(config: dict) -> None:
+    """A variant's `data` overlay holds data.exclude alone (the data set is every variant's), and
+    the audited run trains on every labelled image: one that leaves some out cannot judge them."""
+    for name, overlay in config["variants"].items():
+        other = sorted(set((overlay or {}).get("data") or {}) - {"exclude"})
+        if other:
+            raise ConfigError(f"variants.{name}.data: only `exclude` may differ between variants, not {other}")
+    source = audit_variant(config)
+    if source not in config["variants"]:
+        raise ConfigError(f"audit.variant '{source}' is not one of the variants {sorted(config['variants'])}")
+    if run_exclusion(config, source) is not None:
+        raise ConfigError(f"audit.variant: '{source}' trains without the images of data.exclude; the audit needs a "
+                          "run that trained on every labelled image (set audit.variant to one without exclude)")
+    seed = (config.get("audit") or {}).get("seed")
+    if seed is not None and seed not in config["seeds"]:
+        raise ConfigError(f"audit.seed {seed} is not in seeds {config['seeds']}")
 
 
 def conform(value, node: dict, leaf, sort_keys: bool):
@@ -281,7 +317,10 @@ def run_config(config: dict, variant: str, seed: int) -> dict:
         merged[section] = {key: value for key, value in merged[section].items() if key not in keys}
     # the results versions of the code that makes the model, past its first (core/stages.py)
     versions = run_results_versions(cache=merged["train"]["cache"])
-    return in_run_order({"variant": variant, "seed": int(seed), **merged, **({RESULTS_VERSIONS: versions} if versions else {})})
+    # data.exclude: part of a run only when it leaves images out, so other runs keep their identity
+    exclude = run_exclusion(config, variant)
+    return in_run_order({"variant": variant, "seed": int(seed), **merged, **({RESULTS_VERSIONS: versions} if versions else {}),
+                         **({"data": {"exclude": exclude}} if exclude is not None else {})})
 
 
 def run_results_versions(cache: bool) -> dict:

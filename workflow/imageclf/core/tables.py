@@ -27,6 +27,14 @@ HISTORY = {"epoch": "int", "train_loss": "float", "val_loss": "float", "val_acc"
            "seconds": "float", "images_per_s": "float"}
 SUBMISSION = {"image_name": "str", "pred_label": "str"}
 FOLDS = {**INDEX, "split": "str", "fold": "int"}  # every labelled image, its folder (train/val) and fold
+# one row per distinct image content: its perceptual fingerprint and that of its mirror image (hex)
+FINGERPRINTS = {"sha256": "str", "phash": "str", "phash_mirror": "str"}
+# pairs of images in two splits: identical (same sha256, distance 0) or near (fingerprint distance)
+LEAKS = {"sha256": "str", "split_a": "str", "path_a": "str", "split_b": "str", "path_b": "str", "kind": "str",
+         "distance": "int", "sha256_b": "str"}
+# the label audit: every labelled image, most suspect first (report/audit.py)
+LABEL_ISSUES = {"rank": "int", "image": "str", "image_name": "str", "given_label": "str", "suggested_label": "str",
+                "score": "float", "flagged": "bool", "self_confidence": "float"}
 
 
 def read_table(path, columns: dict[str, str], what: str, extra: str | None = None,
@@ -106,6 +114,32 @@ def read_folds(path) -> pd.DataFrame:
 
 def write_folds(path, frame: pd.DataFrame) -> None:
     write_table(path, frame, FOLDS)
+
+
+def read_fingerprints(path) -> pd.DataFrame:
+    return read_table(path, FINGERPRINTS, "fingerprints file (run the fingerprints stage first)")
+
+
+def write_fingerprints(path, frame: pd.DataFrame) -> None:
+    write_table(path, frame, FINGERPRINTS)
+
+
+def write_leaks(path, frame: pd.DataFrame) -> None:
+    write_table(path, frame, LEAKS)
+
+
+def read_leaks(path) -> pd.DataFrame:
+    return read_table(path, LEAKS, "leak list (leaks.csv of the index)")
+
+
+def write_label_issues(path, frame: pd.DataFrame) -> None:
+    write_table(path, frame, LABEL_ISSUES)
+
+
+def read_label_issues(path, what: str = "label issues file") -> pd.DataFrame:
+    """The audit's label_issues.csv, or a list of images a user wrote (data.exclude): only the
+    `image` column is required; score and flagged, when present, are read as their types."""
+    return read_table(path, LABEL_ISSUES, what, required=("image",))
 
 
 def read_test_labels_file(path) -> pd.DataFrame:

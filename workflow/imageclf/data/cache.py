@@ -19,6 +19,7 @@ Three layouts, chosen so that results change as little as possible:
 from __future__ import annotations
 
 import argparse
+import copy
 import functools
 import logging
 import math
@@ -140,6 +141,14 @@ class CachedImages:
         self.offsets = meta["offset"].to_numpy()
         self.shapes = list(zip(meta["height"], meta["width"]))
         self._pixels = None
+
+    def subset(self, rows) -> CachedImages:
+        """The same cache, seen through these rows of its index only (data.exclude)."""
+        view = copy.copy(self)
+        view.offsets = self.offsets[rows]
+        view.shapes = [self.shapes[i] for i in rows]
+        view._pixels = None
+        return view
 
     def __getstate__(self):
         state = dict(self.__dict__)

@@ -5,6 +5,10 @@ Both deal images out class by class (stratified), in an order that depends only 
 each image's SHA-256 (the index's `sha256` column), never on paths or listing order: renaming or
 moving a file, or any change to test/, moves nothing. Images with the same content form one
 group that always lands on one side, so no duplicate leaks between training and held-out images.
+Under cross-validation, near-duplicates (a resized, re-encoded, cropped or mirrored copy:
+near_duplicates.py) join their group too, when the folds stage is given the labelled fingerprints.
+A group is dealt by its key, the smallest SHA-256 among its images, so an image without
+near-duplicates is dealt exactly as before near-duplicates were grouped.
 A group whose copies carry different labels goes with the first of them in the class order.
 """
 
@@ -19,6 +23,7 @@ import pandas as pd
 from ..core import tables
 from ..core.errors import ConfigError
 from ..core.logs import add_log_argument, setup_logging
+from . import near_duplicates
 
 log = logging.getLogger("imageclf.folds")
 
@@ -32,11 +37,20 @@ def draw_key(seed: int, sha256: str) -> str:
     return hashlib.sha256(f"{seed}:{sha256}".encode()).hexdigest()
 
 
-def groups_by_class(index: pd.DataFrame, classes: list[str], seed: int) -> list[tuple[str, list[str]]]:
-    """(class, [content hash of each group, in dealing order]) per class, in class order."""
+def group_keys(index: pd.DataFrame, group_of: pd.Series | None = None) -> pd.Series:
+    """Each row's group key: its content hash, or its near-duplicate group's (near_duplicates.near_groups)."""
+    if group_of is None:
+        return index["sha256"]
+    return index["sha256"].map(group_of).fillna(index["sha256"])
+
+
+def groups_by_class(index: pd.DataFrame, classes: list[str], seed: int,
+                    group_of: pd.Series | None = None) -> list[tuple[str, list[str]]]:
+    """(class, [key of each group, in dealing order]) per class, in class order; a group's key is
+    its content hash, or with group_of its near-duplicate group's key."""
     rank = {name: i for i, name in enumerate(classes)}
-    first_label = (index.assign(rank=index["label"].map(rank)).sort_values("rank", kind="stable")
-                   .drop_duplicates("sha256").set_index("sha256")["label"])
+    first_label = (index.assign(rank=index["label"].map(rank), key=group_keys(index, group_of))
+                   .sort_values("rank", kind="stable").drop_duplicates("key").set_index("key")["label"])
     dealt = []
     for name in classes:
         hashes = first_label.index[first_label == name].tolist()
@@ -60,16 +74,18 @@ def check_fold_count(folds: int, index_files) -> None:
     require_images_for(folds, pd.concat(frames)["sha256"].nunique())
 
 
-def assign_folds(index: pd.DataFrame, classes: list[str], folds: int, seed: int) -> pd.Series:
+def assign_folds(index: pd.DataFrame, classes: list[str], folds: int, seed: int,
+                 group_of: pd.Series | None = None) -> pd.Series:
     """The fold (0 .. folds-1) of every row of `index` (the labelled images, with `label` and
     `sha256`), stratified by class and balanced in size.
 
     Each class's groups are dealt round robin, starting where the previous class stopped, so the
     folds' sizes differ by at most one group overall. A class with fewer images than folds is
-    spread over as many folds as it has images (its other folds hold none of it): a warning."""
+    spread over as many folds as it has images (its other folds hold none of it): a warning.
+    group_of: sha256 -> near-duplicate group key; every group then lands in one fold."""
     if folds < 2:
         raise ValueError("cross-validation needs at least 2 folds")
-    dealt = groups_by_class(index, classes, seed)
+    dealt = groups_by_class(index, classes, seed, group_of)
     require_images_for(folds, sum(len(hashes) for _, hashes in dealt))
     fold_of, position = {}, 0
     short = []
@@ -82,7 +98,7 @@ def assign_folds(index: pd.DataFrame, classes: list[str], folds: int, seed: int)
     if short:
         log.warning("%d class(es) have fewer distinct images than the %d folds, so some folds hold none of "
                     "them: %s", len(short), folds, ", ".join(short[:10]))
-    return index["sha256"].map(fold_of).astype(int)
+    return group_keys(index, group_of).map(fold_of).astype(int)
 
 
 def holdout(index: pd.DataFrame, classes: list[str], fraction: float, seed: int) -> pd.Series:
@@ -101,11 +117,24 @@ def pooled(train: pd.DataFrame, val: pd.DataFrame) -> pd.DataFrame:
     return pd.concat([train.assign(split="train"), val.assign(split="val")], ignore_index=True)
 
 
-def run(train_index, val_index, classes_csv, out_csv, folds: int, seed: int) -> pd.DataFrame:
-    """The `folds` stage: every labelled image (train/ and val/ pooled) with its fold."""
+def run(train_index, val_index, classes_csv, out_csv, folds: int, seed: int, fingerprints_csv=None,
+        near_distance: int | None = None) -> pd.DataFrame:
+    """The `folds` stage: every labelled image (train/ and val/ pooled) with its fold; with the
+    labelled fingerprints, each group of near-duplicates (within near_distance) in one fold."""
     classes = tables.read_classes(classes_csv)
     frame = pooled(tables.read_index(train_index), tables.read_index(val_index))
-    frame["fold"] = assign_folds(frame, classes, folds, seed)
+    group_of = None
+    if fingerprints_csv is not None and near_distance is not None:
+        group_of = near_duplicates.near_groups(frame, tables.read_fingerprints(fingerprints_csv), near_distance)
+        sizes = group_of.value_counts()
+        joined = sizes[sizes > 1]
+        log.info("%d group(s) of near-duplicates (distance at most %d) of %d distinct images in all, each kept in "
+                 "one fold; the largest holds %d", len(joined), near_distance, int(joined.sum()),
+                 int(sizes.max()) if len(sizes) else 0)
+        if len(sizes) and sizes.max() > frame["sha256"].nunique() / folds / 2:
+            log.warning("a group of %d near-duplicates fills half a fold or more; lower data.near_duplicates.distance "
+                        "if these images are not copies of one another", int(sizes.max()))
+    frame["fold"] = assign_folds(frame, classes, folds, seed, group_of)
     tables.write_folds(out_csv, frame)
     sizes = frame["fold"].value_counts().sort_index().tolist()
     log.info("%d labelled images in %d folds of %s images (seed %d)", len(frame), folds, sizes, seed)
@@ -134,10 +163,14 @@ def main(argv=None) -> None:
     parser.add_argument("--out", required=True, help="folds.csv")
     parser.add_argument("--folds", type=int, required=True, help="cv.folds")
     parser.add_argument("--seed", type=int, required=True, help="cv.seed")
+    parser.add_argument("--fingerprints", default=None, help="fingerprints_labelled.csv: keep near-duplicates in one fold")
+    parser.add_argument("--near-distance", type=near_duplicates.distance_argument, default=None,
+                        help="data.near_duplicates.distance")
     add_log_argument(parser)
     args = parser.parse_args(argv)
     setup_logging(args.log_file)
-    run(args.train_index, args.val_index, args.classes, args.out, args.folds, args.seed)
+    run(args.train_index, args.val_index, args.classes, args.out, args.folds, args.seed, args.fingerprints,
+        args.near_distance)
 
 
 def main_split(argv=None) -> None:

@@ -26,7 +26,7 @@ from ..core import tables
 from ..core.errors import DataError
 from ..core.io_utils import file_sha256, write_json
 from ..core.logs import add_log_argument, setup_logging
-from . import folds
+from . import folds, near_duplicates
 from .images import DEFAULT_MAX_PIXELS, image_extensions, is_image_name, is_junk, open_image
 
 LABELLED = ("train", "val")
@@ -256,23 +256,8 @@ def build_test(root, threads: int = 1, max_pixels: int | None = DEFAULT_MAX_PIXE
 
 
 def find_leaks(frames: dict[str, pd.DataFrame]) -> pd.DataFrame:
-    """Images with identical content in two different splits."""
-    stacked = pd.concat(
-        [frame.assign(split=split)[["split", "path", "sha256"]] for split, frame in frames.items()]
-    )
-    rows = []
-    for digest, group in stacked.groupby("sha256", sort=True):
-        if group["split"].nunique() < 2:
-            continue
-        records = group.to_dict("records")
-        for i, a in enumerate(records):
-            for b in records[i + 1 :]:
-                if a["split"] != b["split"]:
-                    rows.append(
-                        {"sha256": digest, "split_a": a["split"], "path_a": a["path"],
-                         "split_b": b["split"], "path_b": b["path"]}
-                    )
-    return pd.DataFrame(rows, columns=["sha256", "split_a", "path_a", "split_b", "path_b"])
+    """Images with identical content in two different splits (the near ones: the leaks stage)."""
+    return near_duplicates.find_leaks(frames, None, None)
 
 
 def check_leaks(leaks: pd.DataFrame, on_leak: str, where: str) -> None:
@@ -353,13 +338,14 @@ def run_test(root, train_index, val_index, classes_csv, test_out, summary_out, l
     frames = {"train": tables.read_index(train_index), "val": tables.read_index(val_index), "test": test}
     labels = read_test_labels(test_labels, test, classes) if test_labels else None
     leaks = find_leaks(frames)
-    check_leaks(leaks, on_leak, f"see {leaks_out}" if leaks_out else "index_test writes them to leaks.csv")
+    check_leaks(leaks, on_leak, f"see {leaks_out}" if leaks_out else "the leaks stage lists them in leaks.csv")
     if check_out is not None:
         write_checked(check_out, root, "test/", len(test))
         return test
     tables.write_index(test_out, test)
     tables.write_table(summary_out, summarize(frames, classes, labels))
-    tables.write_table(leaks_out, leaks)
+    if leaks_out is not None:  # the workflow's leaks stage writes leaks.csv, with the near pairs
+        tables.write_leaks(leaks_out, leaks)
     log.info("indexed %d test images", len(test))
     return test
 
@@ -410,9 +396,9 @@ def main_test(argv=None) -> None:
     parser.add_argument("--test-labels", default=None, help="CSV image_name,label for test (data.test_labels)")
     parser.add_argument("--test-out", default=None)
     parser.add_argument("--summary-out", default=None)
-    parser.add_argument("--leaks-out", default=None)
+    parser.add_argument("--leaks-out", default=None, help="identical pairs only (the leaks stage adds the near ones)")
     args = parser.parse_args(argv)
-    outputs_or_check(parser, args, ["test_out", "summary_out", "leaks_out"])
+    outputs_or_check(parser, args, ["test_out", "summary_out"])
     setup_logging(args.log_file)
     run_test(args.root, args.train_index, args.val_index, args.classes, args.test_out, args.summary_out,
              args.leaks_out, args.test_labels or None, args.on_leak, args.threads, args.max_image_pixels,

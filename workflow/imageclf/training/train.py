@@ -31,6 +31,7 @@ from ..core.config import check_batches, load_run_config, run_config_hash
 from ..core.errors import ConfigError, TrainingDiverged
 from ..core.io_utils import file_sha256, torch_save
 from ..core.logs import add_log_argument, setup_logging
+from ..data import exclude
 from ..data.cache import batch_input_size, open_cache
 from ..data.loaders import ImageDataset, SeededSampler, epoch_seed, make_loader
 from ..models import factory
@@ -213,8 +214,12 @@ def make_loaders(cfg: dict, index: dict, classes: list[str], dist: Distributed, 
     """The run's training and validation loaders; each process gets its share of the batch."""
     tcfg, seed = cfg["train"], int(cfg["seed"])
     size = tcfg["image_size"]
-    train_set, augment = training_dataset(cfg, tables.read_index(index["train"]), classes,
-                                          open_cache(train_cache, index["train"]),
+    train_frame, cached = tables.read_index(index["train"]), open_cache(train_cache, index["train"])
+    kept = exclude.kept_rows(train_frame, cfg.get("data", {}).get("exclude"), index["train"])
+    if not kept.all():  # data.exclude: the images the run leaves out, and their cached pixels
+        train_frame = train_frame[kept].reset_index(drop=True)
+        cached = cached.subset(np.flatnonzero(kept.to_numpy())) if cached is not None else None
+    train_set, augment = training_dataset(cfg, train_frame, classes, cached,
                                           engine.resolve_augment_on(tcfg["augment_on"], dist.device))
     check_batches(tcfg, str(cfg["variant"]), dist.world_size)
     per_rank_batch = tcfg["batch_size"] // dist.world_size
@@ -322,6 +327,8 @@ def train(run_config_path, index: dict, out_dir, state_dir=None, threads: int = 
     fingerprint = {"config_hash": run_config_hash(run_config_path),
                    "index_hash": index_hash(*filter(None, (index["train"], index.get("val"), index["classes"]))),
                    "world_size": dist.world_size}
+    if cfg.get("data", {}).get("exclude"):  # what it leaves out (the list's content may change)
+        fingerprint["excluded"] = exclude.exclusion_digest(exclude.listed_images(cfg["data"]["exclude"]))
     state_path = state_dir / checkpoints.STATE_FILE
     keeper = checkpoints.Keeper(state_dir)
     history: list[dict] = []
