@@ -121,7 +121,7 @@ def resolve_augment_on(augment_on: str, device: torch.device) -> str:
 
 class DeviceBatches:
     """The loader's batches on the device, ready for the step: copied (from pinned memory) and,
-    with a augment.BatchAugment, augmented there. On a GPU this runs one batch ahead on a
+    with an augment.BatchAugment, augmented there. On a GPU this runs one batch ahead on a
     stream of its own, so the copy and the augmentation of batch i + 1 overlap the step of batch
     i; the step's stream waits for it only when it takes the batch."""
 
@@ -312,7 +312,7 @@ def train_one_epoch(model, loader, optimizer, criterion, device, *, mixup_alpha:
                     graphs=None) -> dict:
     """Returns the mean training loss (against the mixed targets when mixup or CutMix is on) and speed.
 
-    augment: a augment.BatchAugment when the loader yields uint8 batches plus their samples'
+    augment: an augment.BatchAugment when the loader yields uint8 batches plus their samples'
     seeds (train.augment_on: device); the chain then runs on `device`, a batch ahead (DeviceBatches).
     progress_every_s: a progress line (running loss, images/s, the epoch's ETA) at most this often;
     on a GPU each one waits for the GPU once, so keep it at tens of seconds.

@@ -35,8 +35,9 @@ from ..data import exclude
 from ..data.cache import batch_input_size, open_cache
 from ..data.loaders import ImageDataset, SeededSampler, epoch_seed, make_loader
 from ..models import factory
-from . import augment, checkpoints, engine, presets, step_graph
+from . import checkpoints, engine, presets, step_graph
 from .allocator import keep_freed_memory
+from .augment import BatchAugment, on_device
 
 log = logging.getLogger("imageclf.train")
 
@@ -77,7 +78,7 @@ def training_dataset(cfg: dict, frame: pd.DataFrame, classes: list[str], cached_
     input_size = batch_input_size(cfg["augment"], size, tcfg["cache_margin"])
     dataset = ImageDataset(frame, classes, presets.batch_input_transform(input_size), cached_images,
                                 pass_seed=True, square_size=input_size)
-    return dataset, augment.BatchAugment(cfg["augment"], size)
+    return dataset, BatchAugment(cfg["augment"], size)
 
 
 def index_hash(*index_files) -> str:
@@ -204,7 +205,7 @@ class Loaders(NamedTuple):
     train: object
     val: object
     sampler: SeededSampler
-    augment: object  # a augment.BatchAugment with train.augment_on: device, else None
+    augment: object  # a BatchAugment (training/augment.py) with train.augment_on: device, else None
     train_images: int
     val_images: int
 
@@ -235,7 +236,7 @@ def make_loaders(cfg: dict, index: dict, classes: list[str], dist: Distributed, 
         val_set = ImageDataset(tables.read_index(index["val"]), classes,
                                     presets.eval_transform(cfg["augment"], size), open_cache(val_cache, index["val"]))
         val_loader, val_images = make_loader(val_set, tcfg["batch_size"], num_workers, pin_memory=pin), len(val_set)
-    augment = augment and augment.on_device(augment, dist.device)
+    augment = augment and on_device(augment, dist.device)
     return Loaders(train_loader, val_loader, sampler, augment, len(train_set), val_images)
 
 
