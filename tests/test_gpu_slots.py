@@ -42,10 +42,11 @@ def machine(tmp_path, monkeypatch):
     for name in (gpu_slots.IDS_ENV, gpu_slots.FAKE_ENV, "CUDA_VISIBLE_DEVICES", "SLURM_JOB_ID", "CUDA_DEVICE_ORDER"):
         monkeypatch.delenv(name, raising=False)
 
-    def start(name, gpus, hold=30.0, cwd=None, **env):
+    def start(name, gpus, hold=30.0, cwd=None, share=None, **env):
         record = tmp_path / f"{name}.json"
         environment = dict(os.environ, **{gpu_slots.LOCK_DIR_ENV: str(locks)}, **env)
-        command = [sys.executable, "-m", "imageclf", "gpus", str(gpus), "--", sys.executable, str(script),
+        sharing = ["--share", str(share)] if share else []
+        command = [sys.executable, "-m", "imageclf", "gpus", str(gpus), *sharing, "--", sys.executable, str(script),
                    str(record), str(hold), str(tmp_path / f"{name}.release")]
         process = subprocess.Popen(command, env=environment, cwd=cwd or tmp_path, stderr=subprocess.PIPE, text=True)
         process.record, process.release = record, tmp_path / f"{name}.release"
@@ -134,6 +135,26 @@ def test_two_projects_on_one_machine_never_share_a_gpu(machine, tmp_path):
     finish(b)
 
 
+def test_with_gpu_share_two_jobs_share_a_gpu_and_a_whole_gpu_job_waits_for_both(machine):
+    first = machine("first", 1, share=2, IMAGECLF_FAKE_GPUS="2")
+    assert started(first) == "0"
+    second = machine("second", 1, share=2, IMAGECLF_FAKE_GPUS="2")
+    assert started(second) == "0"  # shared jobs fill one GPU before they start on the next
+    whole = machine("whole", 1, IMAGECLF_FAKE_GPUS="2")
+    assert started(whole) == "1"  # which stays whole
+    third = machine("third", 1, share=2, IMAGECLF_FAKE_GPUS="2")
+    assert still_waiting(third)  # two to a GPU
+    whole_too = machine("whole_too", 1, IMAGECLF_FAKE_GPUS="2")
+    finish(first)
+    assert started(third) == "0"  # the seat it left
+    assert still_waiting(whole_too)  # GPU 0 is still shared, GPU 1 taken
+    finish(second)
+    finish(third)
+    assert started(whole_too) == "0"
+    finish(whole)
+    assert finish(whole_too)["gpus"] == "0"
+
+
 def test_ids_from_the_driver_are_in_its_order(machine):
     """Ids found by nvidia-smi are the driver's (PCI bus) numbers: CUDA is told to count the same way."""
     record = finish(machine("job", 1, IMAGECLF_GPU_IDS="3"))
@@ -157,6 +178,9 @@ def test_a_job_that_needs_more_gpus_than_there_are_says_so(machine):
     job = machine("job", 3, IMAGECLF_FAKE_GPUS="2")
     assert job.wait(15) != 0
     assert "needs 3 GPUs, but this machine has 2" in job.stderr.read()
+    job = machine("job", 1, share=5, IMAGECLF_FAKE_GPUS="2")
+    assert job.wait(15) != 0
+    assert "a GPU is shared by 1, 2, 3, 4 or 6 jobs" in job.stderr.read()
 
 
 def test_fake_and_detected_ids(monkeypatch):
@@ -182,6 +206,11 @@ def test_the_jobs_log_names_its_gpus(tmp_path, monkeypatch):
     logging.shutdown()
     text = log.read_text()
     assert "GPU 2 of this machine (CUDA_VISIBLE_DEVICES=2)" in text and "after waiting 3.5 s" in text
+    assert "shared" not in text
+    monkeypatch.setenv(gpu_slots.SHARE_ENV, "2")
+    setup_logging(str(log))
+    logging.shutdown()
+    assert "; shared by up to 2 jobs" in log.read_text()
 
 
 # ---- the workflow on a workstation with two (fake) GPUs ---------------------------------------------------------

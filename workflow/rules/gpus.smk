@@ -10,7 +10,7 @@
 import os
 
 from imageclf.core.config import variant_sections
-from imageclf.core.gpu_slots import IDS_ENV, machine_gpus, under_scheduler
+from imageclf.core.gpu_slots import IDS_ENV, SEATS, machine_gpus, under_scheduler
 
 
 def local_gpu_ids():
@@ -29,8 +29,10 @@ LOCAL_GPUS = local_gpu_ids()
 if LOCAL_GPUS is not None:
     # the jobs' `imageclf gpus` takes its GPUs from these (empty: none, the jobs run as they are)
     os.environ[IDS_ENV] = ",".join(LOCAL_GPUS)
-    if LOCAL_GPUS and "gpu" not in workflow.global_resources:
-        workflow.global_resources["gpu"] = len(LOCAL_GPUS)
+    # Snakemake counts twelfths of a GPU (seats: a job with gpu_share S takes 12 / S of them), so
+    # that it never starts more GPU jobs than fit, and the CPU-only jobs run beside them
+    if LOCAL_GPUS and "gpu_seats" not in workflow.global_resources:
+        workflow.global_resources["gpu_seats"] = len(LOCAL_GPUS) * SEATS
 
 
 def gpu_resource(stage):
@@ -49,3 +51,19 @@ def gpu_resource(stage):
         return max(configured, train["devices"] if stage == "train" else 1)
 
     return gpus
+
+
+def gpu_share(stage):
+    """How many of a stage's jobs may share one GPU on a workstation (resources.<stage>.gpu_share,
+    default 1); 1 where a scheduler assigns GPUs."""
+    return CFG["resources"][stage].get("gpu_share", 1) if LOCAL_GPUS else 1
+
+
+def gpu_seats(stage):
+    """A rule's `gpu_seats` resource on a workstation: its GPUs in twelfths (imageclf/core/gpu_slots.py);
+    0 where a scheduler assigns GPUs."""
+    gpus = gpu_resource(stage)
+    if not LOCAL_GPUS:
+        return 0
+    share = gpu_share(stage)
+    return lambda wildcards: gpus(wildcards) * SEATS // share

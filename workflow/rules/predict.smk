@@ -23,6 +23,8 @@ rule predict:
         mem_mb=stage_resources("predict")["mem_mb"],
         runtime=stage_resources("predict")["runtime"],
         gpu=gpu_resource("predict"),
+        gpu_share=gpu_share("predict"),
+        gpu_seats=gpu_seats("predict"),
         # a resource, not a param: the worker count changes the speed, never the predictions
         loader_workers=CFG["predict"]["num_workers"],
     params:
@@ -33,7 +35,7 @@ rule predict:
         tta=" ".join(CFG["predict"]["tta"]),
     shell:
         # on a workstation: a GPU of its own (gpus.smk); elsewhere the command as it is
-        "imageclf gpus {resources.gpu} -- "
+        "imageclf gpus {resources.gpu} --share {resources.gpu_share} -- "
         "imageclf predict --run-config {input.config:q} --model {input.model:q} "
         "--index {input.index:q} --classes {input.classes:q} --out {output:q} "
         "{params.test_labels} --batch-size {params.batch_size} --threads {threads} "

@@ -90,6 +90,8 @@ rule train:
         mem_mb=stage_resources("train")["mem_mb"],
         runtime=stage_resources("train")["runtime"],
         gpu=gpu_resource("train"),
+        gpu_share=gpu_share("train"),
+        gpu_seats=gpu_seats("train"),
         # A resource, not a param: params are rerun triggers, and the worker count changes the
         # speed of a run, never its results (config.EXECUTION_ONLY).
         loader_workers=lambda wildcards: execution_settings(CFG, wildcards.variant)[
@@ -111,7 +113,7 @@ rule train:
         weights=path_flag("weights-file", "weights"),
     shell:
         # on a workstation: GPUs of its own (gpus.smk); elsewhere the command as it is
-        "imageclf gpus {resources.gpu} -- "
+        "imageclf gpus {resources.gpu} --share {resources.gpu_share} -- "
         "{params.launcher} train --run-config {input.config:q} --train-index {input.train:q} "
         "{params.val_index} --classes {input.classes:q} --out-dir {params.out_dir:q} "
         "{params.model_out} --state-dir {params.state_dir:q} --threads {threads} "

@@ -1,8 +1,9 @@
 """GPU slots on one machine without a cluster: `imageclf gpus K -- COMMAND...`.
 
-Each GPU of the machine is a lock file in one machine-wide folder (LOCK_DIR, or $IMAGECLF_GPU_LOCK_DIR).
-A job that needs K GPUs takes K of them with a non-blocking `flock` each (all K or none, so two
-jobs never deadlock holding half of what they need), waits while fewer are free, then runs its
+Each GPU of the machine is a set of lock files (seats) in one machine-wide folder (LOCK_DIR, or
+$IMAGECLF_GPU_LOCK_DIR). A job that needs K GPUs takes K of them with non-blocking `flock`s (all K
+or none, so two jobs never deadlock holding half of what they need; `--share S` lets up to S jobs
+share a GPU), waits while too few are free, then runs its
 command with CUDA_VISIBLE_DEVICES set to the GPUs it holds. The command replaces this process
 (exec) and inherits the locks' descriptors: the operating system releases them when the job's last
 process ends, however it ends (SIGKILL and out-of-memory kills included), and every process on the
@@ -35,8 +36,13 @@ LOCK_DIR_ENV = "IMAGECLF_GPU_LOCK_DIR"
 IDS_ENV = "IMAGECLF_GPU_IDS"
 # For tests only: pretend this machine has these GPUs ("4" for 0-3, or "0,2,3").
 FAKE_ENV = "IMAGECLF_FAKE_GPUS"
+# Each GPU is SEATS seats (lock files): a job takes all of them, or SEATS // S with gpu_share S, so
+# up to S such jobs share it (S divides SEATS: 1, 2, 3, 4 or 6), and a job that needs a whole GPU
+# waits for them all. Snakemake counts seats too (the `gpu_seats` resource, workflow/rules/gpus.smk).
+SEATS = 12
 # What the job's own log says about its GPUs (core/logs.py writes it there).
 HELD_ENV = "IMAGECLF_GPU_SLOTS"
+SHARE_ENV = "IMAGECLF_GPU_SHARE"
 TAKEN_AT_ENV = "IMAGECLF_GPU_TAKEN_AT"
 WAITED_ENV = "IMAGECLF_GPU_WAITED"
 
@@ -103,8 +109,8 @@ def lock_dir() -> Path:
     return folder
 
 
-def lock_path(folder: Path, gpu: str) -> Path:
-    return folder / f"gpu{re.sub(r'[^A-Za-z0-9._-]', '_', gpu)}.lock"
+def lock_path(folder: Path, gpu: str, seat: int) -> Path:
+    return folder / f"gpu{re.sub(r'[^A-Za-z0-9._-]', '_', gpu)}.seat{seat}.lock"
 
 
 def try_lock(path: Path) -> int | None:
@@ -126,23 +132,43 @@ def try_lock(path: Path) -> int | None:
     return fd
 
 
-def try_acquire(count: int, ids: list[str], folder: Path) -> list[tuple[str, int]] | None:
-    """`count` free GPUs of `ids`, locked ([(id, fd)]), or None (and nothing held)."""
-    held = []
-    for gpu in ids:
-        fd = try_lock(lock_path(folder, gpu))
+def try_seats(folder: Path, gpu: str, wanted: int) -> list[int] | None:
+    """`wanted` free seats of one GPU, locked (their descriptors), or None (and nothing held)."""
+    fds = []
+    for seat in range(SEATS):
+        fd = try_lock(lock_path(folder, gpu, seat))
         if fd is not None:
-            held.append((gpu, fd))
-            if len(held) == count:
-                return held
-    for _, fd in held:
+            fds.append(fd)
+            if len(fds) == wanted:
+                return fds
+    for fd in fds:
         os.close(fd)
     return None
 
 
-def acquire(count: int, ids: list[str], poll: float = 0.5, say=None) -> tuple[list[tuple[str, int]], float]:
-    """Wait for `count` free GPUs of `ids`; ([(id, fd)], seconds waited). `say` hears one line
-    when the job has to wait, and one when it stops waiting."""
+def try_acquire(count: int, ids: list[str], folder: Path, share: int = 1) -> list[tuple[str, list[int]]] | None:
+    """`count` GPUs of `ids`, with SEATS // share free seats on each, locked ([(id, fds)]), or
+    None (and nothing held). The first GPUs with room come first: shared jobs fill a GPU before
+    they start on the next, which stays whole for a job that needs all of it."""
+    held = []
+    for gpu in ids:
+        fds = try_seats(folder, gpu, SEATS // share)
+        if fds is not None:
+            held.append((gpu, fds))
+            if len(held) == count:
+                return held
+    for _, fds in held:
+        for fd in fds:
+            os.close(fd)
+    return None
+
+
+def acquire(count: int, ids: list[str], share: int = 1, poll: float = 0.5,
+            say=None) -> tuple[list[tuple[str, list[int]]], float]:
+    """Wait for `count` GPUs of `ids` (each shared by up to `share` jobs); ([(id, fds)], seconds
+    waited). `say` hears one line when the job has to wait, and one when it stops waiting."""
+    if SEATS % share:
+        raise SystemExit(f"imageclf gpus: --share {share}: a GPU is shared by 1, 2, 3, 4 or 6 jobs")
     if count > len(ids):
         raise SystemExit(f"imageclf gpus: this job needs {count} GPUs, but this machine has "
                          f"{len(ids)} to hand out ({','.join(ids) or 'none'})")
@@ -150,22 +176,23 @@ def acquire(count: int, ids: list[str], poll: float = 0.5, say=None) -> tuple[li
     start = time.monotonic()
     waiting = False
     while True:
-        held = try_acquire(count, ids, folder)
+        held = try_acquire(count, ids, folder, share)
         if held is not None:
             waited = time.monotonic() - start
             if waiting and say:
                 say(f"imageclf gpus: took GPU {','.join(g for g, _ in held)} after waiting {waited:.0f} s")
             return held, waited
         if not waiting and say:
-            say(f"imageclf gpus: waiting for {count} free GPU(s) of {','.join(ids)}: all taken by other "
-                f"jobs (locks in {folder})")
+            shared = f" (each shared by up to {share} jobs)" if share > 1 else ""
+            say(f"imageclf gpus: waiting for {count} free GPU(s){shared} of {','.join(ids)}: all taken by "
+                f"other jobs (locks in {folder})")
         waiting = True
         time.sleep(poll * random.uniform(0.8, 1.2))
 
 
-def gpu_environment(held: list[str], ids_source_physical: bool, waited: float) -> dict:
+def gpu_environment(held: list[str], ids_source_physical: bool, waited: float, share: int = 1) -> dict:
     """The environment entries of a job that holds the GPUs `held`."""
-    env = {"CUDA_VISIBLE_DEVICES": ",".join(held), HELD_ENV: ",".join(held),
+    env = {"CUDA_VISIBLE_DEVICES": ",".join(held), HELD_ENV: ",".join(held), SHARE_ENV: str(share),
            TAKEN_AT_ENV: f"{time.time():.3f}", WAITED_ENV: f"{waited:.1f}"}
     if ids_source_physical and "CUDA_DEVICE_ORDER" not in os.environ:
         # nvidia-smi's numbering (PCI bus order), which CUDA's default order may not follow
@@ -174,12 +201,19 @@ def gpu_environment(held: list[str], ids_source_physical: bool, waited: float) -
 
 
 def main(argv: list[str]) -> None:
-    """imageclf gpus K [--] COMMAND...: run COMMAND on K GPUs of its own (see the module doc)."""
-    usage = "usage: imageclf gpus K [--] COMMAND [ARGS...]   (K: GPUs the command needs)"
+    """imageclf gpus K [--share S] [--] COMMAND...: run COMMAND on K GPUs of its own, each shared by
+    up to S such jobs (see the module doc)."""
+    usage = ("usage: imageclf gpus K [--share S] [--] COMMAND [ARGS...]   (K: GPUs the command needs; "
+             "S: jobs that may share each, 1 2 3 4 or 6)")
     if len(argv) < 2 or not argv[0].isdigit():
         print(usage, file=sys.stderr)
         raise SystemExit(2)
-    count, command = int(argv[0]), argv[1:]
+    count, command, share = int(argv[0]), argv[1:], 1
+    if command[:1] == ["--share"]:
+        if len(command) < 2 or not command[1].isdigit() or int(command[1]) < 1:
+            print(usage, file=sys.stderr)
+            raise SystemExit(2)
+        share, command = int(command[1]), command[2:]
     if command[:1] == ["--"]:
         command = command[1:]
     if not command:
@@ -187,12 +221,13 @@ def main(argv: list[str]) -> None:
         raise SystemExit(2)
     ids = [] if count == 0 or under_scheduler() else job_gpus()
     if ids:
-        held, waited = acquire(count, ids, say=lambda line: print(line, file=sys.stderr, flush=True))
+        held, waited = acquire(count, ids, share, say=lambda line: print(line, file=sys.stderr, flush=True))
         # without CUDA_VISIBLE_DEVICES or an exported list the ids are the driver's own numbers
         physical = os.environ.get("CUDA_VISIBLE_DEVICES") is None and os.environ.get(FAKE_ENV) is None
-        os.environ.update(gpu_environment([gpu for gpu, _ in held], physical, waited))
-        for _, fd in held:
-            os.set_inheritable(fd, True)  # the command holds the locks until its last process ends
+        os.environ.update(gpu_environment([gpu for gpu, _ in held], physical, waited, share))
+        for _, fds in held:
+            for fd in fds:
+                os.set_inheritable(fd, True)  # the command holds the locks until its last process ends
     # no GPU to hand out (none here, none asked for, or SLURM's own): the command as it is
     try:
         os.execvp(command[0], command)

@@ -42,12 +42,13 @@ def setup_logging(log_file: str | None = None, level: int = logging.INFO) -> log
 
 def log_gpu_slots(logger: logging.Logger) -> None:
     """Name the GPUs that `imageclf gpus` gave this job (core/gpu_slots.py), once per job."""
-    from .gpu_slots import HELD_ENV, TAKEN_AT_ENV, WAITED_ENV
+    from .gpu_slots import HELD_ENV, SHARE_ENV, TAKEN_AT_ENV, WAITED_ENV
 
     held = os.environ.get(HELD_ENV)
     if not held or os.environ.get("RANK", "0") != "0":
         return
     taken = datetime.datetime.fromtimestamp(float(os.environ.get(TAKEN_AT_ENV) or 0))
-    logger.info("GPU %s of this machine (CUDA_VISIBLE_DEVICES=%s), held since %s after waiting %s s for it",
+    share = int(os.environ.get(SHARE_ENV) or 1)
+    logger.info("GPU %s of this machine (CUDA_VISIBLE_DEVICES=%s), held since %s after waiting %s s for it%s",
                 held, os.environ.get("CUDA_VISIBLE_DEVICES", ""), taken.isoformat(sep=" ", timespec="milliseconds"),
-                os.environ.get(WAITED_ENV, "0"))
+                os.environ.get(WAITED_ENV, "0"), f"; shared by up to {share} jobs" if share > 1 else "")
