@@ -154,3 +154,62 @@ def test_the_audited_run_must_train_on_every_image_and_variants_change_only_excl
         config_with({"full": {}, "cleaned": {"data": {"exclude": spec}}}, variant="cleaned")
     with pytest.raises(ConfigError, match="variants.odd.data: only `exclude`"):
         config_with({"full": {}, "odd": {"data": {"root": "elsewhere"}}})
+
+
+@pytest.mark.slow
+def test_a_cleaned_variant_trains_without_the_audit_suspects_and_is_judged_on_every_image(tmp_path):
+    """Under cross-validation: labels flipped on purpose, a resized copy of a training image in
+    val/; the audit, a `cleaned` variant without its 5 most suspect images, the table; then a
+    test-only change, which trains nothing and moves no fold."""
+    from conftest import add_test_image, planned_jobs, snakemake, tiny_overlay, write_overlay
+
+    root = tmp_path / "data"
+    make_dataset(root, train_per_class=6, val_per_class=2)
+    flipped = []
+    for label, other in (("1", "7"), ("4", "10"), ("9", "2")):  # a training image moved to another class
+        source = sorted((root / "train" / label).iterdir())[0]
+        target = root / "train" / other / f"flipped_{source.name}"
+        source.rename(target)
+        flipped.append(target)
+    original = sorted((root / "train" / "5").iterdir())[1]
+    copy = root / "val" / "5" / "resized_copy.png"
+    image = Image.open(original).convert("RGB")
+    image.resize((image.width * 3 // 4, image.height * 3 // 4)).save(copy)
+    overlay = tiny_overlay(root, seeds=[0], cv={"folds": 2, "seed": 0, "full_fit": False})
+    # a model that learns the colours within the folds' 48 images: the audit reads its probabilities
+    overlay["train"].update({"epochs": 8, "mixup_alpha": 0.0, "label_smoothing": 0.0})
+    overlay["variants"] = {"full": {}, "no_mlp": None, "no_mixup": None,
+                           "cleaned": {"data": {"exclude": {"file": exclude.AUDIT_ISSUES, "top_k": 5}}}}
+    configfile = write_overlay(tmp_path / "cv.yaml", overlay)
+    work = tmp_path / "work"
+    done = snakemake(work, configfile, "ablation_table", exclude.AUDIT_ISSUES)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+
+    folds_table = tables.read_folds(work / "results/index/folds.csv")
+    fold_of = dict(zip(folds_table["path"], folds_table["fold"]))
+    assert fold_of[str(copy)] == fold_of[str(original)]  # the near-duplicate pair in one fold
+    issues = tables.read_label_issues(work / exclude.AUDIT_ISSUES)
+    assert len(issues) == len(folds_table)  # every labelled image is audited
+    suspects = issues.head(5)["image"].tolist()
+    assert sum(str(path) in issues.head(15)["image"].tolist() for path in flipped) >= 2
+    left_out = []
+    for fold in (0, 1):
+        train_index = tables.read_index(work / f"results/index/fold{fold}/train.csv")
+        log = (work / f"logs/train/cleaned/seed0/fold{fold}.log").read_text()
+        expected = sorted(set(suspects) & set(train_index["path"]))
+        assert f"leaving out {len(expected)} of {len(train_index)} training images" in log
+        left_out += expected
+    assert sorted(left_out) == sorted(suspects)  # exactly the listed images, each once
+    full_oof = tables.read_predictions(work / "results/predict/full/seed0/oof.csv")
+    cleaned_oof = tables.read_predictions(work / "results/predict/cleaned/seed0/oof.csv")
+    assert cleaned_oof[["image_name", "label"]].equals(full_oof[["image_name", "label"]])  # the same images
+    table = tables.read_table(work / "results/ablation/table.csv", {"variant": "str"}, "table", required=("variant",))
+    assert "cleaned" in table["variant"].tolist()
+
+    folds_before = (work / "results/index/folds.csv").read_bytes()
+    add_test_image(root)
+    dry = snakemake(work, configfile, "ablation_table", exclude.AUDIT_ISSUES, "-n")
+    planned = planned_jobs(dry.stdout)
+    assert not {"train", "folds", "fold_index", "audit", "run_config"} & set(planned), planned
+    done = snakemake(work, configfile, "ablation_table", exclude.AUDIT_ISSUES)
+    assert done.returncode == 0 and (work / "results/index/folds.csv").read_bytes() == folds_before

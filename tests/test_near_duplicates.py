@@ -210,3 +210,20 @@ def test_a_singleton_keeps_its_fold_key():
                                  "phash_mirror": ["0" * 16, "f" * 16, "0" * 15 + "3"]})
     groups = near_duplicates.near_groups(frame, fingerprints, 2)
     assert groups.to_dict() == {"3" * 64: "1" * 64, "1" * 64: "1" * 64, "2" * 64: "2" * 64}
+
+
+def test_without_near_duplicates_the_grouped_folds_are_byte_for_byte_those_by_content(tmp_path):
+    root, out = tmp_path / "data", tmp_path / "index"
+    for n in range(30):
+        split = "val" if n % 5 == 0 else "train"
+        path = root / split / "abc"[n % 3] / f"p{n}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        photo(500 + n).save(path)
+    (root / "test").mkdir()
+    photo(999).save(root / "test" / "t.png")
+    index_all(root, out)
+    near_duplicates.run([out / "train.csv", out / "val.csv"], out / "fl.csv")
+    folds.run(out / "train.csv", out / "val.csv", out / "classes.csv", out / "plain.csv", 3, 0)
+    folds.run(out / "train.csv", out / "val.csv", out / "classes.csv", out / "grouped.csv", 3, 0, out / "fl.csv",
+              DEFAULT)
+    assert (out / "grouped.csv").read_bytes() == (out / "plain.csv").read_bytes()

@@ -21,41 +21,45 @@ def near_distance_flag():
     return "none" if NEAR["distance"] is None else str(NEAR["distance"])
 
 
-def folds_made_before_near_duplicates():
-    """Whether folds.csv is current and was made before folds grouped near-duplicates: it exists,
-    is newer than the labelled index, that index is current for the data, and the labelled
-    fingerprints are missing or newer than it. Such folds are kept as they are until the labelled
-    data change (a new input would rerun the folds job, and so every fold's training); the leaks
-    stage still lists the near pairs."""
+def folds_are_current():
+    """Whether folds.csv exists, is newer than the labelled index, and that index is current for
+    the labelled data (their stamp)."""
     folds = Path(f"{INDEX}/folds.csv")
-    if not CV_FOLDS or not folds.is_file():
-        return False
-    made = folds.stat().st_mtime
-    record = Path(FINGERPRINTS["labelled"])
-    if record.is_file() and record.stat().st_mtime <= made:
+    if not folds.is_file():
         return False
     labelled = [Path(INDEX_FILES[split]) for split in ("train", "val")]
-    if not all(path.is_file() and path.stat().st_mtime <= made for path in labelled):
+    if not all(
+        path.is_file() and path.stat().st_mtime <= folds.stat().st_mtime
+        for path in labelled
+    ):
         return False
     return is_demo(CFG) or index_is_current("labelled", DATA_STAMPS["labelled"])
 
 
+def folds_from_before_near_duplicates():
+    """Whether folds.csv was made before folds grouped near-duplicates, and is kept: a new input
+    would rerun the folds job, and so every fold's training. Decided by the main process the first
+    time this release sees the project, and kept in .snakemake/imageclf/ until the labelled data
+    change (a cluster job's own Snakemake reads the record: by then the files it is decided from
+    may have changed). The leaks stage still lists the near pairs of such folds."""
+    record = Path(".snakemake/imageclf/folds_near_duplicates")
+    recorded = record.read_text().strip() if record.is_file() else None
+    if not workflow.is_main_process or not CV_FOLDS:
+        return recorded == "kept"
+    # a project seen first by this release, or kept before: kept while its folds are current
+    kept = recorded in (None, "kept") and folds_are_current()
+    record.parent.mkdir(parents=True, exist_ok=True)
+    record.write_text("kept\n" if kept else "grouped\n")
+    return kept
+
+
 def folds_group_near():
-    """Whether the folds job keeps near-duplicates in one fold. Decided once, by the main process
-    before any job (a cluster job's own Snakemake reads the decision: by then the files it is
-    decided from may have changed)."""
-    decision = Path(".snakemake/imageclf/folds_near_duplicates")
-    if not workflow.is_main_process and decision.is_file():
-        return decision.read_text().strip() == "1"
-    group = (
+    """Whether the folds job keeps near-duplicates in one fold."""
+    return (
         bool(CV_FOLDS)
         and NEAR["distance"] is not None
-        and not folds_made_before_near_duplicates()
+        and not folds_from_before_near_duplicates()
     )
-    if workflow.is_main_process and CV_FOLDS:
-        decision.parent.mkdir(parents=True, exist_ok=True)
-        decision.write_text("1\n" if group else "0\n")
-    return group
 
 
 FOLDS_GROUP_NEAR = folds_group_near()
