@@ -152,6 +152,8 @@ def test_the_audited_run_must_train_on_every_image_and_variants_change_only_excl
     spec = {"file": "results/audit/label_issues.csv"}
     with pytest.raises(ConfigError, match="audit.variant: 'cleaned' trains without"):
         config_with({"full": {}, "cleaned": {"data": {"exclude": spec}}}, variant="cleaned")
+    mine = {"file": "config.yaml"}  # a list of the user's own: that run may be audited
+    assert C.run_exclusion(config_with({"full": {}, "mine": {"data": {"exclude": mine}}}, variant="mine"), "mine")
     with pytest.raises(ConfigError, match="variants.odd.data: only `exclude`"):
         config_with({"full": {}, "odd": {"data": {"root": "elsewhere"}}})
 

@@ -9,7 +9,7 @@ rule fingerprints:
     input:
         lambda wildcards: [INDEX_FILES[split] for split in DATA_GROUPS[wildcards.side]],
     output:
-        f"{INDEX}/fingerprints_{{side}}.csv",
+        paths.FINGERPRINTS,
     log:
         "logs/fingerprints/{side}.log",
     benchmark:

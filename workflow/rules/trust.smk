@@ -5,11 +5,8 @@ from imageclf.core.config import audit_variant, run_exclusion
 from imageclf.data.near_duplicates import CACHE_NAME as FINGERPRINT_RECORD
 
 NEAR = CFG["data"]["near_duplicates"]
-FINGERPRINTS = {side: f"{INDEX}/fingerprints_{side}.csv" for side in DATA_GROUPS}
-AUDIT = {
-    "issues": "results/audit/label_issues.csv",
-    "gallery": "results/audit/gallery.png",
-}
+FINGERPRINTS = {side: paths.FINGERPRINTS.format(side=side) for side in DATA_GROUPS}
+AUDIT = {"issues": paths.LABEL_ISSUES, "gallery": paths.AUDIT_GALLERY}
 # what the default target makes of these: the leak list. The audit is asked for by name
 # (snakemake results/audit/label_issues.csv) or by a variant that excludes its images: it refuses
 # a run that learned nothing, which would fail the default target of a project that has one.

@@ -12,6 +12,7 @@ from pathlib import Path
 import jsonschema
 import yaml
 
+from . import paths
 from .errors import ConfigError
 from .io_utils import write_json
 from .metrics import SELECTABLE
@@ -207,7 +208,7 @@ def audit_variant(config: dict) -> str:
 
 def check_exclusions(config: dict) -> None:
     """A variant's `data` overlay holds data.exclude alone (the data set is every variant's), and
-    the audited run trains on every labelled image: one that leaves some out cannot judge them."""
+    the audited run does not leave out the audit's own suspects (it would read its own output)."""
     for name, overlay in config["variants"].items():
         other = sorted(set((overlay or {}).get("data") or {}) - {"exclude"})
         if other:
@@ -215,9 +216,11 @@ def check_exclusions(config: dict) -> None:
     source = audit_variant(config)
     if source not in config["variants"]:
         raise ConfigError(f"audit.variant '{source}' is not one of the variants {sorted(config['variants'])}")
-    if run_exclusion(config, source) is not None:
-        raise ConfigError(f"audit.variant: '{source}' trains without the images of data.exclude; the audit needs a "
-                          "run that trained on every labelled image (set audit.variant to one without exclude)")
+    exclusion = run_exclusion(config, source)
+    if exclusion is not None and Path(exclusion["file"]) == Path(paths.LABEL_ISSUES):
+        raise ConfigError(f"audit.variant: '{source}' trains without the audit's own suspects ({paths.LABEL_ISSUES} "
+                          "is its data.exclude.file), so the audit would read its own output; set audit.variant to "
+                          "a variant without that exclusion")
     seed = (config.get("audit") or {}).get("seed")
     if seed is not None and seed not in config["seeds"]:
         raise ConfigError(f"audit.seed {seed} is not in seeds {config['seeds']}")

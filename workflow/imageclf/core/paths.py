@@ -25,6 +25,10 @@ PRED = PRED_DIR + "{fold}"
 ENSEMBLE_PRED = "results/predict/ensemble/{name}/{split}.csv"
 # the decoded images of one split at one size and layout, shared by the runs that read them
 CACHE = "results/cache{fold}/{split}_{size}px_{mode}"
+# near-duplicates: each side's fingerprints ({side}: labelled, test); the label audit's outputs
+FINGERPRINTS = INDEX + "/fingerprints_{side}.csv"
+LABEL_ISSUES = "results/audit/label_issues.csv"
+AUDIT_GALLERY = "results/audit/gallery.png"
 # the files of a trained model, by the names the rules and the manifest give them
 MODEL_FILE_NAMES = {
     "run": "run.json",

@@ -30,7 +30,7 @@ from .errors import ConfigError
 STAGES = {
     "demo": ("data.demo", "main", "write the demo data set (scikit-learn's digits) in the course layout"),
     "index": ("data.index", "main", "index and check train/ and val/: train.csv, val.csv, classes.csv"),
-    "index_test": ("data.index", "main_test", "index test/, check test labels and leaks: test.csv, summary, leaks"),
+    "index_test": ("data.index", "main_test", "index test/, check test labels and identical leaks: test.csv, summary"),
     "fingerprints": ("data.near_duplicates", "main",
                      "perceptual fingerprints of one side's images (labelled or test), decoded once per content"),
     "leaks": ("data.near_duplicates", "main_leaks", "identical and near-duplicate images across splits: leaks.csv"),

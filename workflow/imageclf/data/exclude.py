@@ -18,13 +18,13 @@ import os
 
 import pandas as pd
 
-from ..core import tables
+from ..core import paths, tables
 from ..core.errors import DataError
 
 log = logging.getLogger("imageclf.exclude")
 
 # The audit's output, which a variant's data.exclude may name before it exists (the workflow makes it).
-AUDIT_ISSUES = "results/audit/label_issues.csv"
+AUDIT_ISSUES = paths.LABEL_ISSUES
 
 
 def listed_images(spec: dict) -> list[str]:
