@@ -79,7 +79,7 @@ def finish(process, timeout=15.0) -> dict:
 
 
 def test_concurrent_jobs_get_distinct_gpus_and_no_more_run_than_gpus(machine):
-    jobs = [machine(f"job{i}", 1, hold=0.4, IMAGECLF_FAKE_GPUS="2") for i in range(5)]
+    jobs = [machine(f"job{i}", 1, hold=0.4, IMAGECLF_GPU_IDS="0,1") for i in range(5)]
     records = [finish(job, timeout=30) for job in jobs]
     assert {r["gpus"] for r in records} <= {"0", "1"}
     assert all(r["held"] == r["gpus"] for r in records)  # what the job's log names
@@ -108,11 +108,11 @@ def test_a_sigkilled_job_frees_its_gpu(machine):
 
 
 def test_a_two_gpu_job_holds_two_slots(machine):
-    pair = machine("pair", 2, IMAGECLF_FAKE_GPUS="3")
+    pair = machine("pair", 2, IMAGECLF_GPU_IDS="0,1,2")
     assert started(pair) == "0,1"
-    single = machine("single", 1, IMAGECLF_FAKE_GPUS="3")
+    single = machine("single", 1, IMAGECLF_GPU_IDS="0,1,2")
     assert started(single) == "2"  # the one GPU left
-    second_pair = machine("second_pair", 2, IMAGECLF_FAKE_GPUS="3")
+    second_pair = machine("second_pair", 2, IMAGECLF_GPU_IDS="0,1,2")
     assert still_waiting(second_pair)  # one GPU is free, two are needed: it takes none
     finish(single)
     assert still_waiting(second_pair)
@@ -136,15 +136,15 @@ def test_two_projects_on_one_machine_never_share_a_gpu(machine, tmp_path):
 
 
 def test_with_gpu_share_two_jobs_share_a_gpu_and_a_whole_gpu_job_waits_for_both(machine):
-    first = machine("first", 1, share=2, IMAGECLF_FAKE_GPUS="2")
+    first = machine("first", 1, share=2, IMAGECLF_GPU_IDS="0,1")
     assert started(first) == "0"
-    second = machine("second", 1, share=2, IMAGECLF_FAKE_GPUS="2")
+    second = machine("second", 1, share=2, IMAGECLF_GPU_IDS="0,1")
     assert started(second) == "0"  # shared jobs fill one GPU before they start on the next
-    whole = machine("whole", 1, IMAGECLF_FAKE_GPUS="2")
+    whole = machine("whole", 1, IMAGECLF_GPU_IDS="0,1")
     assert started(whole) == "1"  # which stays whole
-    third = machine("third", 1, share=2, IMAGECLF_FAKE_GPUS="2")
+    third = machine("third", 1, share=2, IMAGECLF_GPU_IDS="0,1")
     assert still_waiting(third)  # two to a GPU
-    whole_too = machine("whole_too", 1, IMAGECLF_FAKE_GPUS="2")
+    whole_too = machine("whole_too", 1, IMAGECLF_GPU_IDS="0,1")
     finish(first)
     assert started(third) == "0"  # the seat it left
     assert still_waiting(whole_too)  # GPU 0 is still shared, GPU 1 taken
@@ -166,8 +166,9 @@ def test_ids_from_the_driver_are_in_its_order(machine):
 @pytest.mark.parametrize("gpus, env", [
     (1, {}),  # no list exported: not a local Snakemake's job (another scheduler's, or by hand)
     (1, {"IMAGECLF_GPU_IDS": ""}),  # resources.gpu_ids: [] or a machine without GPUs
-    (0, {"IMAGECLF_FAKE_GPUS": "2"}),  # a job that asks for none
-    (1, {"IMAGECLF_FAKE_GPUS": "2", "SLURM_JOB_ID": "42", "CUDA_VISIBLE_DEVICES": "7"}),  # SLURM's choice stays
+    (1, {"IMAGECLF_FAKE_GPUS": "2"}),  # fake GPUs are the Snakefile's to find, never a job's
+    (0, {"IMAGECLF_GPU_IDS": "0,1"}),  # a job that asks for none
+    (1, {"IMAGECLF_GPU_IDS": "0,1", "SLURM_JOB_ID": "42", "CUDA_VISIBLE_DEVICES": "7"}),  # SLURM's choice stays
 ])
 def test_the_command_runs_as_it_is_without_gpus_to_hand_out(machine, gpus, env):
     record = finish(machine("job", gpus, **env))
@@ -175,10 +176,10 @@ def test_the_command_runs_as_it_is_without_gpus_to_hand_out(machine, gpus, env):
 
 
 def test_a_job_that_needs_more_gpus_than_there_are_says_so(machine):
-    job = machine("job", 3, IMAGECLF_FAKE_GPUS="2")
+    job = machine("job", 3, IMAGECLF_GPU_IDS="0,1")
     assert job.wait(15) != 0
     assert "needs 3 GPUs, but this machine has 2" in job.stderr.read()
-    job = machine("job", 1, share=5, IMAGECLF_FAKE_GPUS="2")
+    job = machine("job", 1, share=5, IMAGECLF_GPU_IDS="0,1")
     assert job.wait(15) != 0
     assert "a GPU is shared by 1, 2, 3, 4 or 6 jobs" in job.stderr.read()
 
@@ -249,7 +250,7 @@ def assert_no_gpu_twice(jobs: list[dict]) -> None:
 
 @pytest.mark.slow
 def test_a_workstation_runs_one_job_per_gpu_and_two_projects_share_its_gpus(tmp_path, monkeypatch):
-    monkeypatch.setenv(gpu_slots.FAKE_ENV, "2")  # what Snakemake and the jobs take for this machine's GPUs
+    monkeypatch.setenv(gpu_slots.FAKE_ENV, "2")  # what Snakemake takes for this machine's GPUs
     monkeypatch.setenv(gpu_slots.LOCK_DIR_ENV, str(tmp_path / "locks"))
     for name in (gpu_slots.IDS_ENV, "CUDA_VISIBLE_DEVICES", "SLURM_JOB_ID"):
         monkeypatch.delenv(name, raising=False)
@@ -287,3 +288,66 @@ def test_a_workstation_runs_one_job_per_gpu_and_two_projects_share_its_gpus(tmp_
     assert len(both) == 5
     assert_no_gpu_twice(both)
     assert most_at_once(both) <= 2
+
+
+def planned_train(workdir: Path, overlay: dict, *args, **env) -> dict:
+    """The first train job of a dry run of the demo: its resources and its command."""
+    configfile = write_overlay(workdir.parent / f"{workdir.name}.yaml", overlay)
+    command, environment = snakemake_command(workdir, configfile, "-n", "-p", "results/train/full/seed0/history.csv",
+                                             *args, cores=32)
+    result = subprocess.run(command, env={**environment, **env}, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    block = result.stdout[result.stdout.index("rule train:"):]
+    resources = dict(re.findall(r"(\w+)=(\d+)", re.search(r"resources: (.*)", block)[1]))
+    return {**{k: int(v) for k, v in resources.items()}, "command": re.search(r"Shell command: (.*)", block)[1]}
+
+
+@pytest.mark.slow
+def test_gpus_are_handed_out_only_by_a_local_snakemake_with_gpus(tmp_path, monkeypatch):
+    for name in (gpu_slots.IDS_ENV, gpu_slots.FAKE_ENV, "CUDA_VISIBLE_DEVICES", "SLURM_JOB_ID"):
+        monkeypatch.delenv(name, raising=False)
+    four = {gpu_slots.FAKE_ENV: "4"}
+    job = planned_train(tmp_path / "gpus", {}, **four)
+    assert (job["gpu"], job["gpu_seats"]) == (1, 12) and job["command"].startswith("imageclf gpus 1 --share 1 -- imageclf train")
+    job = planned_train(tmp_path / "ddp", {"train": {"devices": 2}}, **four)
+    assert (job["gpu"], job["gpu_seats"]) == (2, 24) and "imageclf gpus 2 --share 1 -- torchrun" in job["command"]
+    job = planned_train(tmp_path / "shared", {"resources": {"train": {"gpu_share": 2}}}, **four)
+    assert (job["gpu"], job["gpu_share"], job["gpu_seats"]) == (1, 2, 6)
+    job = planned_train(tmp_path / "cpu_runs", {"train": {"device": "cpu"}}, **four)
+    assert (job["gpu"], job["gpu_seats"]) == (0, 0)
+    # nothing to hand out: no GPU here, gpu_ids: [], inside a SLURM job
+    for name, overlay, env in [("none", {}, {}), ("off", {"resources": {"gpu_ids": []}}, four),
+                               ("slurm_job", {}, {**four, "SLURM_JOB_ID": "42"})]:
+        job = planned_train(tmp_path / name, overlay, **env)
+        assert (job["gpu"], job["gpu_share"], job["gpu_seats"]) == (0, 1, 0), name  # the config's, as before
+        assert job["command"].startswith("imageclf gpus 0 --share 1 -- imageclf train")
+
+
+@pytest.mark.slow
+def test_a_cluster_executor_keeps_the_configs_gpus_on_a_machine_with_gpus(tmp_path, monkeypatch):
+    """A cluster's jobs ask the scheduler for the config's `gpu` (a dry run would not tell: it runs
+    under Snakemake's dry-run executor), and their `imageclf gpus` hands out nothing."""
+    for name in (gpu_slots.IDS_ENV, "CUDA_VISIBLE_DEVICES", "SLURM_JOB_ID"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv(gpu_slots.FAKE_ENV, "4")  # the submitting machine's GPUs
+    monkeypatch.setenv(gpu_slots.LOCK_DIR_ENV, str(tmp_path / "locks"))
+    make_dataset(tmp_path / "data", train_per_class=3, val_per_class=2, test_per_class=1)
+    overlay = tiny_overlay(tmp_path / "data", seeds=[0], train={"epochs": 1, "cache": False},
+                           variants={"full": {}, "no_mlp": None, "no_mixup": None})
+    overlay["resources"]["train"]["gpu"] = 1
+    configfile = write_overlay(tmp_path / "cluster.yaml", overlay)
+    record = tmp_path / "asked.txt"
+    submit = tmp_path / "submit.sh"
+    submit.write_text(f'echo "$1 $2 $3 $4" >> {record}\nshift 4\nexec {sys.executable} '
+                      f'{Path(__file__).parent / "cluster_submit.py"} --record {tmp_path / "jobs.jsonl"} --rule r '
+                      '--threads 1 --mem-mb 1 --runtime 1 --gpu 0 "$@"\n')
+    command, env = snakemake_command(tmp_path / "work", configfile, "results/train/full/seed0/history.csv",
+                                     "--executor", "cluster-generic", "--jobs", "2", "--latency-wait", "30",
+                                     "--default-resources", "gpu=0", "gpu_seats=0", "gpu_share=1",
+                                     "--cluster-generic-submit-cmd",
+                                     f"bash {submit} {{rule}} {{resources.gpu}} {{resources.gpu_seats}} {{resources.gpu_share}}")
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    asked = {line.split()[0]: line.split()[1:] for line in record.read_text().splitlines()}
+    assert asked["train"] == ["1", "0", "1"]  # gpu: the config's; no seats, no sharing
+    assert "of this machine" not in (tmp_path / "work/logs/train/full/seed0.log").read_text()  # nothing handed out

@@ -90,12 +90,9 @@ def machine_gpus() -> list[str]:
 
 def job_gpus() -> list[str]:
     """The GPU ids a job may take: those a local Snakemake exported (IDS_ENV; set it to run
-    `imageclf gpus` by hand), FAKE_ENV's in tests, else none. Never found by the job itself: a
-    job of another scheduler (its GPUs chosen by it, perhaps each seen as GPU 0) runs as it is."""
-    exported = os.environ.get(IDS_ENV)
-    if exported is not None:
-        return parse_ids(exported)
-    return machine_gpus() if os.environ.get(FAKE_ENV) is not None else []
+    `imageclf gpus` by hand), else none. Never found by the job itself: a job of another
+    scheduler (its GPUs chosen by it, perhaps each seen as GPU 0) runs as it is."""
+    return parse_ids(os.environ.get(IDS_ENV) or "")
 
 
 def lock_dir() -> Path:
