@@ -61,12 +61,17 @@ def check_exclusion_files(config: dict) -> None:
     """Each data.exclude file exists, or is the label audit's, which the workflow makes."""
     for variant in config["variants"]:
         spec = run_exclusion(config, variant)
-        if spec is None or Path(spec["file"]) == Path(exclude.AUDIT_ISSUES) or Path(spec["file"]).is_file():
+        if spec is None or Path(spec["file"]) == Path(exclude.AUDIT_ISSUES):
             continue
         key = "exclude" in ((config["variants"][variant] or {}).get("data") or {})
-        where = f"variants.{variant}.data.exclude.file" if key else "data.exclude.file"
-        raise ConfigError(f"{where}: file {described(spec['file'])} does not exist (a CSV with an `image` column, "
-                          f"or {exclude.AUDIT_ISSUES}, which the audit stage writes)")
+        where = f"variants.{variant}.data.exclude" if key else "data.exclude"
+        if not Path(spec["file"]).is_file():
+            raise ConfigError(f"{where}.file: file {described(spec['file'])} does not exist (a CSV with an `image` "
+                              f"column, or {exclude.AUDIT_ISSUES}, which the audit stage writes)")
+        try:  # its format and the columns its filters need, before any job
+            exclude.listed_images(spec)
+        except DataError as error:
+            raise ConfigError(f"{where}: {error}") from None
 
 
 def count_classes(config: dict) -> int:
