@@ -238,3 +238,12 @@ def test_a_missing_or_unreadable_exclusion_list_stops_before_any_job(tmp_path):
     with pytest.raises(ConfigError, match="no `score` column"):
         check({"file": str(tmp_path / "images.csv"), "min_score": 0.5})
     assert check({"file": exclude.AUDIT_ISSUES})  # made by the workflow: not there yet, and fine
+
+
+def test_a_variant_given_as_text_reads_as_the_schema_types():
+    """--config hands nested values over as text ('0.5', '5'); a variant's overlay is read as the
+    sections are."""
+    spec = {"file": exclude.AUDIT_ISSUES, "min_score": "0.5", "top_k": "5"}
+    config = config_with({"full": {}, "cleaned": {"data": {"exclude": spec}, "train": {"epochs": "3"}}})
+    assert C.run_exclusion(config, "cleaned") == {"file": exclude.AUDIT_ISSUES, "min_score": 0.5, "top_k": 5}
+    assert C.run_config(config, "cleaned", 0)["train"]["epochs"] == 3

@@ -137,7 +137,8 @@ def effective_config(config: dict) -> dict:
         config = typed(deep_merge(config, overlay), schema())
         validate(config, where="config after the demo overlay")
     # `variants: {name: null}` in an overlay drops that variant (overlays can only add keys).
-    config = {**config, "variants": {k: v for k, v in config["variants"].items() if v is not None}}
+    # a variant's overlay read as the schema's types, as the sections themselves were (--config text)
+    config = {**config, "variants": {k: typed(v, schema()) for k, v in config["variants"].items() if v is not None}}
     for name, overlay in config["variants"].items():
         validate(overlay, where=f"variant '{name}'", partial=True, prefix=f"variants.{name}")
     config = canonical(config, schema(), sort_keys=False)  # the user's order of variants stays
