@@ -2,7 +2,6 @@
 groups together. Planted data: copies of training images, resized, re-encoded as JPEG at
 quality 70, cropped by 5 % and mirrored."""
 
-import io
 
 import numpy as np
 import pandas as pd
@@ -11,37 +10,18 @@ from imageclf.core import tables
 from imageclf.core.errors import DataError
 from imageclf.core.io_utils import file_sha256
 from imageclf.data import folds, index, near_duplicates
-from PIL import Image, ImageDraw, ImageOps
+from PIL import Image, ImageOps
+
+from benchmarks import near_duplicates as planting
 
 
 def photo(seed: int, size: int = 80) -> Image.Image:
-    """A small smooth 'photo': low-frequency colour noise and a few discs (distinct per seed)."""
-    rng = np.random.default_rng(seed)
-    image = Image.fromarray((rng.random((6, 6, 3)) * 255).astype(np.uint8)).resize((size, size), Image.BICUBIC)
-    draw = ImageDraw.Draw(image)
-    for _ in range(3):
-        x, y = rng.integers(0, size, 2)
-        r = int(rng.integers(5, size // 3))
-        draw.ellipse((x - r, y - r, x + r, y + r), fill=tuple(int(v) for v in rng.integers(0, 255, 3)))
-    return image
+    """A small smooth 'photo', distinct per seed (the benchmark's planted images)."""
+    return planting.photo(np.random.default_rng(seed), size)
 
 
-def resized(image):
-    return image.resize((image.width * 3 // 4, image.height * 3 // 4), Image.BILINEAR)
-
-
-def jpeg70(image):
-    buffer = io.BytesIO()
-    image.save(buffer, "JPEG", quality=70)
-    return Image.open(io.BytesIO(buffer.getvalue())).convert("RGB")
-
-
-def cropped(image, share=0.05):
-    dx, dy = round(image.width * share / 2), round(image.height * share / 2)
-    return image.crop((dx, dy, image.width - dx, image.height - dy))
-
-
-COPIES = {"resized": resized, "jpeg70": jpeg70, "cropped": cropped, "mirrored": ImageOps.mirror}
+cropped = planting.crop_centre
+COPIES = {"resized": planting.resized, "jpeg70": planting.jpeg70, "cropped": cropped, "mirrored": ImageOps.mirror}
 DEFAULT = 8  # config.yaml's data.near_duplicates.distance
 
 

@@ -8,6 +8,7 @@ import shlex
 import pytest
 from conftest import snakemake, write_overlay
 from imageclf import cli
+from imageclf.core import paths
 
 OVERLAY = {
     # every optional stage in one DAG: cross-validation with full fits, torchvision weights
@@ -34,7 +35,8 @@ def parse_only(monkeypatch):
 
 def rule_commands(tmp_path) -> list[str]:
     configfile = write_overlay(tmp_path / "overlay.yaml", OVERLAY)
-    dry = snakemake(tmp_path / "work", configfile, "-n", "-p", "all")
+    # every optional stage: the default target, and the label audit, made only when asked for
+    dry = snakemake(tmp_path / "work", configfile, "-n", "-p", "all", paths.LABEL_ISSUES)
     assert dry.returncode == 0, dry.stdout[-3000:] + dry.stderr[-3000:]
     prefix = "Shell command: "
     lines = (dry.stdout + dry.stderr).splitlines()
