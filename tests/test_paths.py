@@ -6,13 +6,11 @@ import pytest
 from imageclf.core import paths
 
 
-@pytest.mark.parametrize("k", [None, 0, 3, 12])
-def test_a_fold_part_reads_back_as_its_number(k):
-    assert paths.fold_number(paths.fold_part(k)) == k
-
-
-def test_the_full_fit_has_no_fold_number():
-    assert paths.fold_number(paths.FULL_FIT) is None
+@pytest.mark.parametrize("k", [0, 3, 12])
+def test_a_folds_part_is_what_the_fold_wildcard_matches(k):
+    assert paths.fold_part(None) == ""
+    assert re.fullmatch(paths.fold_pattern(5), paths.fold_part(k))
+    assert re.fullmatch(paths.fold_pattern(5, full_fit=True), paths.fold_part(k))
 
 
 @pytest.mark.parametrize("folds, full_fit, matches, refuses", [

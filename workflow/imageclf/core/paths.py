@@ -11,12 +11,9 @@ outside a rule.
 
 from __future__ import annotations
 
-import re
-
 INDEX = "results/index"
 WEIGHTS = "results/weights"
 MANIFEST = "results/manifest.json"
-SUBMISSION = "results/submission.csv"
 # a run, and its models: the run's own, or one per fold
 RUN_DIR = "results/train/{variant}/seed{seed}"
 PRED_DIR = "results/predict/{variant}/seed{seed}"
@@ -49,18 +46,12 @@ def fold_part(k: int | None) -> str:
     return "" if k is None else f"/fold{k}"
 
 
-def fold_number(part: str) -> int | None:
-    """k of a /fold<k> part; None for the empty part and /full."""
-    match = re.fullmatch(r"/fold(\d+)", part)
-    return int(match.group(1)) if match else None
-
-
 def fold_pattern(folds: int, full_fit: bool = False) -> str:
     """The {fold} wildcard's regular expression: the empty part alone without cross-validation,
     /fold<k> with it, and /full too with cv.full_fit."""
     if not folds:
         return "(?:)"
-    return r"/(?:fold\d+|full)" if full_fit else FOLD_K
+    return rf"(?:{FOLD_K}|{FULL_FIT})" if full_fit else FOLD_K
 
 
 # The {fold} of a cache file: none, a fold's own index or a full fit's (a superset of the above).
