@@ -48,7 +48,9 @@ def local_weights_stamps():
     """A content stamp for each local model.weights file, brought up to date before the DAG is
     built: replacing the file retrains the variants that use it; a touch retrains nothing.
     """
-    weights = {variant_sections(CFG, variant)["model"]["weights"] for variant in VARIANTS}
+    weights = {
+        variant_sections(CFG, variant)["model"]["weights"] for variant in VARIANTS
+    }
     stamps = {}
     for path in sorted(p for p in weights if is_local_file(p)):
         stamps[path] = f"{WEIGHTS}/local/{stamp_name(path)}"
