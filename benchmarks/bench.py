@@ -117,13 +117,13 @@ def augmentation_rate(dataset, count: int) -> float:
 
 
 def batched_augmentation_rate(augmenter, squares, batch_size: int, device, rounds: int = 3) -> float:
-    """Images/s of the chain alone, batched on the device, uint8 batch already on the device
-    (the parameter draws included: they are made there)."""
+    """Images/s of the chain's device part alone, uint8 batch already on the device, its plans
+    drawn beforehand (as the loader's workers draw them)."""
     images = torch.stack([torch.from_numpy(np.array(squares.image(i % len(squares.shapes)))).permute(2, 0, 1)
                           for i in range(batch_size)]).to(device)
     side = augmenter.image_size + 1 if images.shape[-1] == augmenter.image_size else images.shape[-1]
     images = torch.nn.functional.interpolate(images.float(), size=(side, side)).to(torch.uint8)
-    seeds = [torch.arange(r * batch_size, (r + 1) * batch_size) for r in range(rounds + 1)]
+    seeds = [augmenter.plan(torch.arange(r * batch_size, (r + 1) * batch_size), side, side) for r in range(rounds + 1)]
     augmenter(images, seeds[0])
     if device.type == "cuda":
         torch.cuda.synchronize()

@@ -37,7 +37,7 @@ from ..data.loaders import ImageDataset, SeededSampler, epoch_seed, make_loader
 from ..models import factory
 from . import checkpoints, engine, presets, step_graph
 from .allocator import keep_freed_memory
-from .augment import BatchAugment, on_device
+from .augment import BatchAugment
 
 log = logging.getLogger("imageclf.train")
 
@@ -236,7 +236,6 @@ def make_loaders(cfg: dict, index: dict, classes: list[str], dist: Distributed, 
         val_set = ImageDataset(tables.read_index(index["val"]), classes,
                                     presets.eval_transform(cfg["augment"], size), open_cache(val_cache, index["val"]))
         val_loader, val_images = make_loader(val_set, tcfg["batch_size"], num_workers, pin_memory=pin), len(val_set)
-    augment = augment and on_device(augment, dist.device)
     return Loaders(train_loader, val_loader, sampler, augment, len(train_set), val_images)
 
 
