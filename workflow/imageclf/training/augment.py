@@ -65,8 +65,7 @@ def between(u: torch.Tensor, low: float, high: float) -> torch.Tensor:
 
 @functools.lru_cache(maxsize=None)
 def constant(values: tuple, device: torch.device, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """A small constant tensor on the device, made once: a copy made during a CUDA graph's capture
-    would be replayed from host memory that no longer holds it."""
+    """A small constant tensor on the device, made once (not one host-to-device copy a batch)."""
     return torch.tensor(values, dtype=dtype).to(device)
 
 
