@@ -67,7 +67,7 @@ LOCAL_WEIGHTS_STAMPS = local_weights_stamps()
 # The index outputs of each side of the data set, and the rule that checks that side first.
 INDEX_OUTPUTS = {
     "labelled": ("train", "val", "classes"),
-    "test": ("test", "summary", "leaks"),
+    "test": ("test", "summary"),
 }
 
 
