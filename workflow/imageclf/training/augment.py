@@ -554,30 +554,66 @@ def normalization(augment: dict) -> tuple[list, list]:
     return norm["mean"], norm["std"]
 
 
-def tree_map(fn, tree):
-    """fn on every tensor of nested dicts, lists and tuples; everything else as it is."""
-    if isinstance(tree, torch.Tensor):
+def tree_map(fn, tree, leaf: type = torch.Tensor):
+    """fn on every `leaf` of nested dicts, lists and tuples; everything else as it is."""
+    if isinstance(tree, leaf):
         return fn(tree)
     if isinstance(tree, dict):
-        return {key: tree_map(fn, value) for key, value in tree.items()}
+        return {key: tree_map(fn, value, leaf) for key, value in tree.items()}
     if isinstance(tree, (list, tuple)):
-        return type(tree)(tree_map(fn, value) for value in tree)
+        return type(tree)(tree_map(fn, value, leaf) for value in tree)
     return tree
+
+
+class Packed:
+    """Where one of a Plan's tensors lies in its buffer: byte offset, dtype and shape."""
+
+    __slots__ = ("offset", "dtype", "shape")
+
+    def __init__(self, offset: int, dtype: torch.dtype, shape: tuple):
+        self.offset, self.dtype, self.shape = offset, dtype, shape
+
+    def view(self, buffer: torch.Tensor) -> torch.Tensor:
+        size = math.prod(self.shape) * self.dtype.itemsize
+        return buffer[self.offset : self.offset + size].view(self.dtype).view(self.shape)
 
 
 class Plan:
     """One batch's augmentation, drawn and prepared on the CPU (in a loader worker): what each
-    stage of the chain takes, for images of `shape` (height, width). The DataLoader pins it with
-    the batch; the chain moves it to the device in one go."""
+    stage of the chain takes, for images of `shape` (height, width). Its tensors (a few dozen
+    small ones) are packed into one byte buffer, so that handing it from a worker, pinning it and
+    copying it to the device are one transfer each rather than one per tensor; `steps` are views
+    of that buffer, on whatever device it is."""
 
-    def __init__(self, steps: list, shape: tuple[int, int]):
-        self.steps, self.shape = steps, shape
+    def __init__(self, steps: list, shape: tuple[int, int], buffer: torch.Tensor | None = None):
+        self.shape = shape
+        if buffer is not None:  # steps: a layout of Packed entries over this buffer
+            self.layout, self.buffer = steps, buffer
+            return
+        tensors, end = [], 0
 
-    def pin_memory(self) -> "Plan":
-        return Plan(tree_map(torch.Tensor.pin_memory, self.steps), self.shape)
+        def place(tensor: torch.Tensor) -> Packed:
+            nonlocal end
+            end = -(-end // 8) * 8  # every tensor 8-byte aligned, so any dtype can view its bytes
+            tensors.append((end, tensor.contiguous().reshape(-1)))
+            packed = Packed(end, tensor.dtype, tuple(tensor.shape))
+            end += tensor.numel() * tensor.element_size()
+            return packed
 
-    def to(self, device: torch.device) -> "Plan":
-        return Plan(tree_map(lambda tensor: tensor.to(device, non_blocking=True), self.steps), self.shape)
+        self.layout = tree_map(place, steps)
+        self.buffer = torch.empty(end, dtype=torch.uint8)
+        for offset, flat in tensors:
+            self.buffer[offset : offset + flat.numel() * flat.element_size()] = flat.view(torch.uint8)
+
+    @property
+    def steps(self) -> list:
+        return tree_map(lambda packed: packed.view(self.buffer), self.layout, Packed)
+
+    def pin_memory(self) -> Plan:
+        return Plan(self.layout, self.shape, self.buffer.pin_memory())
+
+    def to(self, device: torch.device) -> Plan:
+        return Plan(self.layout, self.shape, self.buffer.to(device, non_blocking=True))
 
 
 class BatchAugment:
