@@ -1,6 +1,10 @@
 """The checkpoint keeper and the resume state, on their own (test_resume.py runs them in training)."""
 
+import os
+import time
+
 import torch
+from imageclf.core import io_utils
 from imageclf.core.io_utils import torch_save
 from imageclf.training import checkpoints
 from torch import nn
@@ -30,6 +34,9 @@ def test_keeper_keeps_the_first_best_epoch_of_each_metric(tmp_path):
     keeper = checkpoints.Keeper(tmp_path / "state")
     assert offer(keeper, 1, 0.5, 1.0, constant_model(1)) == list(checkpoints.SELECTABLE)
     assert offer(keeper, 2, 0.7, 1.2, constant_model(2)) == ["val_acc", "val_balanced_acc", "val_macro_f1"]
+    # an epoch's weights are written once: the other metrics it improves link to that file
+    assert keeper.path("val_acc").samefile(keeper.path("val_macro_f1"))
+    assert not keeper.path("val_acc").samefile(keeper.path("val_loss"))
     assert offer(keeper, 3, 0.7, 0.8, constant_model(3)) == ["val_loss"]  # a tie keeps epoch 2
     assert {k: keeper.best[k] for k in ("val_acc", "val_loss")} == {"val_acc": 0.7, "val_loss": 0.8}
     acc, loss = weights_of(keeper.path("val_acc")), weights_of(keeper.path("val_loss"))
@@ -55,10 +62,13 @@ def test_a_resumed_keeper_compares_with_the_saved_best(tmp_path):
 def test_publish_copies_the_kept_checkpoints(tmp_path):
     keeper = checkpoints.Keeper(tmp_path / "state")
     offer(keeper, 1, 0.5, 1.0, constant_model(1))
+    os.utime(keeper.path("val_acc"), (1_000_000, 1_000_000))  # kept long ago: a resumed run's
+    before = time.time() - 1
     keeper.publish(tmp_path / "run" / "checkpoints")
     for metric in checkpoints.SELECTABLE:
         copied = tmp_path / "run" / "checkpoints" / f"best_{metric}.pt"
         assert copied.read_bytes() == keeper.path(metric).read_bytes()
+        assert copied.stat().st_mtime >= before  # newer than the job's inputs, as a copy would be
 
 
 def parts(seed: int):
@@ -166,3 +176,16 @@ def test_restamp_updates_the_meta_of_the_kept_checkpoints(tmp_path):
         kept = weights_of(keeper.path(metric))
         assert kept["meta"] == {"epoch": 1, "config_hash": "new", "weights": "model"}
         assert torch.all(kept["model"]["weight"] == 1)
+
+
+def test_a_link_falls_back_to_a_copy_where_the_file_system_has_none(tmp_path, monkeypatch):
+    torch_save({"x": torch.ones(3)}, tmp_path / "a.pt")
+
+    def no_links(source, target):
+        raise OSError("hard links not supported")
+
+    monkeypatch.setattr(io_utils.os, "link", no_links)
+    io_utils.link_file(tmp_path / "a.pt", tmp_path / "b.pt")
+    assert (tmp_path / "b.pt").read_bytes() == (tmp_path / "a.pt").read_bytes()
+    assert not (tmp_path / "b.pt").samefile(tmp_path / "a.pt")
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["a.pt", "b.pt"]  # no temporary left

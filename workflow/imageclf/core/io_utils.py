@@ -53,6 +53,20 @@ def copy_file(source: str | Path, path: str | Path) -> None:
         shutil.copyfile(source, tmp)
 
 
+def link_file(source: str | Path, path: str | Path) -> None:
+    """`path` as a hard link to `source` (no bytes written), or a copy where the file system has
+    no hard links between them. Safe with this module's writers: they replace a file by a rename,
+    so rewriting one of the two names never changes the other. The file's time is set to now, as
+    a copy's would be (Snakemake orders files by it); `source` shares it."""
+    with atomic_path(path) as tmp:
+        os.unlink(tmp)
+        try:
+            os.link(source, tmp)
+        except OSError:
+            shutil.copyfile(source, tmp)
+        os.utime(tmp)
+
+
 def torch_save(obj, path: str | Path) -> None:
     import torch
 

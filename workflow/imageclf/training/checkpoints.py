@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from ..core.io_utils import copy_file, torch_save
+from ..core.io_utils import link_file, torch_save
 from ..core.metrics import SELECTABLE
 
 log = logging.getLogger("imageclf.checkpoints")
@@ -51,14 +51,19 @@ class Keeper:
         row: the epoch's history row; candidates: (weights, column suffix, module) in the order
         a tie should keep them, e.g. (("model", "", model), ("ema", "_ema", ema_module)): the
         trained weights first, so a tie keeps them over their EMA. A module of None is skipped."""
-        improved_metrics = []
+        improved_metrics, holds = [], {}  # holds: file -> the weights this epoch put in it
         for metric in SELECTABLE:
             for weights, suffix, module in candidates:
                 key = metric + suffix
                 if module is not None and key in row and improved(metric, row[key], self.best[metric]):
                     self.best[metric] = row[key]
-                    torch_save({"model": module.state_dict(), "meta": {**meta, "weights": weights}},
-                               self.path(metric))
+                    path = self.path(metric)
+                    same = next((kept for kept, held in holds.items() if held == weights and kept != path), None)
+                    if same is not None:  # the same bytes (weights and meta) as a file saved this epoch
+                        link_file(same, path)
+                    else:
+                        torch_save({"model": module.state_dict(), "meta": {**meta, "weights": weights}}, path)
+                    holds[path] = weights
                     improved_metrics.append(metric)
         return improved_metrics
 
@@ -70,11 +75,12 @@ class Keeper:
                 torch_save({**kept, "meta": {**kept["meta"], **meta}}, self.path(metric))
 
     def publish(self, folder) -> None:
-        """Copy the kept checkpoints to `folder` (the run's checkpoints/, a Snakemake output)."""
+        """The kept checkpoints into `folder` (the run's checkpoints/, a Snakemake output), as
+        links where the file system allows (each is a few hundred MB at the recipe's size)."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         for metric in SELECTABLE:
-            copy_file(self.path(metric), folder / f"best_{metric}.pt")
+            link_file(self.path(metric), folder / f"best_{metric}.pt")
 
 
 def resume_state(fingerprint: dict, config: dict, epoch: int, model, optimizer, scheduler, scaler, ema,
