@@ -120,15 +120,16 @@ def model_alone(cfg: dict, batch: int, steps: int, graphed: bool, benchmark: boo
     return batch * steps / (time.perf_counter() - start), first
 
 
-def augment_alone(cfg: dict, batch: int, steps: int) -> tuple[float, int, float]:
+def augment_alone(cfg: dict, batch: int, steps: int, dtype: torch.dtype | None = None) -> tuple[float, int, float]:
     """Images/s of the batched chain's device part alone (uint8 squares already on the device,
     their plans drawn beforehand and pinned, as the loader's workers hand them), the host
     synchronisations one batch makes (counted on CUDA only; -1 elsewhere), and the milliseconds
-    one plan takes on this CPU (a worker's share of the chain)."""
+    one plan takes on this CPU (a worker's share of the chain). dtype: what the chain computes in
+    (None: as training does, float16 on a GPU)."""
     device = engine.resolve_device(cfg["train"]["device"])
     size = cfg["train"]["image_size"]
     side = bench.cache.batch_input_size(cfg["augment"], size, cfg["train"]["cache_margin"])
-    augmenter = augment.BatchAugment(cfg["augment"], size)
+    augmenter = augment.BatchAugment(cfg["augment"], size, dtype=dtype)
     images = torch.randint(0, 256, (batch, 3, side, side), dtype=torch.uint8, device=device)
     start = time.perf_counter()
     plans = [augmenter.plan(torch.arange(k * batch, (k + 1) * batch), side, side) for k in range(steps + 2)]
@@ -276,12 +277,14 @@ def main(argv=None) -> None:
                 add(f"model alone, CUDA graph of the whole step, cudnn.benchmark {'on' if benchmark else 'off'}", batch,
                     graphed[0], alone[batch], f"first 3 steps and the capture {graphed[1]:.1f} s")
                 best[batch] = max(best[batch], graphed[0])
-        measured = None if "augment" in args.skip else guarded(augment_alone, cfg, batch, args.steps)
-        if measured:
-            rate, syncs, plan_ms = measured
-            add("batched augmentation alone (its device part; plans drawn beforehand)", batch, rate, None,
-                f"host syncs per batch: {syncs if syncs >= 0 else 'not counted (CPU)'}; a plan takes {plan_ms:.1f} ms "
-                "on one core of this CPU (in the loader's workers)")
+        # as training runs it (float16 on a GPU), and in float32 there for the same-run comparison
+        for dtype in () if "augment" in args.skip else (None, torch.float32) if cuda else (None,):
+            measured = guarded(augment_alone, cfg, batch, args.steps, dtype)
+            if measured:
+                rate, syncs, plan_ms = measured
+                add(f"batched augmentation alone (its device part; plans drawn beforehand){', float32' if dtype else ''}",
+                    batch, rate, None, f"host syncs per batch: {syncs if syncs >= 0 else 'not counted (CPU)'}; "
+                    f"a plan takes {plan_ms:.1f} ms on one core of this CPU (in the loader's workers)")
     add("determinism of the batched chain", args.batches[0], float("nan"), None, guarded(determinism, cfg, args.batches[0]))
     paths = sorted(str(p) for p in (root / "train").rglob("*.jpg"))
     small = args.batches[0]
