@@ -20,6 +20,25 @@ from PIL import Image
 REPO = Path(__file__).resolve().parent.parent
 
 
+def pytest_configure(config):
+    """A SLURM client whose controller is down (slurm.conf installed, slurmctld not running, as
+    on a machine where .ci/slurm_local.sh has not started it) makes every Snakemake process wait
+    9 s: snakemake-executor-plugin-slurm, loaded with the other plugins, asks `scontrol show
+    config` when it is imported, and scontrol waits for the connection to time out. Every
+    Snakemake of the tests, and every job a `run:` block or the cluster executor starts as a
+    Snakemake of its own, paid it. With the controller down, an empty SLURM_CONF makes the SLURM
+    commands fail at once instead: the same answer (no cluster; tests/test_slurm.py skips), no
+    wait. A running controller is left as it is."""
+    if shutil.which("scontrol") is None:
+        return
+    try:
+        down = subprocess.run(["scontrol", "ping"], capture_output=True, timeout=30).returncode != 0
+    except subprocess.TimeoutExpired:
+        down = True
+    if down:
+        os.environ["SLURM_CONF"] = os.devnull
+
+
 @pytest.fixture(autouse=True, scope="session")
 def torch_hub_of_the_tests(tmp_path_factory):
     """A torch hub cache of the tests' own (empty: nothing is downloaded, and the user's cache is
