@@ -322,7 +322,9 @@ def test_cluster_executor_runs_each_job_as_its_own_submission(finished):
     cluster_dir = base / "cluster"
     result = snakemake(cluster_dir, cluster_config, "all", "--executor", "cluster-generic",
                        "--cluster-generic-submit-cmd", submit, "--jobs", "2", "--default-resources", "gpu=0", "runtime=10",
-                       "--latency-wait", "30")
+                       "--latency-wait", "30",
+                       # each finished job is noticed at the next round of status checks (10 s apart by default)
+                       "--seconds-between-status-checks", "1")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     jobs = [json.loads(line) for line in record.read_text().splitlines()]
     by_rule = {}
