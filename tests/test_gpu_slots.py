@@ -343,6 +343,8 @@ def test_a_cluster_executor_keeps_the_configs_gpus_on_a_machine_with_gpus(tmp_pa
                       '--threads 1 --mem-mb 1 --runtime 1 --gpu 0 "$@"\n')
     command, env = snakemake_command(tmp_path / "work", configfile, "results/train/full/seed0/history.csv",
                                      "--executor", "cluster-generic", "--jobs", "2", "--latency-wait", "30",
+                                     # a finished job is noticed at the next status check (10 s apart by default)
+                                     "--seconds-between-status-checks", "1",
                                      "--default-resources", "gpu=0", "gpu_seats=0", "gpu_share=1",
                                      "--cluster-generic-submit-cmd",
                                      f"bash {submit} {{rule}} {{resources.gpu}} {{resources.gpu_seats}} {{resources.gpu_share}}")
