@@ -210,6 +210,12 @@ def test_colour_ops_compute_as_torchvisions_kernels():
     within_rounding(B.adjust_hue(x, torch.tensor(shifts)), each(F.adjust_hue, shifts), "hue")
     within_rounding(B.sharpen(x, torch.tensor(factors)), each(F.adjust_sharpness, factors), "sharpness")
     within_rounding(B.autocontrast(x), F.autocontrast(images), "autocontrast")
+    # a channel spread over less than 1/256 of a level is flat: in float16 255 over it would be inf, 0 * inf NaN
+    nearly_flat = torch.full((1, 3, 4, 4), 100.0)
+    nearly_flat[0, 2] = 0
+    nearly_flat[0, 2, 0, 0] = 0.002
+    assert torch.isfinite(B.autocontrast(nearly_flat.half())).all()
+    assert torch.equal(B.autocontrast(nearly_flat)[0, 2], nearly_flat[0, 2])
     assert torch.equal(B.equalize(x), F.equalize(images).float())
     # a factor of 1 leaves the sample exactly as it was (unpicked samples go through these)
     assert torch.equal(B.blend(x, torch.zeros(6, dtype=torch.long), torch.ones(6)), x)
@@ -271,6 +277,9 @@ def test_a_samples_augmentation_depends_on_its_seed_not_its_batch():
     whole = augmenter(images, torch.arange(8))
     half = augmenter(images[4:], torch.arange(4, 8))
     assert torch.allclose(whole[4:], half, atol=1e-5)
+    # alone in its batch too: ColorJitter's slices and RandAugment's groups then hold it alone
+    singles = torch.cat([augmenter(images[k : k + 1], torch.arange(k, k + 1)) for k in range(8)])
+    assert torch.allclose(whole, singles, atol=1e-5)
 
 
 VIEWS = {"view", "_unsafe_view", "unsqueeze", "squeeze", "expand", "slice", "select", "unbind", "t", "permute",
@@ -307,6 +316,12 @@ def test_the_float16_chain_of_a_gpu_makes_the_float32_batch_within_rounding():
     steps = (half - full).abs() * 0.225 * 255  # in uint8 steps (0.225: about the recipe's std)
     assert (steps <= 1).float().mean() > 0.93 and (steps <= 4).float().mean() > 0.98
     assert B.BatchAugment(AUGMENT, 32).compute_dtype(torch.device("cuda", 0)) == torch.float16
+    torch.backends.cudnn.benchmark = True  # the chain turns cuDNN's search off for itself alone
+    try:
+        B.BatchAugment(AUGMENT, 32)(images[:2], seeds[:2])
+        assert torch.backends.cudnn.benchmark
+    finally:
+        torch.backends.cudnn.benchmark = False
     assert B.BatchAugment(AUGMENT, 32).compute_dtype(torch.device("cpu")) == torch.float32
 
 

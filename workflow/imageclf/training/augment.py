@@ -18,7 +18,8 @@ bit-identical to the per-image chain. How it is made cheap:
   each op kept (a pixel that an op fills stays filled).
 - ColorJitter's random order runs as passes over the whole batch (a factor of 1 is an exact
   identity). RandAugment's picks are known on the CPU, so each of its groups of ops runs on the
-  samples that picked it alone: a slot costs about one pass over the batch, not one per op.
+  samples that picked it alone: a slot costs a gather, each sample's one op and a scatter, not
+  every op for every sample.
 Pixel values stay float in [0, 255] until the float conversion after the resize.
 """
 
@@ -124,14 +125,16 @@ def compose(maps: list[tuple[torch.Tensor, bool]], height: int, width: int) -> d
 def resample(images: torch.Tensor, warp: dict) -> torch.Tensor:
     """One nearest-neighbour resampling through compose()'s warp (torchvision's default
     interpolation for rotation, affine and RandAugment); a pixel whose source lies outside the
-    image at a filling op's input is 0, as that op's fill makes it."""
-    if images.dtype == torch.float16 and images.device.type == "cpu":  # torch's CPU kernel crashes on float16 batches
-        return resample(images.float(), warp).half()
+    image at a filling op's input is 0, as that op's fill makes it. The grid is computed in the
+    images' dtype (float16 on a GPU)."""
     size = list(images.shape)
     grid = nnf.affine_grid(warp["theta"].to(images.dtype), size, align_corners=False)
     for theta in warp["checks"]:
         outside = nnf.affine_grid(theta.to(images.dtype), size, align_corners=False).abs().amax(-1, keepdim=True) > 1
         grid = grid.masked_fill(outside, 2.0)  # beyond the edge: the zero padding fills it
+    if images.dtype == torch.float16 and images.device.type == "cpu":  # torch's CPU kernel crashes on float16 batches
+        return nnf.grid_sample(images.float(), grid.float(), mode="nearest", padding_mode="zeros",
+                               align_corners=False).half()
     return nnf.grid_sample(images, grid, mode="nearest", padding_mode="zeros", align_corners=False)
 
 
@@ -146,8 +149,10 @@ GRAY = (0.2989, 0.587, 0.114)  # ITU-R 601 luma, as torchvision's rgb_to_graysca
 
 
 def grayscale(images: torch.Tensor) -> torch.Tensor:
-    """(B, 1, H, W) luma, in one kernel (a 1 x 1 convolution)."""
-    return nnf.conv2d(images, constant(GRAY, images.device, images.dtype).view(1, 3, 1, 1))
+    """(B, 1, H, W) luma, in one kernel (a matrix product: no cuDNN algorithm to choose per batch size)."""
+    batch, _, height, width = images.shape
+    weights = constant(GRAY, images.device, images.dtype).view(1, 3)
+    return torch.matmul(weights, images.reshape(batch, 3, height * width)).view(batch, 1, height, width)
 
 
 BRIGHTNESS, CONTRAST, SATURATION = 0, 1, 2
@@ -165,8 +170,8 @@ def mix_grey(images: torch.Tensor, weights: dict, out: torch.Tensor | None = Non
     the mean grey (contrast) or the grey image (saturation), as torchvision's _blend
     (blend_weights says which). A factor of 1 leaves a sample as it is. out=images works in place."""
     factor = weights["factor"].view(-1, 1, 1, 1).to(images.dtype)
-    if not weights["needs_grey"]:  # brightness alone: no grey image to make
-        return torch.mul(images, factor, out=out).clamp_(0, 255)
+    if not weights["needs_grey"]:  # brightness alone: no grey image to make, the same lerp towards 0
+        return torch.lerp(torch.zeros_like(factor), images, factor, out=out).clamp_(0, 255)
     gray = grayscale(images)
     mean = gray.mean(dim=(2, 3), keepdim=True) * weights["mean"].view(-1, 1, 1, 1).to(images.dtype)
     other = torch.addcmul(mean, gray, weights["grey"].view(-1, 1, 1, 1).to(images.dtype))
@@ -211,9 +216,12 @@ def sharpen(images: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
 
 
 def autocontrast(images: torch.Tensor) -> torch.Tensor:
+    """Each channel stretched to [0, 255]; a channel whose range is under 1/256 of a level is left
+    as it is (flat, as torchvision's kernel treats an equal min and max): in float16 255 over a
+    smaller range is infinite, and 0 times it NaN."""
     low = images.amin(dim=(2, 3), keepdim=True)
     high = images.amax(dim=(2, 3), keepdim=True)
-    flat = high == low
+    flat = (high - low) < 1.0 / 256
     scale = 255.0 / torch.where(flat, 1.0, high - low)
     return torch.where(flat, images, ((images - low) * scale).clamp_(0, 255))
 
@@ -397,8 +405,9 @@ class RandAugment(Op):
     """Per slot, each sample picks one of RAND_AUGMENT_NAMES (uniformly) and, for a signed op, a
     sign. The picks are known on the CPU, so each slot runs each group of RAND_AUGMENT_GROUPS on
     its own samples alone: the slot's changed samples are gathered (sorted by group), each group's
-    kernels run on its slice, and the samples go back in one scatter. A slot costs about one pass
-    over the batch, whatever the number of ops it picks from."""
+    kernels run on its slice, and the samples go back in one scatter. A slot costs a few passes
+    over the batch (float32 at batch 64: about 6), whatever the number of ops it picks from.
+    apply() changes the images it is given."""
 
     key = "rand_augment"
 
@@ -595,15 +604,15 @@ class Plan:
         def place(tensor: torch.Tensor) -> Packed:
             nonlocal end
             end = -(-end // 8) * 8  # every tensor 8-byte aligned, so any dtype can view its bytes
-            tensors.append((end, tensor.contiguous().reshape(-1)))
+            tensors.append((end, tensor.reshape(-1)))
             packed = Packed(end, tensor.dtype, tuple(tensor.shape))
             end += tensor.numel() * tensor.element_size()
             return packed
 
         self.layout = tree_map(place, steps)
         self.buffer = torch.empty(end, dtype=torch.uint8)
-        for offset, flat in tensors:
-            self.buffer[offset : offset + flat.numel() * flat.element_size()] = flat.view(torch.uint8)
+        for offset, flat in tensors:  # copied into a view of the buffer: the source's strides do not matter
+            self.buffer[offset : offset + flat.numel() * flat.element_size()].view(flat.dtype).copy_(flat)
 
     @property
     def steps(self) -> list:
@@ -696,21 +705,27 @@ class BatchAugment:
 
     def compute_dtype(self, device: torch.device) -> torch.dtype:
         """float16 on a GPU, where the chain's time is the bytes its kernels move (pixel values are
-        integers up to 255 between ops, which float16 holds exactly, and its 11 bits keep what
-        each op computes to a fraction of a uint8 step); float32 on a CPU, which has few native
-        float16 kernels."""
+        integers up to 255 between ops, which float16 holds exactly, and its 11 bits keep most of
+        what each op computes within a uint8 step; the hue, whose arithmetic runs up to 12, within
+        two); float32 on a CPU, which has few native float16 kernels."""
         return self.dtype or (torch.float16 if device.type == "cuda" else torch.float32)
 
     def run(self, images: torch.Tensor, plan: Plan) -> torch.Tensor:
         """The chain, on the device alone: image work only, and no host sync."""
         x = images.to(self.compute_dtype(images.device))
-        for (kind, item), prepared in zip(self.stages, plan.steps):
-            if kind == "warp":
-                x = resample(x, prepared)
-            elif kind == "resize":
-                x = self.resize(x)
-            else:
-                x = item.apply(x, prepared)
+        # sharpening convolves slices whose size changes every batch: no cuDNN algorithm search
+        # for each (IMAGECLF_CUDNN_BENCHMARK=1 would wait for the GPU, and pick per size)
+        benchmark, torch.backends.cudnn.benchmark = torch.backends.cudnn.benchmark, False
+        try:
+            for (kind, item), prepared in zip(self.stages, plan.steps):
+                if kind == "warp":
+                    x = resample(x, prepared)
+                elif kind == "resize":
+                    x = self.resize(x)
+                else:
+                    x = item.apply(x, prepared)
+        finally:
+            torch.backends.cudnn.benchmark = benchmark
         return self.normalize(x)
 
     def resize(self, x: torch.Tensor) -> torch.Tensor:
