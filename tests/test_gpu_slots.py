@@ -290,9 +290,10 @@ def test_a_workstation_runs_one_job_per_gpu_and_two_projects_share_its_gpus(tmp_
     assert most_at_once(both) <= 2
 
 
-def planned_train(workdir: Path, overlay: dict, *args, **env) -> dict:
-    """The first train job of a dry run of the demo: its resources and its command."""
-    configfile = write_overlay(workdir.parent / f"{workdir.name}.yaml", overlay)
+def planned_train(workdir: Path, overlay: dict, *args, name: str = "", **env) -> dict:
+    """The first train job of a dry run of the demo: its resources and its command. name: the
+    overlay's (several dry runs may share one folder, and so its cache of the model's facts)."""
+    configfile = write_overlay(workdir.parent / f"{name or workdir.name}.yaml", overlay)
     command, environment = snakemake_command(workdir, configfile, "-n", "-p", "results/train/full/seed0/history.csv",
                                              *args, cores=32)
     result = subprocess.run(command, env={**environment, **env}, capture_output=True, text=True, timeout=300)
@@ -307,18 +308,21 @@ def test_gpus_are_handed_out_only_by_a_local_snakemake_with_gpus(tmp_path, monke
     for name in (gpu_slots.IDS_ENV, gpu_slots.FAKE_ENV, "CUDA_VISIBLE_DEVICES", "SLURM_JOB_ID"):
         monkeypatch.delenv(name, raising=False)
     four = {gpu_slots.FAKE_ENV: "4"}
-    job = planned_train(tmp_path / "gpus", {}, **four)
+    # Dry runs build nothing: they share one project folder, whose cache of the model's facts (its
+    # parameter count, measured by building resnet50 once) spares each of them that second or two.
+    project = tmp_path / "project"
+    job = planned_train(project, {}, name="gpus", **four)
     assert (job["gpu"], job["gpu_seats"]) == (1, 12) and job["command"].startswith("imageclf gpus 1 --share 1 -- imageclf train")
-    job = planned_train(tmp_path / "ddp", {"train": {"devices": 2}}, **four)
+    job = planned_train(project, {"train": {"devices": 2}}, name="ddp", **four)
     assert (job["gpu"], job["gpu_seats"]) == (2, 24) and "imageclf gpus 2 --share 1 -- torchrun" in job["command"]
-    job = planned_train(tmp_path / "shared", {"resources": {"train": {"gpu_share": 2}}}, **four)
+    job = planned_train(project, {"resources": {"train": {"gpu_share": 2}}}, name="shared", **four)
     assert (job["gpu"], job["gpu_share"], job["gpu_seats"]) == (1, 2, 6)
-    job = planned_train(tmp_path / "cpu_runs", {"train": {"device": "cpu"}}, **four)
+    job = planned_train(project, {"train": {"device": "cpu"}}, name="cpu_runs", **four)
     assert (job["gpu"], job["gpu_seats"]) == (0, 0)
     # nothing to hand out: no GPU here, gpu_ids: [], inside a SLURM job
     for name, overlay, env in [("none", {}, {}), ("off", {"resources": {"gpu_ids": []}}, four),
                                ("slurm_job", {}, {**four, "SLURM_JOB_ID": "42"})]:
-        job = planned_train(tmp_path / name, overlay, **env)
+        job = planned_train(project, overlay, name=name, **env)
         assert (job["gpu"], job["gpu_share"], job["gpu_seats"]) == (0, 1, 0), name  # the config's, as before
         assert job["command"].startswith("imageclf gpus 0 --share 1 -- imageclf train")
 
