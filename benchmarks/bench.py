@@ -123,13 +123,13 @@ def batched_augmentation_rate(augmenter, squares, batch_size: int, device, round
                           for i in range(batch_size)]).to(device)
     side = augmenter.image_size + 1 if images.shape[-1] == augmenter.image_size else images.shape[-1]
     images = torch.nn.functional.interpolate(images.float(), size=(side, side)).to(torch.uint8)
-    seeds = [augmenter.plan(torch.arange(r * batch_size, (r + 1) * batch_size), side, side) for r in range(rounds + 1)]
-    augmenter(images, seeds[0])
+    plans = [augmenter.plan(torch.arange(r * batch_size, (r + 1) * batch_size), side, side) for r in range(rounds + 1)]
+    augmenter(images, plans[0])
     if device.type == "cuda":
         torch.cuda.synchronize()
     start = time.perf_counter()
     for r in range(1, rounds + 1):
-        augmenter(images, seeds[r])
+        augmenter(images, plans[r])
     if device.type == "cuda":
         torch.cuda.synchronize()
     return batch_size * rounds / (time.perf_counter() - start)

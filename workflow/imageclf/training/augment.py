@@ -16,10 +16,10 @@ bit-identical to the per-image chain. How it is made cheap:
   without a host synchronisation.
 - Consecutive geometric ops (flips, rotation, affine) are composed into one warp, with the fill of
   each op kept (a pixel that an op fills stays filled).
-- ColorJitter's random order runs as passes over the whole batch (a factor of 1 is an exact
-  identity). RandAugment's picks are known on the CPU, so each of its groups of ops runs on the
-  samples that picked it alone: a slot costs a gather, each sample's one op and a scatter, not
-  every op for every sample.
+- ColorJitter's random order runs as blend passes on contiguous slices of the batch, sorted by
+  where each sample's hue comes. RandAugment's picks are known on the CPU, so each of its groups
+  of ops runs on the samples that picked it alone: a slot costs a gather, each sample's one op
+  and a scatter, not every op for every sample.
 Pixel values stay float in [0, 255] until the float conversion after the resize.
 """
 
@@ -258,8 +258,9 @@ class Op:
 
     matrix = None  # (params, height, width) -> (B, 3, 3), for geometric ops
 
-    def prepare(self, params: dict, height: int, width: int) -> dict:
-        """What apply() takes: tensors, Python numbers and flags, made from params() on the CPU."""
+    def prepare(self, params: dict, height: int, width: int, seeds: torch.Tensor | None = None) -> dict:
+        """What apply() takes: tensors, Python numbers and flags, made from params() on the CPU
+        (seeds: the batch's sample seeds, for what is drawn per batch)."""
         return params
 
     def apply(self, images: torch.Tensor, prepared: dict) -> torch.Tensor:
@@ -341,27 +342,24 @@ class ColorJitter(Op):
                   for k, r in enumerate(self.ranges())]
         return {"factors": torch.stack(values, 1), "order": u[:, 4:8].argsort(dim=1)}  # a uniform random order
 
-    def prepare(self, params, height, width):
+    def prepare(self, params, height, width, seeds=None):
         """The batch's order (by the hue's position) and, per blend pass, the (start, stop) of the
         samples that blend in it, with their blend_weights; passes that change nothing are left out."""
         hue_at = (params["order"] == 3).to(torch.int64).argmax(dim=1)
         batch = torch.argsort(hue_at, stable=True)
         order, factors, hue_at = params["order"][batch], params["factors"][batch], hue_at[batch]
+
+        def blend_pass(start: int, stop: int, kinds: torch.Tensor) -> list:
+            factor = factors[start:stop].gather(1, kinds.view(-1, 1)).squeeze(1)
+            return [(start, stop, blend_weights(kinds, factor))] if bool((factor != 1.0).any()) else []
+
         before, after = [], []
         for j in range(3):  # pass j before the hue: the samples whose hue comes later; after it: earlier
             start = int((hue_at <= j).sum())
-            before.append((start, len(batch), order[start:, j]))
+            before += blend_pass(start, len(batch), order[start:, j])
             stop = int((hue_at <= 2 - j).sum())
-            after.append((0, stop, order[:stop].gather(1, hue_at[:stop].view(-1, 1) + 1 + j).squeeze(1)))
-        passes = {"before": before, "after": after}
-        for name, runs in passes.items():
-            kept = []
-            for start, stop, kinds in runs:
-                factor = factors[start:stop].gather(1, kinds.view(-1, 1)).squeeze(1)
-                if bool((factor != 1.0).any()):
-                    kept.append((start, stop, blend_weights(kinds, factor)))
-            passes[name] = kept
-        return {"batch": batch, **passes, "hue": factors[:, 3] if self.ranges()[3] else None}
+            after += blend_pass(0, stop, order[:stop].gather(1, hue_at[:stop].view(-1, 1) + 1 + j).squeeze(1))
+        return {"batch": batch, "before": before, "after": after, "hue": factors[:, 3] if self.ranges()[3] else None}
 
     def apply(self, images, prepared):
         x = images.index_select(0, prepared["batch"])
@@ -374,36 +372,35 @@ class ColorJitter(Op):
         return torch.empty_like(x).index_copy_(0, prepared["batch"], x)
 
 
-# RandAugment's ops in torchvision's order: (magnitudes over num_bins for height x width, signed)
+# RandAugment's ops in torchvision's order: (magnitudes over num_bins for height x width, signed,
+# the group the batched chain runs it in: the samples of one group go through one kernel sequence)
 RAND_AUGMENT_SPACE = {
-    "Identity": (lambda bins, height, width: None, False),
-    "ShearX": (lambda bins, height, width: torch.linspace(0.0, 0.3, bins), True),
-    "ShearY": (lambda bins, height, width: torch.linspace(0.0, 0.3, bins), True),
-    "TranslateX": (lambda bins, height, width: torch.linspace(0.0, 150.0 / 331.0 * width, bins), True),
-    "TranslateY": (lambda bins, height, width: torch.linspace(0.0, 150.0 / 331.0 * height, bins), True),
-    "Rotate": (lambda bins, height, width: torch.linspace(0.0, 30.0, bins), True),
-    "Brightness": (lambda bins, height, width: torch.linspace(0.0, 0.9, bins), True),
-    "Color": (lambda bins, height, width: torch.linspace(0.0, 0.9, bins), True),
-    "Contrast": (lambda bins, height, width: torch.linspace(0.0, 0.9, bins), True),
-    "Sharpness": (lambda bins, height, width: torch.linspace(0.0, 0.9, bins), True),
-    "Posterize": (lambda bins, height, width: (8 - (torch.arange(bins) / ((bins - 1) / 4))).round().int(), False),
-    "Solarize": (lambda bins, height, width: torch.linspace(1.0, 0.0, bins), False),
-    "AutoContrast": (lambda bins, height, width: None, False),
-    "Equalize": (lambda bins, height, width: None, False),
+    "Identity": (lambda bins, height, width: None, False, None),
+    "ShearX": (lambda bins, height, width: torch.linspace(0.0, 0.3, bins), True, "warp"),
+    "ShearY": (lambda bins, height, width: torch.linspace(0.0, 0.3, bins), True, "warp"),
+    "TranslateX": (lambda bins, height, width: torch.linspace(0.0, 150.0 / 331.0 * width, bins), True, "warp"),
+    "TranslateY": (lambda bins, height, width: torch.linspace(0.0, 150.0 / 331.0 * height, bins), True, "warp"),
+    "Rotate": (lambda bins, height, width: torch.linspace(0.0, 30.0, bins), True, "warp"),
+    "Brightness": (lambda bins, height, width: torch.linspace(0.0, 0.9, bins), True, "blend"),
+    "Color": (lambda bins, height, width: torch.linspace(0.0, 0.9, bins), True, "blend"),
+    "Contrast": (lambda bins, height, width: torch.linspace(0.0, 0.9, bins), True, "blend"),
+    "Sharpness": (lambda bins, height, width: torch.linspace(0.0, 0.9, bins), True, "sharpen"),
+    "Posterize": (lambda bins, height, width: (8 - (torch.arange(bins) / ((bins - 1) / 4))).round().int(), False,
+                  "posterize"),
+    "Solarize": (lambda bins, height, width: torch.linspace(1.0, 0.0, bins), False, "solarize"),
+    "AutoContrast": (lambda bins, height, width: None, False, "autocontrast"),
+    "Equalize": (lambda bins, height, width: None, False, "equalize"),
 }
 RAND_AUGMENT_NAMES = tuple(RAND_AUGMENT_SPACE)
 NUM_MAGNITUDE_BINS = 31  # torchvision's default
-# How the batched chain runs each pick: the samples of one group go through one kernel sequence
-RAND_AUGMENT_GROUPS = {"Identity": None, "ShearX": "warp", "ShearY": "warp", "TranslateX": "warp", "TranslateY": "warp",
-                       "Rotate": "warp", "Brightness": "blend", "Color": "blend", "Contrast": "blend",
-                       "Sharpness": "sharpen", "Posterize": "posterize", "Solarize": "solarize",
-                       "AutoContrast": "autocontrast", "Equalize": "equalize"}
-GROUPS = tuple(dict.fromkeys(group for group in RAND_AUGMENT_GROUPS.values() if group))
+GROUPS = tuple(dict.fromkeys(group for _, _, group in RAND_AUGMENT_SPACE.values() if group))
+# each pick's group as its position in GROUPS (-1: Identity, which changes nothing)
+GROUP_RANK = torch.tensor([GROUPS.index(group) if group else -1 for _, _, group in RAND_AUGMENT_SPACE.values()])
 
 
 class RandAugment(Op):
     """Per slot, each sample picks one of RAND_AUGMENT_NAMES (uniformly) and, for a signed op, a
-    sign. The picks are known on the CPU, so each slot runs each group of RAND_AUGMENT_GROUPS on
+    sign. The picks are known on the CPU, so each slot runs each group of GROUPS on
     its own samples alone: the slot's changed samples are gathered (sorted by group), each group's
     kernels run on its slice, and the samples go back in one scatter. A slot costs a few passes
     over the batch (float32 at batch 64: about 6), whatever the number of ops it picks from.
@@ -430,15 +427,14 @@ class RandAugment(Op):
         table = constant(tuple(self.magnitude(name, height, width) for name in RAND_AUGMENT_NAMES), u.device)
         return {"picks": picks, "magnitude": table[picks] * sign}
 
-    def prepare(self, params, height, width):
+    def prepare(self, params, height, width, seeds=None):
         """Per slot: the changed samples sorted by group ("index"), and each group's (name, start,
         stop, parameters) over that order."""
         index = {name: k for k, name in enumerate(RAND_AUGMENT_NAMES)}
-        rank = torch.tensor([GROUPS.index(group) if group else -1 for group in RAND_AUGMENT_GROUPS.values()])
         slots = []
         for slot in range(self.config["num_ops"]):
             pick, magnitude = params["picks"][:, slot], params["magnitude"][:, slot]
-            group_of = rank[pick]
+            group_of = GROUP_RANK[pick]
             order = torch.argsort(group_of, stable=True)
             order = order[group_of[order] >= 0]  # the identity picks stay where they are
             counts = torch.bincount(group_of[order], minlength=len(GROUPS)).tolist()
@@ -530,8 +526,9 @@ class RandomErasing(Op):
         erased = (u[:, 0] < c["p"]) & fits.any(dim=1)
         return {"erased": erased, "top": top, "left": left, "height": h, "width": w}
 
-    def prepare(self, params, height, width):
-        return {**params, "any": bool(params["erased"].any()), "noise_seed": 0}
+    def prepare(self, params, height, width, seeds=None):
+        noise_seed = 0 if seeds is None else int(seeds.sum()) % (2**63 - 1)
+        return {**params, "any": bool(params["erased"].any()), "noise_seed": noise_seed}
 
     def apply(self, images, prepared):
         if not prepared["any"]:
@@ -664,12 +661,15 @@ class BatchAugment:
         seeds = torch.tensor([seed for _, _, seed in samples], dtype=torch.int64)
         return images, targets, self.plan(seeds, *images.shape[-2:])
 
+    def size_for(self, op: Op, height: int, width: int) -> tuple[int, int]:
+        """The image size an op works at: the final size after the resize, the input's before."""
+        return (self.image_size, self.image_size) if op.after_resize else (height, width)
+
     def draw(self, seeds: torch.Tensor, height: int, width: int) -> dict:
         """Every op's parameters for these samples, by op."""
         u, first, drawn = uniforms(seeds, self.draws), 0, {}
         for op in self.ops:
-            size = (self.image_size, self.image_size) if op.after_resize else (height, width)
-            drawn[op] = op.params(u[:, first : first + op.draws], *size)
+            drawn[op] = op.params(u[:, first : first + op.draws], *self.size_for(op, height, width))
             first += op.draws
         return drawn
 
@@ -681,11 +681,7 @@ class BatchAugment:
             if kind == "warp":
                 steps.append(compose([(op.matrix(drawn[op], height, width), op.fills) for op in item], height, width))
             elif kind == "op":
-                size = (self.image_size, self.image_size) if item.after_resize else (height, width)
-                prepared = item.prepare(drawn[item], *size)
-                if isinstance(item, RandomErasing):  # the noise depends on the batch's seeds
-                    prepared["noise_seed"] = int(seeds.sum()) % (2**63 - 1)
-                steps.append(prepared)
+                steps.append(item.prepare(drawn[item], *self.size_for(item, height, width), seeds=seeds))
             else:
                 steps.append(None)
         return Plan(steps, (height, width))
