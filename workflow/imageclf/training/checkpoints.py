@@ -76,7 +76,7 @@ class Keeper:
 
     def publish(self, folder) -> None:
         """The kept checkpoints into `folder` (the run's checkpoints/, a Snakemake output), as
-        links where the file system allows (each is a few hundred MB at the recipe's size)."""
+        links where the file system allows (each about 100 MB at the recipe's size)."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         for metric in SELECTABLE:
