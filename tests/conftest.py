@@ -54,6 +54,18 @@ def torch_hub_of_the_tests(tmp_path_factory):
         os.environ["TORCH_HOME"] = previous
 
 
+@pytest.fixture(scope="module")
+def module_tmp(request, tmp_path_factory):
+    """A folder shared by one test module's tests (a finished run they read). It is removed when
+    the module ends with no test failed, as pytest removes a passed test's tmp_path
+    (`tmp_path_retention_policy` in pyproject.toml): a finished run is a few gigabytes."""
+    failed_before = request.session.testsfailed
+    folder = tmp_path_factory.mktemp(request.module.__name__.removeprefix("test_"))
+    yield folder
+    if request.session.testsfailed == failed_before:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 def course_layout() -> str:
     """A folder laid out like the course data set's train/ (100 class folders, as the config
     checks count them), made once per test session; the folders hold no images."""

@@ -20,8 +20,8 @@ TRAIN_SIDE = {"run_config", "folds", "fold_index", "train", "select", "index", "
 
 
 @pytest.fixture(scope="module")
-def finished(tmp_path_factory):
-    base = tmp_path_factory.mktemp("cv")
+def finished(module_tmp):
+    base = module_tmp
     make_dataset(base / "data", train_per_class=6, val_per_class=2)
     # the data set relative to the working directory, so that a copy of `base` is a whole project
     overlay = tiny_overlay(Path("../data"), seeds=[0], cv={"folds": FOLDS, "seed": 0, "full_fit": True},

@@ -222,10 +222,10 @@ def test_a_check_writes_its_marker_and_no_index(dataset, tmp_path):
 # -- the workflow: Snakemake end to end on tiny data --------------------------------------------
 
 @pytest.fixture(scope="module")
-def finished(tmp_path_factory):
+def finished(module_tmp):
     """`snakemake results/submission.csv` on tiny data (one run, 2 epochs). Read-only: tests
     change a copy (`copy_of`)."""
-    base = tmp_path_factory.mktemp("stale")
+    base = module_tmp
     make_dataset(base / "data")
     overlay = tiny_overlay(Path("../data"), variants={"full": {}, "no_mlp": None, "no_mixup": None})
     configfile = write_overlay(base / "tiny.yaml", overlay)

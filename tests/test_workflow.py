@@ -24,11 +24,11 @@ TRAIN_SIDE = {"run_config", "train", "select"}  # jobs that a test-only change m
 
 
 @pytest.fixture(scope="module")
-def finished(tmp_path_factory):
+def finished(module_tmp):
     """One complete run of `snakemake all` (submission, ablation table, plots) on tiny data,
     two seeds per variant. Read-only: a test that changes data or results works on a copy
     (`copy_of`)."""
-    base = tmp_path_factory.mktemp("workflow")
+    base = module_tmp
     # spaces in the data set's path and in the working directory, as in many users' home folders
     make_dataset(base / "my data")
     # the data set given relative to the working directory, so a copy of `base` is a whole project
