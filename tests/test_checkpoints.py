@@ -3,6 +3,7 @@
 import os
 import time
 
+import pytest
 import torch
 from imageclf.core import io_utils
 from imageclf.core.io_utils import torch_save
@@ -27,7 +28,7 @@ def offer(keeper, epoch, val_acc, val_loss, model, ema=None, ema_row=None):
     row = {"epoch": epoch, "val_acc": val_acc, "val_loss": val_loss, "val_balanced_acc": val_acc,
            "val_macro_f1": val_acc, **(ema_row or {})}
     meta = {"epoch": epoch}
-    return keeper.offer(row, meta, (("model", "", model), ("ema", "_ema", ema)))
+    return keeper.offer(row, meta, (("model", "", model.state_dict()), ("ema", "_ema", ema and ema.state_dict())))
 
 
 def test_keeper_keeps_the_first_best_epoch_of_each_metric(tmp_path):
@@ -170,7 +171,7 @@ def test_load_resume_state_extends_or_says_why_it_does_not(tmp_path, caplog):
 def test_restamp_updates_the_meta_of_the_kept_checkpoints(tmp_path):
     keeper = checkpoints.Keeper(tmp_path)
     keeper.offer({"val_acc": 0.5, "val_loss": 1.0, "val_balanced_acc": 0.5, "val_macro_f1": 0.5},
-                 {"epoch": 1, "config_hash": "old"}, (("model", "", constant_model(1)),))
+                 {"epoch": 1, "config_hash": "old"}, (("model", "", constant_model(1).state_dict()),))
     keeper.restamp({"config_hash": "new"})
     for metric in checkpoints.SELECTABLE:
         kept = weights_of(keeper.path(metric))
@@ -189,3 +190,37 @@ def test_a_link_falls_back_to_a_copy_where_the_file_system_has_none(tmp_path, mo
     assert (tmp_path / "b.pt").read_bytes() == (tmp_path / "a.pt").read_bytes()
     assert not (tmp_path / "b.pt").samefile(tmp_path / "a.pt")
     assert sorted(path.name for path in tmp_path.iterdir()) == ["a.pt", "b.pt"]  # no temporary left
+
+
+def test_the_epoch_writer_saves_a_snapshot_and_announces_after_it_is_on_disk(tmp_path):
+    """Training goes on changing the weights in place while the epoch is written: the files hold
+    the weights of the moment write() was called, and the announcement comes once the state is there."""
+    model = constant_model(1)
+    state_path = tmp_path / "state" / checkpoints.STATE_FILE
+    announced = []
+    with checkpoints.EpochWriter(checkpoints.Keeper(tmp_path / "state"), state_path) as writer:
+        row = {"val_acc": 0.5, "val_loss": 1.0, "val_balanced_acc": 0.5, "val_macro_f1": 0.5}
+        writer.write(row, {"epoch": 1}, (("model", "", model.state_dict()),), {"epoch": 1, "model": model.state_dict()},
+                     lambda: announced.append(state_path.is_file()))
+        with torch.no_grad():
+            for parameter in model.parameters():
+                parameter.fill_(7)
+    assert announced == [True]
+    state = torch.load(state_path, map_location="cpu", weights_only=True)
+    assert state["epoch"] == 1 and torch.all(state["model"]["weight"] == 1)
+    assert state["best"]["val_acc"] == 0.5  # the keeper's best after this epoch's offer
+    assert torch.all(weights_of(tmp_path / "state" / "best_val_acc.pt")["model"]["weight"] == 1)
+
+
+def test_the_epoch_writer_raises_its_error_and_finishes_the_epoch_on_a_training_error(tmp_path):
+    blocked = tmp_path / "a file"
+    blocked.write_text("not a folder")
+    with pytest.raises(OSError):  # the writing thread's error reaches the training thread
+        with checkpoints.EpochWriter(checkpoints.Keeper(tmp_path), blocked / "state.pt") as writer:
+            writer.write(None, {}, (), {"epoch": 1})
+    state_path = tmp_path / "state.pt"
+    with pytest.raises(RuntimeError, match="diverged"):  # the training error is the one raised
+        with checkpoints.EpochWriter(checkpoints.Keeper(tmp_path), state_path) as writer:
+            writer.write(None, {}, (), {"epoch": 3, "weight": torch.ones(1000, 1000)})
+            raise RuntimeError("diverged")
+    assert torch.load(state_path, weights_only=True)["epoch"] == 3  # the epoch before it is kept

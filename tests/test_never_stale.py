@@ -34,7 +34,7 @@ from imageclf.core.errors import DataError, WeightsError
 from imageclf.core.io_utils import torch_save, write_json
 from imageclf.data import datafiles, index
 from imageclf.evaluation import ensemble, predict, submission
-from imageclf.training import train
+from imageclf.training import checkpoints, train
 from PIL import Image
 
 
@@ -152,14 +152,14 @@ def test_the_epoch_log_line_is_never_ahead_of_the_saved_state(prepared, monkeypa
     assert watcher.seen == [(1, 1), (2, 2)]  # each epoch's line once its state is on disk
 
     # killed while epoch 2's state is being saved: no line claims epoch 2, which a resume redoes
-    real_save = train.torch_save
+    real_save = checkpoints.torch_save
 
     def killed_at_epoch_two(obj, path):
         if str(path).endswith("state.pt") and obj["epoch"] == 2:
             raise KeyboardInterrupt("killed while saving epoch 2")
         real_save(obj, path)
 
-    monkeypatch.setattr(train, "torch_save", killed_at_epoch_two)
+    monkeypatch.setattr(checkpoints, "torch_save", killed_at_epoch_two)
     watcher = watched(tmp / "killed" / "resume" / "state.pt", monkeypatch)
     try:
         with pytest.raises(KeyboardInterrupt):

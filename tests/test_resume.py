@@ -10,7 +10,7 @@ from conftest import REPO, index_dataset, index_files, make_dataset, snakemake, 
 from imageclf.checks import checked_config
 from imageclf.core import config as C
 from imageclf.core.io_utils import write_json
-from imageclf.training import train
+from imageclf.training import checkpoints, train
 
 COMPARED = ["epoch", "train_loss", "val_loss", "val_acc", "lr"]  # all but wall-clock columns
 
@@ -76,7 +76,7 @@ def interrupted_after_epoch_two_then_resumed(monkeypatch, run_config, tmp):
     """Train into tmp/resumed, killed right after epoch 2's resume state is saved, then again:
     (the resumed history, the epochs whose state was saved before the kill)."""
     saves = []
-    real_save = train.torch_save
+    real_save = checkpoints.torch_save
 
     def crash_after_epoch_two(obj, path):
         real_save(obj, path)
@@ -85,10 +85,10 @@ def interrupted_after_epoch_two_then_resumed(monkeypatch, run_config, tmp):
             if obj["epoch"] == 2:
                 raise KeyboardInterrupt("killed after epoch 2")
 
-    monkeypatch.setattr(train, "torch_save", crash_after_epoch_two)
+    monkeypatch.setattr(checkpoints, "torch_save", crash_after_epoch_two)
     with pytest.raises(KeyboardInterrupt):
         train.train(run_config, index_files(tmp / "index"), tmp / "resumed", threads=1)
-    monkeypatch.setattr(train, "torch_save", real_save)
+    monkeypatch.setattr(checkpoints, "torch_save", real_save)
     return train.train(run_config, index_files(tmp / "index"), tmp / "resumed", threads=1), saves
 
 

@@ -12,6 +12,7 @@ every random stream is derived from (seed, epoch), it ends bit-identical to an u
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import logging
 import os
@@ -249,6 +250,12 @@ def epoch_row(epoch: int, stats: dict, lr: float, seconds: float, world_size: in
     }
 
 
+def announce_epoch(scalars: Scalars, row: dict, history: list[dict], epochs: int) -> None:
+    """The epoch's TensorBoard scalars and console line, once it is safe on disk."""
+    scalars.add({name: value for name, value in row.items() if name != "seconds"})
+    log_epoch(row, history, epochs)
+
+
 def log_epoch(row: dict, history: list[dict], epochs: int) -> None:
     """The epoch's console line (with an ETA from the last five epochs), and the EMA's."""
     epoch = row["epoch"]
@@ -356,47 +363,50 @@ def train(run_config_path, index: dict, out_dir, state_dir=None, threads: int = 
         loaders.train_images, loaders.val_images, epochs, tcfg["batch_size"], device, dist.world_size,
         precision, ", channels_last" if channels_last else "", augment_on, num_workers,
     )
-    for epoch in range(start_epoch, epochs + 1):
-        # every random stream of the epoch derives from (seed, epoch): a resumed run repeats it
-        seed_everything(epoch_seed(seed, epoch, stream=2))
-        loaders.sampler.set_epoch(epoch)
-        rng = np.random.default_rng(epoch_seed(seed, epoch, stream=3))
-        generator = torch.Generator().manual_seed(epoch_seed(seed, epoch, stream=4))
-        epoch_start = time.perf_counter()
-        if plan is not None:
-            set_learning_rate(optimizer, plan["lr_factors"][epoch - 1])
-        else:
-            warm_up(optimizer, epoch, warmup)
-        lr = optimizer.param_groups[-1]["lr"]  # the head's
-        stats = engine.train_one_epoch(
-            net, loaders.train, optimizer, criterion, device, mixup_alpha=tcfg["mixup_alpha"], rng=rng,
-            generator=generator, precision=precision, channels_last=channels_last, scaler=scaler,
-            augment=loaders.augment, label=f"epoch {epoch}/{epochs}", world_size=dist.world_size,
-            after_step=(lambda: ema.update_parameters(model)) if ema is not None else None,
-            cutmix_alpha=tcfg["cutmix_alpha"], mix_switch_prob=tcfg["mix_switch_prob"],
-            accumulate_steps=tcfg["accumulate_steps"], clip_grad_norm=tcfg["clip_grad_norm"], graphs=graphs,
-        )
-        if loaders.val is None:
-            stats.update(val_loss=float("nan"), val_acc=float("nan"))
-        else:
-            stats.update(engine.evaluate(model, loaders.val, device, precision, channels_last))
-            if ema is not None:
-                ema_stats = engine.evaluate(ema.module, loaders.val, device, precision, channels_last)
-                stats.update({f"{name}_ema": value for name, value in ema_stats.items()})
-        if epoch > warmup and plan is None:
-            step_scheduler(scheduler, stats["val_loss"])
-        row = epoch_row(epoch, stats, lr, time.perf_counter() - epoch_start, dist.world_size)
-        history.append(row)
-        if dist.is_main:  # keep the best epochs, then the state to resume after this one
-            meta = {**checkpoint_meta(cfg, classes, fingerprint, epoch), "val_acc": row["val_acc"], "val_loss": row["val_loss"]}
-            if plan is None:
-                keeper.offer(row, meta, (("model", "", model), ("ema", "_ema", ema and ema.module)))
-            torch_save(checkpoints.resume_state(fingerprint, cfg, epoch, model, optimizer, scheduler, scaler, ema,
-                                                history, keeper.best), state_path)
-        dist.barrier()
-        # announced only once a resume would find it: the log never claims an epoch that is lost
-        scalars.add({name: value for name, value in row.items() if name != "seconds"})
-        log_epoch(row, history, epochs)
+    with checkpoints.EpochWriter(keeper, state_path) as writer:
+        for epoch in range(start_epoch, epochs + 1):
+            # every random stream of the epoch derives from (seed, epoch): a resumed run repeats it
+            seed_everything(epoch_seed(seed, epoch, stream=2))
+            loaders.sampler.set_epoch(epoch)
+            rng = np.random.default_rng(epoch_seed(seed, epoch, stream=3))
+            generator = torch.Generator().manual_seed(epoch_seed(seed, epoch, stream=4))
+            epoch_start = time.perf_counter()
+            if plan is not None:
+                set_learning_rate(optimizer, plan["lr_factors"][epoch - 1])
+            else:
+                warm_up(optimizer, epoch, warmup)
+            lr = optimizer.param_groups[-1]["lr"]  # the head's
+            stats = engine.train_one_epoch(
+                net, loaders.train, optimizer, criterion, device, mixup_alpha=tcfg["mixup_alpha"], rng=rng,
+                generator=generator, precision=precision, channels_last=channels_last, scaler=scaler,
+                augment=loaders.augment, label=f"epoch {epoch}/{epochs}", world_size=dist.world_size,
+                after_step=(lambda: ema.update_parameters(model)) if ema is not None else None,
+                cutmix_alpha=tcfg["cutmix_alpha"], mix_switch_prob=tcfg["mix_switch_prob"],
+                accumulate_steps=tcfg["accumulate_steps"], clip_grad_norm=tcfg["clip_grad_norm"], graphs=graphs,
+            )
+            if loaders.val is None:
+                stats.update(val_loss=float("nan"), val_acc=float("nan"))
+            else:
+                stats.update(engine.evaluate(model, loaders.val, device, precision, channels_last))
+                if ema is not None:
+                    ema_stats = engine.evaluate(ema.module, loaders.val, device, precision, channels_last)
+                    stats.update({f"{name}_ema": value for name, value in ema_stats.items()})
+            if epoch > warmup and plan is None:
+                step_scheduler(scheduler, stats["val_loss"])
+            row = epoch_row(epoch, stats, lr, time.perf_counter() - epoch_start, dist.world_size)
+            history.append(row)
+            # announced only once a resume would find it: the log never claims an epoch that is lost
+            announce = functools.partial(announce_epoch, scalars, row, list(history), epochs)
+            if dist.is_main:  # the best epochs, then the state to resume after this one, written as the next trains
+                meta = {**checkpoint_meta(cfg, classes, fingerprint, epoch), "val_acc": row["val_acc"], "val_loss": row["val_loss"]}
+                candidates = () if plan is not None else (
+                    ("model", "", model.state_dict()), ("ema", "_ema", ema.module.state_dict() if ema is not None else None))
+                state = checkpoints.resume_state(fingerprint, cfg, epoch, model, optimizer, scheduler, scaler, ema,
+                                                 history, keeper.best)
+                writer.write(row if plan is None else None, meta, candidates, state, announce)
+            else:
+                announce()
+            dist.barrier()
 
     scalars.close()
     frame = pd.DataFrame(history, columns=HISTORY_COLUMNS + (EMA_COLUMNS if ema is not None else []))
