@@ -22,6 +22,8 @@ from scipy import stats
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
+from benchmarks.augment_cost import VIEWS
+
 RECIPE = yaml.safe_load((REPO / "config.yaml").read_text())
 AUGMENT = RECIPE["augment"]  # every op of the recipe switched on
 DRAWS = 4000  # samples per distribution; the tests' p-value floor below is 1e-4
@@ -282,8 +284,6 @@ def test_a_samples_augmentation_depends_on_its_seed_not_its_batch():
     assert torch.allclose(whole, singles, atol=1e-5)
 
 
-VIEWS = {"view", "_unsafe_view", "unsqueeze", "squeeze", "expand", "slice", "select", "unbind", "t", "permute",
-         "alias", "as_strided", "split", "detach", "lift_fresh", "reshape"}  # no kernel: a new look at the same bytes
 
 
 def test_kernel_launches_per_batch_do_not_grow_with_the_batch_size():
