@@ -1,6 +1,7 @@
 """The index: labels from folder names, format handling, and every bad-data case named."""
 
 import shutil
+import unicodedata
 
 import pandas as pd
 import pytest
@@ -133,3 +134,14 @@ def test_clean_data_reports_no_leaks(tmp_path):
     make_dataset(tmp_path / "d")
     index_dataset(tmp_path / "d", tmp_path / "idx", on_leak="error")
     assert len(pd.read_csv(tmp_path / "idx" / "leaks.csv")) == 0
+
+
+def test_a_val_class_spelled_with_other_unicode_code_points_is_named_with_its_train_twin(dataset, tmp_path):
+    """macOS writes folder names decomposed (NFD), most other systems composed (NFC): 'café'
+    copied from one to the other looks the same and is another class name."""
+    composed, decomposed = unicodedata.normalize("NFC", "café"), unicodedata.normalize("NFD", "café")
+    shutil.move(dataset / "train" / "5", dataset / "train" / composed)
+    shutil.move(dataset / "val" / "5", dataset / "val" / decomposed)
+    with pytest.raises(DataError, match=f"class '{decomposed}' is in val but not in train .*train's '{composed}' "
+                                        "looks the same but is spelled with other Unicode code points"):
+        index_dataset(dataset, tmp_path / "idx")

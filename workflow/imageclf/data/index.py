@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import unicodedata
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -221,8 +222,12 @@ def build_index(root, threads: int = 1, max_pixels: int | None = DEFAULT_MAX_PIX
     for path, label in by_split["val"]:
         if label not in classes:
             unknown.setdefault(path.parent, []).append(label)
+    composed = {unicodedata.normalize("NFC", name): name for name in classes}
     for folder, labels in unknown.items():
-        problems.append(f"{folder}: class '{labels[0]}' is in val but not in train ({len(labels)} image(s))")
+        twin = composed.get(unicodedata.normalize("NFC", labels[0]))
+        # the same name written with other Unicode code points (macOS writes NFD, most others NFC)
+        hint = f"; train's '{twin}' looks the same but is spelled with other Unicode code points" if twin else ""
+        problems.append(f"{folder}: class '{labels[0]}' is in val but not in train ({len(labels)} image(s)){hint}")
     raise_problems(problems, f"data set {root} has inconsistent splits")
     without_val = [name for name in classes if name not in {label for _, label in by_split["val"]}]
     if without_val:
@@ -338,7 +343,8 @@ def run_test(root, train_index, val_index, classes_csv, test_out, summary_out, l
     frames = {"train": tables.read_index(train_index), "val": tables.read_index(val_index), "test": test}
     labels = read_test_labels(test_labels, test, classes) if test_labels else None
     leaks = find_leaks(frames)
-    check_leaks(leaks, on_leak, f"see {leaks_out}" if leaks_out else "the leaks stage lists them in leaks.csv")
+    where = f"see {leaks_out}" if leaks_out else "`snakemake results/index/leaks.csv` lists them, near-duplicates too"
+    check_leaks(leaks, on_leak, where)
     if check_out is not None:
         write_checked(check_out, root, "test/", len(test))
         return test
