@@ -12,6 +12,7 @@ matplotlib.use("Agg")  # files only; works on a headless node
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 from sklearn.metrics import confusion_matrix  # noqa: E402
 
 from ..core import tables
@@ -48,6 +49,7 @@ def plot_curves(histories: dict[tuple, pd.DataFrame], out_path) -> None:
     ax_loss.set(xlabel="epoch", ylabel="loss", title="Training loss (solid) and validation loss (dashed)")
     ax_acc.set(xlabel="epoch", ylabel="accuracy %", title="Validation accuracy")
     for ax in (ax_loss, ax_acc):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole: no tick at 1.5
         ax.grid(alpha=0.3)
         ax.legend()
     save(fig, out_path)
@@ -87,13 +89,13 @@ def plot_confusion(pred: pd.DataFrame, classes: list[str], errors: pd.DataFrame,
     fig.colorbar(image, ax=ax, fraction=0.046, label="fraction of the true class")
     step = 1 if n <= 30 else max(1, n // 30)
     ticks = list(range(0, n, step))
-    worst = set(order[:10])
+    worst = set(order[:10]) if n > 10 else set()  # with ten classes or fewer, red would mark them all
     ax.set_xticks(ticks, [order[i] for i in ticks], rotation=90, fontsize=7)
     ax.set_yticks(ticks, [order[i] for i in ticks], fontsize=7)
     for label in ax.get_yticklabels():
         if label.get_text() in worst:
             label.set_color("red")
-    ax.set(xlabel="predicted", ylabel="true (worst classes first, red: ten worst)", title=title)
+    ax.set(xlabel="predicted", ylabel="true (worst classes first" + (", red: ten worst)" if worst else ")"), title=title)
     if n <= 20:
         for i in range(n):
             for j in range(n):
