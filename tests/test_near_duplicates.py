@@ -6,7 +6,6 @@ quality 70, cropped by 5 % and mirrored."""
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import make_dataset, planned_jobs, snakemake, tiny_overlay, write_overlay
 from imageclf.core import tables
 from imageclf.core.errors import DataError
 from imageclf.core.io_utils import file_sha256
@@ -208,21 +207,3 @@ def test_without_near_duplicates_the_grouped_folds_are_byte_for_byte_those_by_co
     folds.run(out / "train.csv", out / "val.csv", out / "classes.csv", out / "grouped.csv", 3, 0, out / "fl.csv",
               DEFAULT)
     assert (out / "grouped.csv").read_bytes() == (out / "plain.csv").read_bytes()
-
-
-@pytest.mark.slow
-def test_the_submission_waits_for_the_near_duplicate_check_only_under_on_leak_error(tmp_path):
-    """`snakemake results/submission.csv` makes no submission before the leak list's check has
-    passed when a near pair is to stop the workflow; under warn it does not wait for the list."""
-    make_dataset(tmp_path / "data")
-    plans = {}
-    for on_leak in ("warn", "error"):
-        overlay = tiny_overlay(tmp_path / "data")
-        overlay["data"]["on_leak"] = on_leak
-        result = snakemake(tmp_path / on_leak, write_overlay(tmp_path / f"{on_leak}.yaml", overlay),
-                           "results/submission.csv", "-n")
-        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-        plans[on_leak] = planned_jobs(result.stdout)
-    assert "leaks" not in plans["warn"] and "fingerprints" not in plans["warn"]
-    assert plans["error"]["leaks"] == 1 and plans["error"]["fingerprints"] == 2
-    assert {rule: count for rule, count in plans["error"].items() if rule not in ("leaks", "fingerprints")} == plans["warn"]

@@ -58,7 +58,7 @@ rule leaks:
         mem_mb=stage_resources("index")["mem_mb"],
         runtime=stage_resources("index")["runtime"],
         # a check, not a rerun trigger (see rule index)
-        on_leak=NEAR_ON_LEAK,
+        on_leak=NEAR["on_leak"] or CFG["data"]["on_leak"],
     params:
         **version_params("leaks"),
         distance=near_distance_flag(),

@@ -5,23 +5,12 @@ from imageclf.core.config import audit_variant, run_exclusion
 from imageclf.data.near_duplicates import CACHE_NAME as FINGERPRINT_RECORD
 
 NEAR = CFG["data"]["near_duplicates"]
-# what a near-duplicate pair across splits does: warn or error (null: as data.on_leak)
-NEAR_ON_LEAK = NEAR["on_leak"] or CFG["data"]["on_leak"]
 FINGERPRINTS = {side: paths.FINGERPRINTS.format(side=side) for side in DATA_GROUPS}
 AUDIT = {"issues": paths.LABEL_ISSUES, "gallery": paths.AUDIT_GALLERY}
 # what the default target makes of these: the leak list. The audit is asked for by name
 # (snakemake results/audit/label_issues.csv) or by a variant that excludes its images: it refuses
 # a run that learned nothing, which would fail the default target of a project that has one.
 TRUST_TARGETS = [INDEX_FILES["leaks"]]
-
-
-def leak_check(wildcards):
-    """leaks.csv where a near-duplicate across splits is to stop the workflow (its on_leak is
-    error): the submission then waits for that check, as it waits for the index's check of
-    identical images. Under warn the default target makes the list, and the submission does not
-    wait for it."""
-    stops = NEAR["distance"] is not None and NEAR_ON_LEAK == "error"
-    return [INDEX_FILES["leaks"]] if stops else []
 
 
 def near_distance_flag():
