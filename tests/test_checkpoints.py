@@ -217,10 +217,10 @@ def test_the_epoch_writer_raises_its_error_and_finishes_the_epoch_on_a_training_
     blocked.write_text("not a folder")
     with pytest.raises(OSError):  # the writing thread's error reaches the training thread
         with checkpoints.EpochWriter(checkpoints.Keeper(tmp_path), blocked / "state.pt") as writer:
-            writer.write(None, {}, (), {"epoch": 1})
+            writer.write({}, {}, (), {"epoch": 1})
     state_path = tmp_path / "state.pt"
     with pytest.raises(RuntimeError, match="diverged"):  # the training error is the one raised
         with checkpoints.EpochWriter(checkpoints.Keeper(tmp_path), state_path) as writer:
-            writer.write(None, {}, (), {"epoch": 3, "weight": torch.ones(1000, 1000)})
+            writer.write({}, {}, (), {"epoch": 3, "weight": torch.ones(1000, 1000)})
             raise RuntimeError("diverged")
     assert torch.load(state_path, weights_only=True)["epoch"] == 3  # the epoch before it is kept

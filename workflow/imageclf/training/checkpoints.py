@@ -127,16 +127,15 @@ class EpochWriter:
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
 
-    def write(self, row: dict | None, meta: dict, candidates, state: dict, announce=None) -> None:
-        """row None: no checkpoints offered (a full fit keeps none); state: resume_state()'s,
-        whose `best` is filled in after the offer."""
+    def write(self, row: dict, meta: dict, candidates, state: dict, announce=None) -> None:
+        """row, meta, candidates: Keeper.offer's (no candidates: a full fit, which keeps no
+        checkpoints); state: resume_state()'s, whose `best` is filled in after the offer."""
         self.wait()
         candidates, state = cpu_copy((list(candidates), state))
 
         def work():
             try:
-                if row is not None:
-                    self.keeper.offer(row, meta, candidates)
+                self.keeper.offer(row, meta, candidates)
                 torch_save({**state, "best": dict(self.keeper.best)}, self.state_path)
                 if announce is not None:
                     announce()
@@ -158,13 +157,12 @@ class EpochWriter:
         return self
 
     def __exit__(self, kind, error, traceback):
-        if error is None:
-            self.wait()
-        else:  # the training error is the one to report; the last epoch still reaches the disk
-            try:
-                self.wait()
-            except Exception as write_error:
-                log.error("writing the last epoch failed too: %s", write_error)
+        try:
+            self.wait()  # also on a training error: the last epoch still reaches the disk
+        except BaseException as write_error:
+            if error is None:
+                raise
+            log.error("writing the last epoch failed too: %s", write_error)  # the training error is raised
 
 
 def resume_state(fingerprint: dict, config: dict, epoch: int, model, optimizer, scheduler, scaler, ema,

@@ -403,7 +403,7 @@ def train(run_config_path, index: dict, out_dir, state_dir=None, threads: int = 
                     ("model", "", model.state_dict()), ("ema", "_ema", ema.module.state_dict() if ema is not None else None))
                 state = checkpoints.resume_state(fingerprint, cfg, epoch, model, optimizer, scheduler, scaler, ema,
                                                  history, keeper.best)
-                writer.write(row if plan is None else None, meta, candidates, state, announce)
+                writer.write(row, meta, candidates, state, announce)
             else:
                 announce()
             dist.barrier()
