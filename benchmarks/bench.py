@@ -193,7 +193,7 @@ def bench_size(cfg, paths, workdir: Path, batch_size, steps, warmup, workers, th
     ours, _ = training_dataset(loader_cfg, frame, ["0"], cached_images)
     # (d): the chain batched on the device, the workers only read cached squares
     squares = built_cache(device_cfg)
-    raw, augmenter = training_dataset(device_cfg, frame, ["0"], squares)
+    raw, augmenter = training_dataset(device_cfg, frame, ["0"], squares, device=device)
     device_step = make_step(model, device, precision, channels_last, tcfg, augment=augmenter)
 
     columns = {

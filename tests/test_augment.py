@@ -325,6 +325,35 @@ def test_the_float16_chain_of_a_gpu_makes_the_float32_batch_within_rounding():
     assert B.BatchAugment(AUGMENT, 32).compute_dtype(torch.device("cpu")) == torch.float32
 
 
+def test_a_plan_made_in_the_compute_dtype_makes_the_same_batch_with_fewer_device_operators():
+    """Given its dtype (train.py: the training device's), the chain makes its plans' float
+    parameters in it on the CPU, where the device would otherwise cast each one (a kernel each)."""
+    images, seeds = smooth_images(64, 37), torch.arange(64)
+    augmenter = B.BatchAugment(AUGMENT, 32, dtype=torch.float16)
+    cast_here = augmenter.plan(seeds, 37, 37)
+    augmenter.dtype = None  # the plan as a dtype-less chain makes it: float32 parameters
+    cast_there = augmenter.plan(seeds, 37, 37)
+    augmenter.dtype = torch.float16
+    assert any(t.dtype == torch.float16 for t in flat(cast_here.steps))
+    assert not any(t.is_floating_point() and t.dtype != torch.float16 for t in flat(cast_here.steps))
+    assert any(t.dtype == torch.float32 for t in flat(cast_there.steps))
+    assert torch.equal(augmenter.run(images, cast_here), augmenter.run(images, cast_there))
+
+    def operators(plan) -> int:
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profile:
+            augmenter.run(images, plan)
+        return sum(1 for event in profile.events() if event.cpu_parent is None and event.name == "aten::to"
+                   and event.cpu_children)
+
+    assert operators(cast_here) < operators(cast_there)
+
+
+def flat(tree) -> list[torch.Tensor]:
+    tensors = []
+    B.tree_map(tensors.append, tree)
+    return tensors
+
+
 def test_ops_switched_off_leave_resize_and_normalize():
     augment = copy.deepcopy(AUGMENT)
     for key in [*C.augment_op_keys(), *C.augment_op_keys(after_resize=True)]:

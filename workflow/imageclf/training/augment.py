@@ -630,7 +630,9 @@ class BatchAugment:
 
     def __init__(self, augment: dict, image_size: int, dtype: torch.dtype | None = None):
         self.ops = enabled_ops(augment)
-        self.dtype = dtype  # what the chain computes in; None: compute_dtype(device)
+        # what the chain computes in; None: dtype_for(the images' device). Given, plan() makes the
+        # float parameters in it, so the device has none to cast.
+        self.dtype = dtype
         self.image_size = image_size
         self.mean, self.std = normalization(augment)
         self.draws = sum(op.draws for op in self.ops)
@@ -684,6 +686,8 @@ class BatchAugment:
                 steps.append(item.prepare(drawn[item], *self.size_for(item, height, width), seeds=seeds))
             else:
                 steps.append(None)
+        if self.dtype is not None:  # the device casts every float parameter to this: done here, no kernel there
+            steps = tree_map(lambda t: t.to(self.dtype) if t.is_floating_point() else t, steps)
         return Plan(steps, (height, width))
 
     def __call__(self, images: torch.Tensor, plan) -> torch.Tensor:
@@ -699,12 +703,16 @@ class BatchAugment:
             raise ValueError(f"an augmentation plan for {plan.shape} images was given {tuple(images.shape[-2:])} ones")
         return self.run(images, plan.to(images.device))
 
-    def compute_dtype(self, device: torch.device) -> torch.dtype:
+    @staticmethod
+    def dtype_for(device: torch.device) -> torch.dtype:
         """float16 on a GPU, where the chain's time is the bytes its kernels move (pixel values are
         integers up to 255 between ops, which float16 holds exactly, and its 11 bits keep most of
         what each op computes within a uint8 step; the hue, whose arithmetic runs up to 12, within
         two); float32 on a CPU, which has few native float16 kernels."""
-        return self.dtype or (torch.float16 if device.type == "cuda" else torch.float32)
+        return torch.float16 if torch.device(device).type == "cuda" else torch.float32
+
+    def compute_dtype(self, device: torch.device) -> torch.dtype:
+        return self.dtype or self.dtype_for(device)
 
     def run(self, images: torch.Tensor, plan: Plan) -> torch.Tensor:
         """The chain, on the device alone: image work only, and no host sync."""

@@ -70,16 +70,18 @@ def package_versions() -> dict:
     }
 
 
-def training_dataset(cfg: dict, frame: pd.DataFrame, classes: list[str], cached_images=None, augment_on=None):
+def training_dataset(cfg: dict, frame: pd.DataFrame, classes: list[str], cached_images=None, augment_on=None,
+                     device=None):
     """The training data set and, where the augmentation runs on the device (augment_on, resolved
-    from train.augment_on), the BatchAugment that finishes its batches there; else None."""
+    from train.augment_on), the BatchAugment that finishes its batches there (in the dtype of
+    `device`, or of the device its images come to when None); else None."""
     tcfg, size = cfg["train"], cfg["train"]["image_size"]
     if (augment_on or tcfg["augment_on"]) != "device":
         return ImageDataset(frame, classes, presets.train_transform(cfg["augment"], size), cached_images), None
     input_size = batch_input_size(cfg["augment"], size, tcfg["cache_margin"])
     dataset = ImageDataset(frame, classes, presets.batch_input_transform(input_size), cached_images,
                                 pass_seed=True, square_size=input_size)
-    return dataset, BatchAugment(cfg["augment"], size)
+    return dataset, BatchAugment(cfg["augment"], size, BatchAugment.dtype_for(device) if device is not None else None)
 
 
 def index_hash(*index_files) -> str:
@@ -222,7 +224,7 @@ def make_loaders(cfg: dict, index: dict, classes: list[str], dist: Distributed, 
         train_frame = train_frame[kept].reset_index(drop=True)
         cached = cached.subset(np.flatnonzero(kept.to_numpy())) if cached is not None else None
     train_set, augment = training_dataset(cfg, train_frame, classes, cached,
-                                          engine.resolve_augment_on(tcfg["augment_on"], dist.device))
+                                          engine.resolve_augment_on(tcfg["augment_on"], dist.device), dist.device)
     check_batches(tcfg, str(cfg["variant"]), dist.world_size)
     per_rank_batch = tcfg["batch_size"] // dist.world_size
     sampler = SeededSampler(len(train_set), seed, shuffle=True, rank=dist.rank, world_size=dist.world_size)
