@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 from imageclf.core import tables
 from imageclf.core.errors import DataError
-from imageclf.core.io_utils import file_sha256
+from imageclf.core.io_utils import file_sha256, read_json
 from imageclf.data import folds, index, near_duplicates
 from PIL import Image, ImageOps
 
@@ -136,18 +136,28 @@ def test_identical_copies_are_listed_as_identical(tmp_path):
     assert same["sha256"].iloc[0] == file_sha256(source)
 
 
-def test_near_leaks_stop_the_stage_under_on_leak_error_and_not_without_a_distance(tmp_path):
+def test_the_leak_check_applies_each_policy_to_its_kind_and_leaves_the_list(tmp_path):
     root, out = tmp_path / "data", tmp_path / "index"
     planted(root)
     index_all(root, out)
     near_duplicates.run([out / "train.csv", out / "val.csv"], out / "fl.csv")
     near_duplicates.run([out / "test.csv"], out / "ft.csv")
     splits = {"train": out / "train.csv", "val": out / "val.csv", "test": out / "test.csv"}
-    with pytest.raises(DataError, match="near-duplicate image pair"):
-        near_duplicates.run_leaks(splits, [out / "fl.csv", out / "ft.csv"], out / "leaks.csv", DEFAULT, "error")
-    # without a distance: the identical pairs alone (the val and test copies of one kind), no error
-    leaks = near_duplicates.run_leaks(splits, [], out / "leaks.csv", None, "error")
+    leaks_csv, marker = out / "leaks.csv", out / "checked" / "leaks.json"
+    near_duplicates.run_leaks(splits, [out / "fl.csv", out / "ft.csv"], leaks_csv, DEFAULT)  # lists, never fails
+    listed = leaks_csv.read_bytes()
+    with pytest.raises(DataError, match=r"near-duplicate image pair.*listed in .*leaks.csv"):
+        near_duplicates.run_check(leaks_csv, marker, on_identical="warn", on_near="error")
+    assert not marker.exists() and leaks_csv.read_bytes() == listed
+    checked = near_duplicates.run_check(leaks_csv, marker, on_identical="warn", on_near="warn")
+    assert checked["near"] > 0 and checked["identical"] == 4
+    assert read_json(marker) == checked
+    # without a distance: the identical pairs alone (the val and test copies of one kind)
+    leaks = near_duplicates.run_leaks(splits, [], leaks_csv, None)
     assert len(leaks) == 4 and set(leaks["kind"]) == {"identical"}
+    near_duplicates.run_check(leaks_csv, marker, on_identical="warn", on_near="error")
+    with pytest.raises(DataError, match="identical content"):
+        near_duplicates.run_check(leaks_csv, marker, on_identical="error", on_near="warn")
 
 
 def test_fingerprints_come_from_the_record_for_known_contents(tmp_path, monkeypatch):

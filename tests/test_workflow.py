@@ -179,8 +179,9 @@ def test_an_edit_that_keeps_the_meaning_reruns_nothing(finished):
     overlay["variants"] = {"full": {}, "no_mlp": {"model": {"head": "linear"}},
                            "no_mixup": {"train": {"mixup_alpha": 0.0}}}
     overlay["augment"]["rotation"] = {"degrees": 15.0}
-    # checks that decide whether the index fails, never what it writes
-    overlay["data"].update(on_leak="error", max_image_pixels=200_000_000)
+    # checks that decide whether the index fails, never what it writes (data.on_leak reruns its
+    # check alone: test_on_leak_error_stops_at_the_check_and_keeps_every_file)
+    overlay["data"].update(max_image_pixels=200_000_000)
     overlay["model"]["max_params"] = 90_000_000
     changed = write_overlay(base / "same_meaning.yaml", overlay)
     result = snakemake(workdir, changed, "all", "-n")
@@ -244,6 +245,38 @@ def test_a_new_test_image_reruns_only_the_test_side(finished, tmp_path):
     assert "zz_new" in set(submission["image_name"])
     assert trained == {path: path.stat().st_mtime_ns for path in (workdir / "results/train").rglob("*")
                        if path.is_file()}
+
+
+def test_on_leak_error_stops_at_the_check_and_keeps_every_file(finished, tmp_path):
+    """A train image copied into test/, then data.on_leak: error. Changing the policy reruns the
+    leak check alone; it stops the submission there, and the leak list, the submission and every
+    model stay as they were."""
+    workdir, configfile, base = copy_of(finished, tmp_path)
+    data = base / "my data"
+    source = sorted((data / "train" / "3").iterdir())[0]
+    shutil.copy(source, data / "test" / f"zz_leak{source.suffix}")
+    labels = pd.read_csv(data / "test_labels.csv", dtype=str)
+    pd.concat([labels, pd.DataFrame({"image_name": ["zz_leak"], "label": ["3"]})]).to_csv(
+        data / "test_labels.csv", index=False)
+    result = snakemake(workdir, configfile, "results/submission.csv")  # data.on_leak: warn
+    assert result.returncode == 0, result.stderr[-3000:]
+    leaks = tables.read_leaks(workdir / "results/index/leaks.csv")
+    assert (leaks["kind"] == "identical").any() and "zz_leak" in "".join(leaks["path_b"])
+    overlay = yaml.safe_load(configfile.read_text())
+    overlay["data"]["on_leak"] = "error"
+    strict = write_overlay(base / "strict.yaml", overlay)
+    assert planned_jobs(snakemake(workdir, strict, "results/submission.csv", "-n").stdout) == {"check_leaks": 1}
+    kept = {path: (path.read_bytes(), path.stat().st_mtime_ns) for path in (workdir / "results").rglob("*")
+            if path.is_file() and "checked" not in path.parts}
+    result = snakemake(workdir, strict, "results/submission.csv")
+    assert result.returncode != 0 and "identical content" in result.stderr and "leaks.csv" in result.stderr, \
+        result.stderr[-3000:]
+    assert not (workdir / "results/index/checked/leaks.json").exists()
+    assert kept == {path: (path.read_bytes(), path.stat().st_mtime_ns) for path in (workdir / "results").rglob("*")
+                    if path.is_file() and "checked" not in path.parts}
+    # back to warn: the check again, and the submission it held back; never training
+    jobs = planned_jobs(snakemake(workdir, configfile, "all", "-n").stdout)
+    assert jobs.get("check_leaks") == 1 and not TRAIN_SIDE & set(jobs), jobs
 
 
 def test_an_image_replaced_with_its_old_mtime_is_noticed(finished, tmp_path):

@@ -30,6 +30,7 @@ rule ablation:
         models=model_files(*MODEL_FILES),
         ensembles=manifest_files("ensembles", "val", "test"),
         classes=INDEX_FILES["classes"],
+        leak_check=ancient(paths.LEAK_CHECK),  # as for the submission
     output:
         table=in_report(
             "results/ablation/table.csv",

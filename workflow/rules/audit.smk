@@ -32,8 +32,8 @@ rule fingerprints:
 
 
 rule leaks:
-    """Identical and near-duplicate images across splits (leaks.csv); data.on_leak (or
-    data.near_duplicates.on_leak) decides whether a near pair stops the workflow."""
+    """Identical and near-duplicate images across splits (leaks.csv): the list, which
+    check_leaks holds against data.on_leak."""
     input:
         train=INDEX_FILES["train"],
         val=INDEX_FILES["val"],
@@ -57,16 +57,38 @@ rule leaks:
     resources:
         mem_mb=stage_resources("index")["mem_mb"],
         runtime=stage_resources("index")["runtime"],
-        # a check, not a rerun trigger (see rule index)
-        on_leak=NEAR["on_leak"] or CFG["data"]["on_leak"],
     params:
         **version_params("leaks"),
         distance=near_distance_flag(),
     shell:
         "imageclf leaks --train-index {input.train:q} --val-index {input.val:q} "
         "--test-index {input.test:q} --fingerprints {input.fingerprints:q} "
-        "--near-distance {params.distance} --on-leak {resources.on_leak} --out {output:q} "
-        "--log-file {log:q}"
+        "--near-distance {params.distance} --out {output:q} --log-file {log:q}"
+
+
+rule check_leaks:
+    """leaks.csv's pairs under data.on_leak (identical) and data.near_duplicates.on_leak (near):
+    a pair under 'error' stops here the submission and the ablation table, which wait for this
+    check. A failed check removes its marker alone: leaks.csv stays to be read. The policies are
+    params, so changing one checks again (this job alone: the submission and the table take the
+    marker as ancient, and nothing else reads it)."""
+    input:
+        INDEX_FILES["leaks"],
+    output:
+        paths.LEAK_CHECK,
+    log:
+        "logs/check_leaks.log",
+    priority: 50
+    localrule: True
+    conda:
+        CONDA_ENV
+    params:
+        **version_params("check_leaks"),
+        on_identical=CFG["data"]["on_leak"],
+        on_near=NEAR["on_leak"] or CFG["data"]["on_leak"],
+    shell:
+        "imageclf check_leaks --leaks {input:q} --on-identical {params.on_identical} "
+        "--on-near {params.on_near} --out {output:q} --log-file {log:q}"
 
 
 rule audit:

@@ -10,6 +10,9 @@ rule submission:
         runs=submitted_models("run"),
         models=submitted_models("model"),
         configs=submitted_models("config"),
+        # near-duplicates across splits under data.on_leak: error stop the submission; ancient,
+        # so that a new leak list or check (a changed policy) reruns nothing that passes
+        leak_check=ancient(paths.LEAK_CHECK),
     output:
         csv="results/submission.csv",
         zip="results/submission.zip",

@@ -24,6 +24,8 @@ ENSEMBLE_PRED = "results/predict/ensemble/{name}/{split}.csv"
 CACHE = "results/cache{fold}/{split}_{size}px_{mode}"
 # near-duplicates: each side's fingerprints ({side}: labelled, test); the label audit's outputs
 FINGERPRINTS = INDEX + "/fingerprints_{side}.csv"
+# the marker of a passed check of leaks.csv under data.on_leak (rule check_leaks)
+LEAK_CHECK = INDEX + "/checked/leaks.json"
 LABEL_ISSUES = "results/audit/label_issues.csv"
 AUDIT_GALLERY = "results/audit/gallery.png"
 # the files of a trained model, by the names the rules and the manifest give them

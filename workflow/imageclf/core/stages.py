@@ -34,6 +34,8 @@ STAGES = {
     "fingerprints": ("data.near_duplicates", "main",
                      "perceptual fingerprints of one side's images (labelled or test), decoded once per content"),
     "leaks": ("data.near_duplicates", "main_leaks", "identical and near-duplicate images across splits: leaks.csv"),
+    "check_leaks": ("data.near_duplicates", "main_check",
+                    "leaks.csv under data.on_leak: a pair under 'error' stops the submission and the ablation"),
     "audit": ("report.audit", "main", "rank every labelled image by how likely its label is wrong: label_issues.csv, gallery"),
     "weights": ("models.weights", "main", "put torchvision's weights file for model.weights in place (hub cache or download)"),
     "folds": ("data.folds", "main", "assign every labelled image a cross-validation fold: folds.csv"),

@@ -265,17 +265,6 @@ def find_leaks(frames: dict[str, pd.DataFrame]) -> pd.DataFrame:
     return near_duplicates.find_leaks(frames, None, None)
 
 
-def check_leaks(leaks: pd.DataFrame, on_leak: str, where: str) -> None:
-    if not len(leaks):
-        log.info("no identical images across splits")
-        return
-    message = (f"{len(leaks)} image pair(s) with identical content across splits ({where}); first: "
-               f"{leaks.iloc[0]['path_a']} == {leaks.iloc[0]['path_b']}")
-    if on_leak == "error":
-        raise DataError(message + " (data.on_leak is 'error'; set it to 'warn' to continue)")
-    log.warning(message)
-
-
 def read_test_labels(path, test: pd.DataFrame, classes: list[str]) -> pd.DataFrame:
     """Load and check data.test_labels: every test image exactly once, every label a class."""
     labels = tables.read_test_labels_file(path)
@@ -321,7 +310,8 @@ def run(root, train_out, val_out, classes_out, on_leak="warn", threads=1,
     and the finished index stays as it was)."""
     frames = build_index(root, threads=threads, max_pixels=max_pixels, val_fraction=val_fraction, seed=seed,
                          on_small=on_small)
-    check_leaks(find_leaks({split: frames[split] for split in LABELLED}), on_leak, "train and val")
+    near_duplicates.check_identical_leaks(find_leaks({split: frames[split] for split in LABELLED}), on_leak,
+                                          "train and val")
     if check_out is not None:
         write_checked(check_out, root, "train/ and val/", sum(len(frames[split]) for split in LABELLED))
         return frames
@@ -344,7 +334,7 @@ def run_test(root, train_index, val_index, classes_csv, test_out, summary_out, l
     labels = read_test_labels(test_labels, test, classes) if test_labels else None
     leaks = find_leaks(frames)
     where = f"see {leaks_out}" if leaks_out else "`snakemake results/index/leaks.csv` lists them, near-duplicates too"
-    check_leaks(leaks, on_leak, where)
+    near_duplicates.check_identical_leaks(leaks, on_leak, where)
     if check_out is not None:
         write_checked(check_out, root, "test/", len(test))
         return test

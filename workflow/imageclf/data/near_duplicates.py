@@ -13,7 +13,10 @@ Two stages:
   side's index files, `fingerprints_<side>.csv`. A record in .snakemake/imageclf/ keeps every
   content's fingerprint by its SHA-256, so only new or changed images are decoded again.
 - `leaks`: every pair of images in two different splits that are identical (same SHA-256) or
-  near (within the distance), with their kind and distance: leaks.csv.
+  near (within the distance), with their kind and distance: leaks.csv. It lists, never fails.
+- `check_leaks`: leaks.csv's pairs under data.on_leak (identical) and data.near_duplicates.on_leak
+  (near). A pair under 'error' fails the check, which the submission and the ablation table wait
+  for; the failed check removes its own marker alone, so leaks.csv stays to be read.
 
 The cross-validation folds read the labelled fingerprints (folds.py: near_groups), so that a
 group of near-duplicates stays in one fold.
@@ -32,7 +35,7 @@ from PIL import Image
 
 from ..core import tables
 from ..core.errors import DataError
-from ..core.io_utils import atomic_path
+from ..core.io_utils import atomic_path, write_json
 from ..core.logs import add_log_argument, setup_logging
 from .images import open_image
 
@@ -225,6 +228,21 @@ def find_leaks(frames: dict[str, pd.DataFrame], fingerprints: pd.DataFrame | Non
     return leaks.sort_values(["kind", "distance", "path_a", "path_b"], kind="stable").reset_index(drop=True)
 
 
+def check_identical_leaks(leaks: pd.DataFrame, on_leak: str, where: str) -> None:
+    """data.on_leak for the pairs with identical content (of `leaks`, whatever its kinds): a
+    warning, or the error."""
+    identical = leaks[leaks["kind"] == "identical"]
+    if not len(identical):
+        log.info("no identical images across splits")
+        return
+    first = identical.iloc[0]
+    message = (f"{len(identical)} image pair(s) with identical content across splits ({where}); first: "
+               f"{first['path_a']} == {first['path_b']}")
+    if on_leak == "error":
+        raise DataError(message + " (data.on_leak is 'error'; set it to 'warn' to continue)")
+    log.warning(message)
+
+
 def check_near_leaks(leaks: pd.DataFrame, on_leak: str, where: str) -> None:
     """data.on_leak (or data.near_duplicates.on_leak) for the near pairs: a warning, or the error."""
     near = leaks[leaks["kind"] == "near"]
@@ -240,10 +258,10 @@ def check_near_leaks(leaks: pd.DataFrame, on_leak: str, where: str) -> None:
     log.warning(message)
 
 
-def run_leaks(index_files: dict, fingerprint_files, out_csv, max_distance: int | None,
-              on_leak: str = "warn") -> pd.DataFrame:
+def run_leaks(index_files: dict, fingerprint_files, out_csv, max_distance: int | None) -> pd.DataFrame:
     """The `leaks` stage: every identical or near pair of images across splits into leaks.csv.
-    index_files: split -> index CSV, in the order the pairs name them (train, val, test)."""
+    index_files: split -> index CSV, in the order the pairs name them (train, val, test). It lists
+    them and never fails on them: `check_leaks` applies data.on_leak."""
     frames = {split: tables.read_index(path) for split, path in index_files.items()}
     fingerprints = None
     if fingerprint_files:
@@ -254,8 +272,21 @@ def run_leaks(index_files: dict, fingerprint_files, out_csv, max_distance: int |
     counts = leaks["kind"].value_counts()
     log.info("%d identical and %d near-duplicate pair(s) across splits (distance at most %s): %s",
              counts.get("identical", 0), counts.get("near", 0), max_distance, out_csv)
-    check_near_leaks(leaks, on_leak, f"see {out_csv}")
     return leaks
+
+
+def run_check(leaks_csv, out, on_identical: str = "warn", on_near: str = "warn") -> dict:
+    """The `check_leaks` stage: the pairs of leaks.csv under their policies (warn or error); a
+    passed check writes the marker `out` with its counts."""
+    leaks = tables.read_leaks(leaks_csv)
+    where = f"listed in {leaks_csv}"
+    check_identical_leaks(leaks, on_identical, where)
+    check_near_leaks(leaks, on_near, where)
+    counts = leaks["kind"].value_counts()
+    checked = {"leaks": str(leaks_csv), "identical": int(counts.get("identical", 0)),
+               "near": int(counts.get("near", 0)), "on_identical": on_identical, "on_near": on_near}
+    write_json(out, checked)
+    return checked
 
 
 def distance_argument(text: str) -> int | None:
@@ -283,10 +314,21 @@ def main_leaks(argv=None) -> None:
     parser.add_argument("--out", required=True, help="leaks.csv")
     parser.add_argument("--near-distance", type=distance_argument, default=None,
                         help="data.near_duplicates.distance (none: identical pairs only)")
-    parser.add_argument("--on-leak", choices=["warn", "error"], default="warn",
-                        help="for the near pairs (identical ones are checked by the index)")
     add_log_argument(parser)
     args = parser.parse_args(argv)
     setup_logging(args.log_file)
     run_leaks({"train": args.train_index, "val": args.val_index, "test": args.test_index}, args.fingerprints,
-              args.out, args.near_distance, args.on_leak)
+              args.out, args.near_distance)
+
+
+def main_check(argv=None) -> None:
+    parser = argparse.ArgumentParser(prog="imageclf check_leaks", description=run_check.__doc__)
+    parser.add_argument("--leaks", required=True, help="leaks.csv (the leaks stage's)")
+    parser.add_argument("--out", required=True, help="the marker of a passed check (JSON)")
+    parser.add_argument("--on-identical", choices=["warn", "error"], default="warn", help="data.on_leak")
+    parser.add_argument("--on-near", choices=["warn", "error"], default="warn",
+                        help="data.near_duplicates.on_leak, or data.on_leak where that is null")
+    add_log_argument(parser)
+    args = parser.parse_args(argv)
+    setup_logging(args.log_file)
+    run_check(args.leaks, args.out, args.on_identical, args.on_near)
