@@ -310,8 +310,8 @@ def run(root, train_out, val_out, classes_out, on_leak="warn", threads=1,
     and the finished index stays as it was)."""
     frames = build_index(root, threads=threads, max_pixels=max_pixels, val_fraction=val_fraction, seed=seed,
                          on_small=on_small)
-    near_duplicates.check_identical_leaks(find_leaks({split: frames[split] for split in LABELLED}), on_leak,
-                                          "train and val")
+    near_duplicates.check_pairs(find_leaks({split: frames[split] for split in LABELLED}), "identical", on_leak,
+                                "train and val")
     if check_out is not None:
         write_checked(check_out, root, "train/ and val/", sum(len(frames[split]) for split in LABELLED))
         return frames
@@ -334,7 +334,7 @@ def run_test(root, train_index, val_index, classes_csv, test_out, summary_out, l
     labels = read_test_labels(test_labels, test, classes) if test_labels else None
     leaks = find_leaks(frames)
     where = f"see {leaks_out}" if leaks_out else "`snakemake results/index/leaks.csv` lists them, near-duplicates too"
-    near_duplicates.check_identical_leaks(leaks, on_leak, where)
+    near_duplicates.check_pairs(leaks, "identical", on_leak, where)
     if check_out is not None:
         write_checked(check_out, root, "test/", len(test))
         return test

@@ -228,33 +228,29 @@ def find_leaks(frames: dict[str, pd.DataFrame], fingerprints: pd.DataFrame | Non
     return leaks.sort_values(["kind", "distance", "path_a", "path_b"], kind="stable").reset_index(drop=True)
 
 
-def check_identical_leaks(leaks: pd.DataFrame, on_leak: str, where: str) -> None:
-    """data.on_leak for the pairs with identical content (of `leaks`, whatever its kinds): a
-    warning, or the error."""
-    identical = leaks[leaks["kind"] == "identical"]
-    if not len(identical):
-        log.info("no identical images across splits")
-        return
-    first = identical.iloc[0]
-    message = (f"{len(identical)} image pair(s) with identical content across splits ({where}); first: "
-               f"{first['path_a']} == {first['path_b']}")
-    if on_leak == "error":
-        raise DataError(message + " (data.on_leak is 'error'; set it to 'warn' to continue)")
-    log.warning(message)
+# each kind of pair: what it is, how its first pair reads, and the setting behind its error
+LEAK_KINDS = {
+    "identical": ("image pair(s) with identical content", "first: {a} == {b}",
+                  "data.on_leak is 'error'; set it to 'warn' to continue"),
+    "near": ("near-duplicate image pair(s)", "closest: {a} ~ {b} (distance {distance})",
+             "data.near_duplicates.on_leak or data.on_leak is 'error'; set it to 'warn' to continue, or lower "
+             "data.near_duplicates.distance"),
+}
 
 
-def check_near_leaks(leaks: pd.DataFrame, on_leak: str, where: str) -> None:
-    """data.on_leak (or data.near_duplicates.on_leak) for the near pairs: a warning, or the error."""
-    near = leaks[leaks["kind"] == "near"]
-    if not len(near):
-        log.info("no near-duplicate images across splits")
+def check_pairs(leaks: pd.DataFrame, kind: str, on_leak: str, where: str) -> None:
+    """The policy (warn or error) for the pairs of one kind of `leaks` (identical: data.on_leak;
+    near: data.near_duplicates.on_leak, or data.on_leak): a warning, or the error."""
+    pairs = leaks[leaks["kind"] == kind]
+    what, first, setting = LEAK_KINDS[kind]
+    if not len(pairs):
+        log.info("no %s across splits", what.replace(" pair(s)", "s"))
         return
-    first = near.iloc[0]
-    message = (f"{len(near)} near-duplicate image pair(s) across splits ({where}); closest: {first['path_a']} ~ "
-               f"{first['path_b']} (distance {first['distance']})")
+    row = pairs.iloc[0]
+    message = (f"{len(pairs)} {what} across splits ({where}); "
+               + first.format(a=row["path_a"], b=row["path_b"], distance=row["distance"]))
     if on_leak == "error":
-        raise DataError(message + " (data.near_duplicates.on_leak or data.on_leak is 'error'; set it to 'warn' to "
-                        "continue, or lower data.near_duplicates.distance)")
+        raise DataError(f"{message} ({setting})")
     log.warning(message)
 
 
@@ -280,8 +276,8 @@ def run_check(leaks_csv, out, on_identical: str = "warn", on_near: str = "warn")
     passed check writes the marker `out` with its counts."""
     leaks = tables.read_leaks(leaks_csv)
     where = f"listed in {leaks_csv}"
-    check_identical_leaks(leaks, on_identical, where)
-    check_near_leaks(leaks, on_near, where)
+    check_pairs(leaks, "identical", on_identical, where)
+    check_pairs(leaks, "near", on_near, where)
     counts = leaks["kind"].value_counts()
     checked = {"leaks": str(leaks_csv), "identical": int(counts.get("identical", 0)),
                "near": int(counts.get("near", 0)), "on_identical": on_identical, "on_near": on_near}
