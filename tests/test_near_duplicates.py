@@ -146,18 +146,29 @@ def test_the_leak_check_applies_each_policy_to_its_kind_and_leaves_the_list(tmp_
     leaks_csv, marker = out / "leaks.csv", out / "checked" / "leaks.json"
     near_duplicates.run_leaks(splits, [out / "fl.csv", out / "ft.csv"], leaks_csv, DEFAULT)  # lists, never fails
     listed = leaks_csv.read_bytes()
-    with pytest.raises(DataError, match=r"near-duplicate image pair.*listed in .*leaks.csv"):
-        near_duplicates.run_check(leaks_csv, marker, on_identical="warn", on_near="error")
+    # near pairs under data.near_duplicates.on_leak: the message names that key, and the file
+    with pytest.raises(DataError, match=r"near-duplicate image pair.*listed in .*leaks.csv.*"
+                                        r"\(data.near_duplicates.on_leak is 'error'") as caught:
+        near_duplicates.run_check(leaks_csv, marker, "warn", "error", DEFAULT)
+    assert "data.on_leak is" not in str(caught.value) and " more" in str(caught.value)
     assert not marker.exists() and leaks_csv.read_bytes() == listed
-    checked = near_duplicates.run_check(leaks_csv, marker, on_identical="warn", on_near="warn")
-    assert checked["near"] > 0 and checked["identical"] == 4
-    assert read_json(marker) == checked
+    # both kinds under data.on_leak: one error that names both, each with its first pairs
+    with pytest.raises(DataError, match=r"4 image pair\(s\) with identical content.*==.*; "
+                                        r"\d+ near-duplicate image pair\(s\).*~.*\(data.on_leak is 'error'"):
+        near_duplicates.run_check(leaks_csv, marker, "error", None, DEFAULT)
+    checked = near_duplicates.run_check(leaks_csv, marker, "warn", None, DEFAULT)
+    assert checked["near"] > 0 and checked["identical"] == 4 and read_json(marker) == checked
+    # a list made at a larger distance: today's distance counts (none: identical pairs alone)
+    assert near_duplicates.run_check(leaks_csv, marker, "warn", "error", None)["near"] == 0
+    distances = tables.read_leaks(leaks_csv).query("kind == 'near'")["distance"]
+    within = near_duplicates.run_check(leaks_csv, marker, "warn", "warn", int(distances.median()))["near"]
+    assert within == (distances <= int(distances.median())).sum() and 0 < within
     # without a distance: the identical pairs alone (the val and test copies of one kind)
     leaks = near_duplicates.run_leaks(splits, [], leaks_csv, None)
     assert len(leaks) == 4 and set(leaks["kind"]) == {"identical"}
-    near_duplicates.run_check(leaks_csv, marker, on_identical="warn", on_near="error")
+    near_duplicates.run_check(leaks_csv, marker, "warn", "error", None)
     with pytest.raises(DataError, match="identical content"):
-        near_duplicates.run_check(leaks_csv, marker, on_identical="error", on_near="warn")
+        near_duplicates.run_check(leaks_csv, marker, "error", "warn", None)
 
 
 def test_fingerprints_come_from_the_record_for_known_contents(tmp_path, monkeypatch):

@@ -16,6 +16,7 @@ import pytest
 import yaml
 from conftest import REPO, add_test_image, make_dataset, planned_jobs, snakemake, start_snakemake, tiny_overlay, write_overlay
 from imageclf.core import tables
+from PIL import Image, ImageOps
 
 pytestmark = pytest.mark.slow
 
@@ -180,7 +181,7 @@ def test_an_edit_that_keeps_the_meaning_reruns_nothing(finished):
                            "no_mixup": {"train": {"mixup_alpha": 0.0}}}
     overlay["augment"]["rotation"] = {"degrees": 15.0}
     # checks that decide whether the index fails, never what it writes (data.on_leak reruns its
-    # check alone: test_on_leak_error_stops_at_the_check_and_keeps_every_file)
+    # check alone: test_on_leak_error_stops_every_run_and_keeps_every_file)
     overlay["data"].update(max_image_pixels=200_000_000)
     overlay["model"]["max_params"] = 90_000_000
     changed = write_overlay(base / "same_meaning.yaml", overlay)
@@ -247,14 +248,24 @@ def test_a_new_test_image_reruns_only_the_test_side(finished, tmp_path):
                        if path.is_file()}
 
 
-def test_on_leak_error_stops_at_the_check_and_keeps_every_file(finished, tmp_path):
-    """A train image copied into test/, then data.on_leak: error. Changing the policy reruns the
-    leak check alone; it stops the submission there, and the leak list, the submission and every
-    model stay as they were."""
+def plant_in_test(data: Path, source: Path, name: str, mirrored: bool = False) -> None:
+    """A copy of a training image in test/ (mirrored: a near-duplicate), with its label."""
+    image = Image.open(source)
+    (ImageOps.mirror(image) if mirrored else image).save(data / "test" / f"{name}.png")
+    labels = pd.read_csv(data / "test_labels.csv", dtype=str)
+    pd.concat([labels, pd.DataFrame({"image_name": [name], "label": [source.parent.name]})]).to_csv(
+        data / "test_labels.csv", index=False)
+
+
+def test_on_leak_error_stops_every_run_and_keeps_every_file(finished, tmp_path):
+    """A train image copied into test/, then data.on_leak: error: every run stops before any job
+    (a dry run too), again and again, and the leak list, the submission and every model stay as
+    they were; back to warn, nothing reruns. Then a mirrored copy under
+    data.near_duplicates.on_leak: error: the run that lists it stops at the check, and so does
+    every run after it."""
     workdir, configfile, base = copy_of(finished, tmp_path)
-    data = base / "my data"
-    source = sorted((data / "train" / "3").iterdir())[0]
-    shutil.copy(source, data / "test" / f"zz_leak{source.suffix}")
+    data, trained = base / "my data", sorted((base / "my data" / "train" / "3").iterdir())
+    shutil.copy(trained[0], data / "test" / f"zz_leak{trained[0].suffix}")
     labels = pd.read_csv(data / "test_labels.csv", dtype=str)
     pd.concat([labels, pd.DataFrame({"image_name": ["zz_leak"], "label": ["3"]})]).to_csv(
         data / "test_labels.csv", index=False)
@@ -265,18 +276,32 @@ def test_on_leak_error_stops_at_the_check_and_keeps_every_file(finished, tmp_pat
     overlay = yaml.safe_load(configfile.read_text())
     overlay["data"]["on_leak"] = "error"
     strict = write_overlay(base / "strict.yaml", overlay)
-    assert planned_jobs(snakemake(workdir, strict, "results/submission.csv", "-n").stdout) == {"check_leaks": 1}
-    kept = {path: (path.read_bytes(), path.stat().st_mtime_ns) for path in (workdir / "results").rglob("*")
-            if path.is_file() and "checked" not in path.parts}
-    result = snakemake(workdir, strict, "results/submission.csv")
-    assert result.returncode != 0 and "identical content" in result.stderr and "leaks.csv" in result.stderr, \
-        result.stderr[-3000:]
+
+    def results():
+        return {path: (path.read_bytes(), path.stat().st_mtime_ns) for path in (workdir / "results").rglob("*")
+                if path.is_file()}
+
+    kept = results()
+    for args in (["-n"], [], [], ["ablation_table"]):
+        result = snakemake(workdir, strict, "results/submission.csv", *args)
+        said = result.stdout + result.stderr
+        assert result.returncode != 0 and "zz_leak" in said and "data.on_leak is 'error'" in said \
+            and "listed in results/index/leaks.csv" in said, said[-3000:]
+    assert results() == kept
+    # no job ran under 'error': back to warn, whose check passed, nothing is planned
+    assert planned_jobs(snakemake(workdir, configfile, "results/submission.csv", "-n").stdout) == {}
+
+    overlay["data"] = {**overlay["data"], "on_leak": "warn", "near_duplicates": {"distance": 8, "on_leak": "error"}}
+    near_strict = write_overlay(base / "near_strict.yaml", overlay)
+    plant_in_test(data, trained[1], "zz_mirrored", mirrored=True)
+    for attempt in range(2):  # the run that lists it (at its check job), then the next (before any job)
+        result = snakemake(workdir, near_strict, "results/submission.csv")
+        said = result.stdout + result.stderr
+        assert result.returncode != 0 and "zz_mirrored" in said and "data.near_duplicates.on_leak is 'error'" in said, \
+            said[-3000:]
+        assert ("Error in rule check_leaks" in said) == (attempt == 0), said[-3000:]
+    assert "zz_mirrored" in "".join(tables.read_leaks(workdir / "results/index/leaks.csv")["path_b"])
     assert not (workdir / "results/index/checked/leaks.json").exists()
-    assert kept == {path: (path.read_bytes(), path.stat().st_mtime_ns) for path in (workdir / "results").rglob("*")
-                    if path.is_file() and "checked" not in path.parts}
-    # back to warn: the check again, and the submission it held back; never training
-    jobs = planned_jobs(snakemake(workdir, configfile, "all", "-n").stdout)
-    assert jobs.get("check_leaks") == 1 and not TRAIN_SIDE & set(jobs), jobs
 
 
 def test_an_image_replaced_with_its_old_mtime_is_noticed(finished, tmp_path):

@@ -71,7 +71,8 @@ rule check_leaks:
     a pair under 'error' stops here the submission and the ablation table, which wait for this
     check. A failed check removes its marker alone: leaks.csv stays to be read. The policies are
     params, so changing one checks again (this job alone: the submission and the table take the
-    marker as ancient, and nothing else reads it)."""
+    marker as ancient, and nothing else reads it). Every later run is stopped before any job
+    (trust.smk: leaks_pass_their_policy)."""
     input:
         INDEX_FILES["leaks"],
     output:
@@ -84,11 +85,13 @@ rule check_leaks:
         CONDA_ENV
     params:
         **version_params("check_leaks"),
-        on_identical=CFG["data"]["on_leak"],
-        on_near=NEAR["on_leak"] or CFG["data"]["on_leak"],
+        on_leak=CFG["data"]["on_leak"],
+        near_on_leak=NEAR["on_leak"] or "none",
+        distance=near_distance_flag(),
     shell:
-        "imageclf check_leaks --leaks {input:q} --on-identical {params.on_identical} "
-        "--on-near {params.on_near} --out {output:q} --log-file {log:q}"
+        "imageclf check_leaks --leaks {input:q} --on-leak {params.on_leak} "
+        "--near-on-leak {params.near_on_leak} --near-distance {params.distance} "
+        "--out {output:q} --log-file {log:q}"
 
 
 rule audit:

@@ -2,7 +2,9 @@
 # cv.smk's folds rule (near-duplicates stay in one fold) and of the train rules (data.exclude).
 
 from imageclf.core.config import audit_variant, run_exclusion
+from imageclf.core.errors import DataError
 from imageclf.data.near_duplicates import CACHE_NAME as FINGERPRINT_RECORD
+from imageclf.data.near_duplicates import check_pairs, leak_policies, listed_pairs
 
 NEAR = CFG["data"]["near_duplicates"]
 FINGERPRINTS = {side: paths.FINGERPRINTS.format(side=side) for side in DATA_GROUPS}
@@ -16,6 +18,45 @@ TRUST_TARGETS = [INDEX_FILES["leaks"]]
 def near_distance_flag():
     """data.near_duplicates.distance as the stages take it (none: identical images only)."""
     return "none" if NEAR["distance"] is None else str(NEAR["distance"])
+
+
+def leak_list_is_current():
+    """Whether leaks.csv exists, is newer than every input of the leaks job, and the index is
+    current for its data (their stamps)."""
+    leaks = Path(INDEX_FILES["leaks"])
+    if not leaks.is_file():
+        return False
+    inputs = [Path(INDEX_FILES[split]) for split in ("train", "val", "test")]
+    if NEAR["distance"] is not None:
+        inputs += [Path(path) for path in FINGERPRINTS.values()]
+    if not all(
+        path.is_file() and path.stat().st_mtime <= leaks.stat().st_mtime
+        for path in inputs
+    ):
+        return False
+    return is_demo(CFG) or all(
+        index_is_current(group, DATA_STAMPS[group]) for group in DATA_GROUPS
+    )
+
+
+def leaks_pass_their_policy():
+    """Before any job, under an 'error' of data.on_leak or data.near_duplicates.on_leak: the
+    pairs of that kind that a current leaks.csv lists stop Snakemake here, whatever the target.
+    check_leaks stops the run that makes the list; this stops every run after it (the failed
+    check's marker is gone, and an up-to-date submission would not ask for it again), and a
+    switch to 'error' on a finished project, before any job."""
+    policies = leak_policies(CFG["data"]["on_leak"], NEAR["on_leak"])
+    errors = {kind: rule for kind, rule in policies.items() if rule[0] == "error"}
+    if not workflow.is_main_process or not errors or not leak_list_is_current():
+        return
+    leaks = INDEX_FILES["leaks"]
+    try:
+        check_pairs(listed_pairs(leaks, NEAR["distance"]), errors, f"listed in {leaks}")
+    except DataError as error:
+        raise WorkflowError(str(error))
+
+
+leaks_pass_their_policy()
 
 
 def folds_are_current():

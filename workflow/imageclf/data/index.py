@@ -310,8 +310,8 @@ def run(root, train_out, val_out, classes_out, on_leak="warn", threads=1,
     and the finished index stays as it was)."""
     frames = build_index(root, threads=threads, max_pixels=max_pixels, val_fraction=val_fraction, seed=seed,
                          on_small=on_small)
-    near_duplicates.check_pairs(find_leaks({split: frames[split] for split in LABELLED}), "identical", on_leak,
-                                "train and val")
+    near_duplicates.check_pairs(find_leaks({split: frames[split] for split in LABELLED}),
+                                {"identical": (on_leak, "data.on_leak")}, "train and val")
     if check_out is not None:
         write_checked(check_out, root, "train/ and val/", sum(len(frames[split]) for split in LABELLED))
         return frames
@@ -333,8 +333,11 @@ def run_test(root, train_index, val_index, classes_csv, test_out, summary_out, l
     frames = {"train": tables.read_index(train_index), "val": tables.read_index(val_index), "test": test}
     labels = read_test_labels(test_labels, test, classes) if test_labels else None
     leaks = find_leaks(frames)
-    where = f"see {leaks_out}" if leaks_out else "`snakemake results/index/leaks.csv` lists them, near-duplicates too"
-    near_duplicates.check_pairs(leaks, "identical", on_leak, where)
+    if leaks_out:
+        where = f"see {leaks_out}"
+    else:  # under 'error' the leak list is never made: the log lists them
+        where = "this log lists them" if on_leak == "error" else "`snakemake results/index/leaks.csv` lists them"
+    near_duplicates.check_pairs(leaks, {"identical": (on_leak, "data.on_leak")}, where)
     if check_out is not None:
         write_checked(check_out, root, "test/", len(test))
         return test

@@ -228,30 +228,51 @@ def find_leaks(frames: dict[str, pd.DataFrame], fingerprints: pd.DataFrame | Non
     return leaks.sort_values(["kind", "distance", "path_a", "path_b"], kind="stable").reset_index(drop=True)
 
 
-# each kind of pair: what it is, how its first pair reads, and the setting behind its error
-LEAK_KINDS = {
-    "identical": ("image pair(s) with identical content", "first: {a} == {b}",
-                  "data.on_leak is 'error'; set it to 'warn' to continue"),
-    "near": ("near-duplicate image pair(s)", "closest: {a} ~ {b} (distance {distance})",
-             "data.near_duplicates.on_leak or data.on_leak is 'error'; set it to 'warn' to continue, or lower "
-             "data.near_duplicates.distance"),
-}
+# each kind of pair: what it is, and how one pair reads
+LEAK_KINDS = {"identical": ("image pair(s) with identical content", "{a} == {b}"),
+              "near": ("near-duplicate image pair(s)", "{a} ~ {b} (distance {distance})")}
+LISTED = 3  # pairs a message names; the log lists up to LOGGED
+LOGGED = 50
 
 
-def check_pairs(leaks: pd.DataFrame, kind: str, on_leak: str, where: str) -> None:
-    """The policy (warn or error) for the pairs of one kind of `leaks` (identical: data.on_leak;
-    near: data.near_duplicates.on_leak, or data.on_leak): a warning, or the error."""
-    pairs = leaks[leaks["kind"] == kind]
-    what, first, setting = LEAK_KINDS[kind]
-    if not len(pairs):
-        log.info("no %s across splits", what.replace(" pair(s)", "s"))
-        return
-    row = pairs.iloc[0]
-    message = (f"{len(pairs)} {what} across splits ({where}); "
-               + first.format(a=row["path_a"], b=row["path_b"], distance=row["distance"]))
-    if on_leak == "error":
-        raise DataError(f"{message} ({setting})")
-    log.warning(message)
+def leak_policies(on_leak: str, near_on_leak: str | None) -> dict[str, tuple[str, str]]:
+    """Each kind's policy (warn or error) and the config key it comes from: data.on_leak for
+    identical pairs, data.near_duplicates.on_leak for near ones (null: data.on_leak's)."""
+    near = ("data.near_duplicates.on_leak", near_on_leak) if near_on_leak else ("data.on_leak", on_leak)
+    return {"identical": (on_leak, "data.on_leak"), "near": (near[1], near[0])}
+
+
+def pair_problems(leaks: pd.DataFrame, policies: dict, where: str) -> list[str]:
+    """Each kind of `leaks` under its (policy, key) of `policies`: a kind under 'warn' is logged
+    as a warning, one under 'error' comes back as a message (its first pairs named, up to LOGGED
+    listed in the log)."""
+    problems = []
+    for kind, (policy, key) in policies.items():
+        pairs = leaks[leaks["kind"] == kind]
+        what, pair = LEAK_KINDS[kind]
+        if not len(pairs):
+            log.info("no %s across splits", what.replace(" pair(s)", "s"))
+            continue
+        named = [pair.format(a=r.path_a, b=r.path_b, distance=r.distance) for r in pairs.head(LOGGED).itertuples()]
+        more = f" and {len(pairs) - LISTED} more" if len(pairs) > LISTED else ""
+        message = f"{len(pairs)} {what} across splits ({where}): {'; '.join(named[:LISTED])}{more}"
+        if policy != "error":
+            log.warning(message)
+            continue
+        for line in named:
+            log.info("  %s", line)
+        if len(pairs) > LOGGED:
+            log.info("  ... %d more", len(pairs) - LOGGED)
+        problems.append(f"{message} ({key} is 'error'; set it to 'warn' to continue"
+                        + (", or lower data.near_duplicates.distance)" if kind == "near" else ")"))
+    return problems
+
+
+def check_pairs(leaks: pd.DataFrame, policies: dict, where: str) -> None:
+    """pair_problems, raised as one DataError."""
+    problems = pair_problems(leaks, policies, where)
+    if problems:
+        raise DataError("; ".join(problems))
 
 
 def run_leaks(index_files: dict, fingerprint_files, out_csv, max_distance: int | None) -> pd.DataFrame:
@@ -271,18 +292,26 @@ def run_leaks(index_files: dict, fingerprint_files, out_csv, max_distance: int |
     return leaks
 
 
-def run_check(leaks_csv, out, on_identical: str = "warn", on_near: str = "warn") -> dict:
-    """The `check_leaks` stage: the pairs of leaks.csv under their policies (warn or error); a
-    passed check writes the marker `out` with its counts."""
-    leaks = tables.read_leaks(leaks_csv)
-    where = f"listed in {leaks_csv}"
-    check_pairs(leaks, "identical", on_identical, where)
-    check_pairs(leaks, "near", on_near, where)
+def run_check(leaks_csv, out, on_leak: str = "warn", near_on_leak: str | None = None,
+              max_distance: int | None = None) -> dict:
+    """The `check_leaks` stage: the pairs of leaks.csv under data.on_leak and
+    data.near_duplicates.on_leak (leak_policies); a passed check writes the marker `out` with its
+    counts. Near pairs beyond max_distance (a list made at a larger distance) do not count."""
+    leaks = listed_pairs(leaks_csv, max_distance)
+    check_pairs(leaks, leak_policies(on_leak, near_on_leak), f"listed in {leaks_csv}")
     counts = leaks["kind"].value_counts()
     checked = {"leaks": str(leaks_csv), "identical": int(counts.get("identical", 0)),
-               "near": int(counts.get("near", 0)), "on_identical": on_identical, "on_near": on_near}
+               "near": int(counts.get("near", 0)), "on_leak": on_leak, "near_on_leak": near_on_leak}
     write_json(out, checked)
     return checked
+
+
+def listed_pairs(leaks_csv, max_distance: int | None) -> pd.DataFrame:
+    """leaks.csv's pairs that the distance of today's config counts: every identical pair, the
+    near ones within max_distance (none when it is None)."""
+    leaks = tables.read_leaks(leaks_csv)
+    near = leaks["kind"] == "near"
+    return leaks[~near | (leaks["distance"] <= (max_distance if max_distance is not None else -1))]
 
 
 def distance_argument(text: str) -> int | None:
@@ -321,10 +350,13 @@ def main_check(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="imageclf check_leaks", description=run_check.__doc__)
     parser.add_argument("--leaks", required=True, help="leaks.csv (the leaks stage's)")
     parser.add_argument("--out", required=True, help="the marker of a passed check (JSON)")
-    parser.add_argument("--on-identical", choices=["warn", "error"], default="warn", help="data.on_leak")
-    parser.add_argument("--on-near", choices=["warn", "error"], default="warn",
-                        help="data.near_duplicates.on_leak, or data.on_leak where that is null")
+    parser.add_argument("--on-leak", choices=["warn", "error"], default="warn", help="data.on_leak")
+    parser.add_argument("--near-on-leak", choices=["warn", "error", "none"], default="none",
+                        help="data.near_duplicates.on_leak (none: as data.on_leak)")
+    parser.add_argument("--near-distance", type=distance_argument, default=None,
+                        help="data.near_duplicates.distance (none: identical pairs only)")
     add_log_argument(parser)
     args = parser.parse_args(argv)
     setup_logging(args.log_file)
-    run_check(args.leaks, args.out, args.on_identical, args.on_near)
+    run_check(args.leaks, args.out, args.on_leak, None if args.near_on_leak == "none" else args.near_on_leak,
+              args.near_distance)
