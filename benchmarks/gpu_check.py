@@ -5,7 +5,10 @@ All in one run, so that every ratio compares figures taken minutes apart on the 
    device, at batch 64 and 256; eagerly, and with the whole step captured as a CUDA graph;
 2. the batched augmentation chain's device part alone (augment.BatchAugment, its plans drawn
    beforehand as the loader's workers draw them) at batch 64 and 256, the host synchronisations
-   it makes (expected: none), and what a plan costs on the CPU;
+   it makes (expected: none), and what a plan costs on the CPU; and the model fed by the chain
+   as the train job feeds it (engine.DeviceBatches: the copy and the chain one batch ahead on a
+   stream of their own) from batches made beforehand, without the DataLoader: its share of the
+   model alone says how much of the chain's GPU time the step hides, apart from the workers;
 3. the reference data path (the course's way: PIL decode, per-image transforms, a DataLoader);
 4. the `train` job through the real workflow (index -> cache -> train, Snakemake) on a synthetic
    set in the course layout, once per data path (`augment_on`) at batch 64 and once on the
@@ -22,6 +25,7 @@ sizes given on the command line (tests/test_bench.py runs it that way).
 from __future__ import annotations
 
 import argparse
+import itertools
 import logging
 import os
 import subprocess
@@ -64,11 +68,14 @@ def recipe(user: dict, root: Path, size: int, device: str) -> dict:
     return cfg
 
 
-def model_alone(cfg: dict, batch: int, steps: int, graphed: bool, benchmark: bool | None = None) -> tuple[float, float]:
+def model_alone(cfg: dict, batch: int, steps: int, graphed: bool, benchmark: bool | None = None,
+                feed=None) -> tuple[float, float]:
     """Training images/s of the model alone on random tensors already on the device, after warm-up,
     and the seconds of its first three steps (cuDNN's trials of its algorithms among them).
     graphed: forward, backward and the optimizer step replayed as one CUDA graph. benchmark:
-    torch.backends.cudnn.benchmark (None: the workflow's setting, engine.use_fastest_kernels)."""
+    torch.backends.cudnn.benchmark (None: the workflow's setting, engine.use_fastest_kernels).
+    feed: an iterator of (images, targets) on the device (chain_feed), copied into the step's
+    input before each step, as the graphed training step does."""
     device, precision, channels_last = engine.setup_device(cfg["train"])
     workflows = torch.backends.cudnn.benchmark
     if benchmark is not None:
@@ -102,9 +109,18 @@ def model_alone(cfg: dict, batch: int, steps: int, graphed: bool, benchmark: boo
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
             step()
-        run = graph.replay
+        replay = graph.replay
     else:
-        run = step
+        replay = step
+
+    def run():
+        if feed is not None:
+            fed_images, fed_targets = next(feed)
+            images.copy_(fed_images)
+            targets.copy_(fed_targets)
+        replay()
+
+    if not graphed:
         for _ in range(3):
             run()
     synchronize(device)
@@ -153,6 +169,26 @@ def augment_alone(cfg: dict, batch: int, steps: int, dtype: torch.dtype | None =
         augmenter(images, plans[k + 2])
     synchronize(device)
     return batch * steps / (time.perf_counter() - start), syncs, plan_ms
+
+
+def chain_feed(cfg: dict, batch: int, count: int = 4):
+    """Augmented batches on the device without end, made as the train job makes them
+    (engine.DeviceBatches: copied from pinned memory and run through the batched chain one batch
+    ahead, on a stream of their own) from `count` batches of random uint8 squares with their
+    plans, made beforehand as the loader's workers make them, and handed over in turn."""
+    device, _, channels_last = engine.setup_device(cfg["train"])
+    size = cfg["train"]["image_size"]
+    side = bench.cache.batch_input_size(cfg["augment"], size, cfg["train"]["cache_margin"])
+    augmenter = augment.BatchAugment(cfg["augment"], size, augment.BatchAugment.dtype_for(device))
+    batches = []
+    for k in range(count):
+        images = torch.randint(0, 256, (batch, 3, side, side), dtype=torch.uint8)
+        targets = torch.randint(0, 100, (batch,))
+        plan = augmenter.plan(torch.arange(k * batch, (k + 1) * batch), side, side)
+        if device.type == "cuda":
+            images, targets, plan = images.pin_memory(), targets.pin_memory(), plan.pin_memory()
+        batches.append((images, targets, plan))
+    return iter(engine.DeviceBatches(itertools.cycle(batches), device, channels_last, augmenter))
 
 
 def determinism(cfg: dict, batch: int) -> str:
@@ -277,6 +313,13 @@ def main(argv=None) -> None:
                 add(f"model alone, CUDA graph of the whole step, cudnn.benchmark {'on' if benchmark else 'off'}", batch,
                     graphed[0], alone[batch], f"first 3 steps and the capture {graphed[1]:.1f} s")
                 best[batch] = max(best[batch], graphed[0])
+        if "augment" not in args.skip:  # the step fed by the chain, as the train job runs both, no workers
+            graphed = cuda and "graphs" not in args.skip
+            fed = guarded(model_alone, cfg, batch, args.steps, graphed=graphed, feed=chain_feed(cfg, batch))
+            if fed:
+                add(f"model fed by the batched chain on its own stream (no DataLoader), "
+                    f"{'CUDA graph of the step' if graphed else 'eager'}", batch, fed[0], best[batch],
+                    "1 - share: the part of the chain's device time that the step does not hide")
         # as training runs it (float16 on a GPU), and in float32 there for the same-run comparison
         for dtype in () if "augment" in args.skip else (None, torch.float32) if cuda else (None,):
             measured = guarded(augment_alone, cfg, batch, args.steps, dtype)
