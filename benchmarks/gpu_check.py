@@ -191,6 +191,12 @@ def chain_feed(cfg: dict, batch: int, count: int = 4):
     return iter(engine.DeviceBatches(itertools.cycle(batches), device, channels_last, augmenter))
 
 
+def fed_model(cfg: dict, batch: int, steps: int, graphed: bool) -> float:
+    """model_alone's images/s with chain_feed feeding it (the feed made inside, so that a failure
+    to make it is this part's, reported as its row)."""
+    return model_alone(cfg, batch, steps, graphed, feed=chain_feed(cfg, batch))[0]
+
+
 def determinism(cfg: dict, batch: int) -> str:
     """The same seeds give the same batch on this device; the parameter draws equal the CPU's."""
     device = engine.resolve_device(cfg["train"]["device"])
@@ -302,7 +308,9 @@ def main(argv=None) -> None:
                          "share_of_model_alone": float("nan"), "detail": f"{type(error).__name__}: {error}"[:300]})
             return None
 
-    alone, best = {}, {}  # the eager model alone; the fastest model alone (eager or a CUDA graph)
+    # the eager model alone; the fastest model alone (eager or a CUDA graph); the CUDA graph with
+    # the workflow's cuDNN setting (no trials), as the train job runs it
+    alone, best, plain = {}, {}, {}
     for batch in args.batches:
         alone[batch], first = model_alone(cfg, batch, args.steps, graphed=False)
         best[batch] = alone[batch]
@@ -313,21 +321,29 @@ def main(argv=None) -> None:
                 add(f"model alone, CUDA graph of the whole step, cudnn.benchmark {'on' if benchmark else 'off'}", batch,
                     graphed[0], alone[batch], f"first 3 steps and the capture {graphed[1]:.1f} s")
                 best[batch] = max(best[batch], graphed[0])
-        if "augment" not in args.skip:  # the step fed by the chain, as the train job runs both, no workers
-            graphed = cuda and "graphs" not in args.skip
-            fed = guarded(model_alone, cfg, batch, args.steps, graphed=graphed, feed=chain_feed(cfg, batch))
-            if fed:
-                add(f"model fed by the batched chain on its own stream (no DataLoader), "
-                    f"{'CUDA graph of the step' if graphed else 'eager'}", batch, fed[0], best[batch],
-                    "1 - share: the part of the chain's device time that the step does not hide")
-        # as training runs it (float16 on a GPU), and in float32 there for the same-run comparison
+                if not benchmark:
+                    plain[batch] = graphed[0]
+        chain = {}  # the chain alone as training runs it (float16 on a GPU), and in float32 there
         for dtype in () if "augment" in args.skip else (None, torch.float32) if cuda else (None,):
             measured = guarded(augment_alone, cfg, batch, args.steps, dtype)
             if measured:
                 rate, syncs, plan_ms = measured
+                chain[dtype] = rate
                 add(f"batched augmentation alone (its device part; plans drawn beforehand){', float32' if dtype else ''}",
                     batch, rate, None, f"host syncs per batch: {syncs if syncs >= 0 else 'not counted (CPU)'}; "
                     f"a plan takes {plan_ms:.1f} ms on one core of this CPU (in the loader's workers)")
+        if None in chain:  # the step fed by the chain as the train job runs both, no workers
+            graphed = cuda and "graphs" not in args.skip
+            fed = guarded(fed_model, cfg, batch, args.steps, graphed)
+            if fed:
+                # against the same step unfed (the workflow's cuDNN setting): the chain's time per
+                # image that the fed step added, as a share of the chain's own time
+                same = plain.get(batch, alone[batch])
+                added = max(0.0, 1 / fed - 1 / same) * chain[None]
+                add(f"model fed by the batched chain on its own stream (no DataLoader), "
+                    f"{'CUDA graph of the step' if graphed else 'eager'}", batch, fed, best[batch],
+                    f"{fed / same:.2f} of the same step unfed; the step hides {100 * max(0.0, 1 - added):.0f} % of "
+                    "the chain's device time (0 %: the chain's time adds to the step's)")
     add("determinism of the batched chain", args.batches[0], float("nan"), None, guarded(determinism, cfg, args.batches[0]))
     paths = sorted(str(p) for p in (root / "train").rglob("*.jpg"))
     small = args.batches[0]

@@ -288,8 +288,14 @@ def test_on_leak_error_stops_every_run_and_keeps_every_file(finished, tmp_path):
         assert result.returncode != 0 and "zz_leak" in said and "data.on_leak is 'error'" in said \
             and "listed in results/index/leaks.csv" in said, said[-3000:]
     assert results() == kept
-    # no job ran under 'error': back to warn, whose check passed, nothing is planned
+    assert snakemake(workdir, strict, "--unlock").returncode == 0  # maintenance is let through
+    # no job ran under 'error': back to warn, whose check passed, nothing is planned; the same
+    # policy spelled out checks again, and that alone
     assert planned_jobs(snakemake(workdir, configfile, "results/submission.csv", "-n").stdout) == {}
+    spelled = yaml.safe_load(configfile.read_text())
+    spelled["data"]["near_duplicates"] = {**spelled["data"].get("near_duplicates", {}), "on_leak": "warn"}
+    spelled_out = write_overlay(base / "spelled.yaml", spelled)
+    assert planned_jobs(snakemake(workdir, spelled_out, "results/submission.csv", "-n").stdout) == {"check_leaks": 1}
 
     overlay["data"] = {**overlay["data"], "on_leak": "warn", "near_duplicates": {"distance": 8, "on_leak": "error"}}
     near_strict = write_overlay(base / "near_strict.yaml", overlay)
@@ -302,6 +308,9 @@ def test_on_leak_error_stops_every_run_and_keeps_every_file(finished, tmp_path):
         assert ("Error in rule check_leaks" in said) == (attempt == 0), said[-3000:]
     assert "zz_mirrored" in "".join(tables.read_leaks(workdir / "results/index/leaks.csv")["path_b"])
     assert not (workdir / "results/index/checked/leaks.json").exists()
+    # back to warn after that failed check: the check and the submission it held back; no training
+    jobs = planned_jobs(snakemake(workdir, configfile, "results/submission.csv", "-n").stdout)
+    assert jobs.get("check_leaks") == 1 and jobs.get("submission") == 1 and not TRAIN_SIDE & set(jobs), jobs
 
 
 def test_an_image_replaced_with_its_old_mtime_is_noticed(finished, tmp_path):

@@ -336,7 +336,7 @@ def run_test(root, train_index, val_index, classes_csv, test_out, summary_out, l
     if leaks_out:
         where = f"see {leaks_out}"
     else:  # under 'error' the leak list is never made: the log lists them
-        where = "this log lists them" if on_leak == "error" else "`snakemake results/index/leaks.csv` lists them"
+        where = "the log of this check lists them" if on_leak == "error" else "`snakemake results/index/leaks.csv` lists them"
     near_duplicates.check_pairs(leaks, {"identical": (on_leak, "data.on_leak")}, where)
     if check_out is not None:
         write_checked(check_out, root, "test/", len(test))

@@ -528,7 +528,10 @@ class RandomErasing(Op):
 
     def prepare(self, params, height, width, seeds=None):
         noise_seed = 0 if seeds is None else int(seeds.sum()) % (2**63 - 1)
-        return {**params, "any": bool(params["erased"].any()), "noise_seed": noise_seed}
+        # the box in whole pixels, as integers: compared with float32 pixel indices, never cast to
+        # the chain's float16 (exact up to 2048 only)
+        box = {name: params[name].to(torch.int64) for name in ("top", "left", "height", "width")}
+        return {**params, **box, "any": bool(params["erased"].any()), "noise_seed": noise_seed}
 
     def apply(self, images, prepared):
         if not prepared["any"]:
@@ -686,7 +689,9 @@ class BatchAugment:
                 steps.append(item.prepare(drawn[item], *self.size_for(item, height, width), seeds=seeds))
             else:
                 steps.append(None)
-        if self.dtype is not None:  # the device casts every float parameter to this: done here, no kernel there
+        # the float parameters in the chain's dtype, which the device would otherwise cast them to
+        # one kernel each (integral ones, such as the erasing box, are integers)
+        if self.dtype is not None:
             steps = tree_map(lambda t: t.to(self.dtype) if t.is_floating_point() else t, steps)
         return Plan(steps, (height, width))
 
