@@ -81,6 +81,23 @@ def checked_key(group):
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
 
 
+def check_marker(group):
+    """The marker a passed check of `group` writes for today's data and config (checked_key)."""
+    return f"{INDEX}/checked/{group}-{checked_key(group)}.json"
+
+
+def made_after(path, inputs):
+    """Whether the file `path` exists and every one of `inputs` exists and is not newer."""
+    path = Path(path)
+    if not path.is_file():
+        return False
+    made = path.stat().st_mtime
+    return all(
+        Path(source).is_file() and Path(source).stat().st_mtime <= made
+        for source in inputs
+    )
+
+
 def index_is_current(group, stamp):
     """Whether a side's index files all exist and are newer than its data stamp."""
     files = [Path(INDEX_FILES[name]) for name in INDEX_OUTPUTS[group]]
@@ -103,7 +120,7 @@ def data_stamp(group):
             return [
                 getattr(rules.demo_data.output, split) for split in DATA_GROUPS[group]
             ]
-        marker = f"{INDEX}/checked/{group}-{checked_key(group)}.json"
+        marker = check_marker(group)
         if Path(marker).is_file() or not index_is_current(group, DATA_STAMPS[group]):
             return [DATA_STAMPS[group], marker]
         return [DATA_STAMPS[group]]

@@ -24,23 +24,16 @@ def near_distance_flag():
 
 def leak_list_is_current():
     """Whether leaks.csv exists, is newer than every input of the leaks job, and the index is
-    current for its data (their stamps)."""
-    leaks = Path(INDEX_FILES["leaks"])
-    if not leaks.is_file():
-        return False
-    inputs = [Path(INDEX_FILES[split]) for split in ("train", "val", "test")]
+    current for its data (their stamps) and made how the config says (a changed
+    data.val_fraction gives another check key, whose marker is not there yet)."""
+    inputs = [INDEX_FILES[split] for split in ("train", "val", "test")]
     if NEAR["distance"] is not None:
-        inputs += [Path(path) for path in FINGERPRINTS.values()]
-    if not all(
-        path.is_file() and path.stat().st_mtime <= leaks.stat().st_mtime
-        for path in inputs
-    ):
+        inputs += list(FINGERPRINTS.values())
+    if not made_after(INDEX_FILES["leaks"], inputs):
         return False
-    # the index current for the data as they are, and made how the config says (a changed
-    # data.val_fraction gives another check key, whose marker is not there yet)
     return is_demo(CFG) or all(
         index_is_current(group, DATA_STAMPS[group])
-        and Path(f"{INDEX}/checked/{group}-{checked_key(group)}.json").is_file()
+        and Path(check_marker(group)).is_file()
         for group in DATA_GROUPS
     )
 
@@ -78,14 +71,7 @@ leaks_pass_their_policy()
 def folds_are_current():
     """Whether folds.csv exists, is newer than the labelled index, and that index is current for
     the labelled data (their stamp)."""
-    folds = Path(f"{INDEX}/folds.csv")
-    if not folds.is_file():
-        return False
-    labelled = [Path(INDEX_FILES[split]) for split in ("train", "val")]
-    if not all(
-        path.is_file() and path.stat().st_mtime <= folds.stat().st_mtime
-        for path in labelled
-    ):
+    if not made_after(f"{INDEX}/folds.csv", [INDEX_FILES["train"], INDEX_FILES["val"]]):
         return False
     return is_demo(CFG) or index_is_current("labelled", DATA_STAMPS["labelled"])
 

@@ -238,8 +238,8 @@ LOGGED = 50
 def leak_policies(on_leak: str, near_on_leak: str | None) -> dict[str, tuple[str, str]]:
     """Each kind's policy (warn or error) and the config key it comes from: data.on_leak for
     identical pairs, data.near_duplicates.on_leak for near ones (null: data.on_leak's)."""
-    near = ("data.near_duplicates.on_leak", near_on_leak) if near_on_leak else ("data.on_leak", on_leak)
-    return {"identical": (on_leak, "data.on_leak"), "near": (near[1], near[0])}
+    near_key = "data.near_duplicates.on_leak" if near_on_leak else "data.on_leak"
+    return {"identical": (on_leak, "data.on_leak"), "near": (near_on_leak or on_leak, near_key)}
 
 
 def pair_problems(leaks: pd.DataFrame, policies: dict, where: str) -> list[str]:
